@@ -1,0 +1,113 @@
+"""Config and subjects-table validation: defaults, and errors that name the key or file."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from talk3d_core.config import ConfigError, load_schema, load_subjects, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
+SUBJECTS_SCHEMA = load_schema(ROOT / "workflow/schemas/subjects.schema.yaml")
+
+
+def test_shipped_config_is_valid_and_complete():
+    shipped = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    filled = validate_config(shipped, CONFIG_SCHEMA)
+    # config.yaml spells out every key, so users see every knob; the schema adds nothing.
+    assert filled == shipped
+
+
+def test_paper_overlay_is_valid():
+    overlay = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    filled = validate_config(overlay, CONFIG_SCHEMA)
+    assert filled["ingest"]["max_side"] == 2048
+
+
+def test_every_schema_key_has_default_and_description():
+    def walk(schema, path):
+        for key, sub in schema.get("properties", {}).items():
+            assert "description" in sub, f"{path}{key} has no description"
+            assert "default" in sub, f"{path}{key} has no default"
+            walk(sub, f"{path}{key}.")
+
+    walk(CONFIG_SCHEMA, "")
+
+
+def test_defaults_fill_missing_sections():
+    filled = validate_config({}, CONFIG_SCHEMA)
+    assert filled["fps"] == 25
+    assert filled["ingest"]["audio_rate"] == 16000
+    assert filled["preview"]["columns"] == 4
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"key 'ingest\.max_sid'.*unknown key"):
+        validate_config({"ingest": {"max_sid": 3}}, CONFIG_SCHEMA)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"key 'fps': 'fast' is not of type 'integer'"):
+        validate_config({"fps": "fast"}, CONFIG_SCHEMA)
+
+
+def test_all_errors_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        validate_config({"fps": 0, "preview": {"rows": "two"}}, CONFIG_SCHEMA)
+    assert "key 'fps'" in str(info.value) and "key 'preview.rows'" in str(info.value)
+
+
+def write_table(tmp_path, text):
+    table = tmp_path / "subjects.tsv"
+    table.write_text(text)
+    return table
+
+
+def test_subjects_table(tmp_path):
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"x")
+    drive = tmp_path / "speech.mp3"
+    drive.write_bytes(b"x")
+    table = write_table(
+        tmp_path,
+        "# comment lines are skipped\nname\tvideo\taudio\tdrive\tnotes\n"
+        f"alice\t{video}\t\t{drive}\tok\n"
+        "demo\tresources/demo/astronaut.mp4\t\t\t\n",
+    )
+    subjects = load_subjects(table, SUBJECTS_SCHEMA, generated=["resources/demo/astronaut.mp4"])
+    assert list(subjects) == ["alice", "demo"]
+    assert subjects["alice"].drive == {"speech": str(drive)}
+    assert subjects["alice"].audio is None and subjects["demo"].notes is None
+
+
+def test_missing_video_is_named(tmp_path):
+    table = write_table(tmp_path, "name\tvideo\nbob\t/nowhere/bob.mp4\n")
+    with pytest.raises(ConfigError, match=r"subject 'bob'.*video file /nowhere/bob.mp4 does not exist"):
+        load_subjects(table, SUBJECTS_SCHEMA)
+
+
+def test_bad_subject_rows_are_named(tmp_path):
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"x")
+    table = write_table(
+        tmp_path,
+        f"name\tvideo\nbad name\t{video}\nok\t\nok2\t{video}\nok2\t{video}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_subjects(table, SUBJECTS_SCHEMA)
+    msg = str(info.value)
+    assert "row 2: column 'name'" in msg  # space in a name
+    assert "row 3: column 'video': required but missing" in msg
+    assert "row 5: duplicate subject name 'ok2'" in msg
+
+
+def test_unknown_column_is_named(tmp_path):
+    table = write_table(tmp_path, "name\tvideo\tcolour\nok\tx.mp4\tred\n")
+    with pytest.raises(ConfigError, match="unknown column\\(s\\) 'colour'"):
+        load_subjects(table, SUBJECTS_SCHEMA)
+
+
+def test_missing_table_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="subjects table .*nope.tsv does not exist"):
+        load_subjects(tmp_path / "nope.tsv", SUBJECTS_SCHEMA)

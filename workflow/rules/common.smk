@@ -1,0 +1,42 @@
+# Shared setup: config validation, the subjects table, and helpers used by every stage.
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(workflow.basedir).parent
+# talk3d_core lives at the repository root: make it importable here and in every script job
+# (scripts run in their own interpreter, which inherits PYTHONPATH).
+sys.path.insert(0, str(REPO_ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
+from talk3d_core.config import load_schema, load_subjects, validate_config
+from talk3d_core.provenance import source_hash
+
+SCHEMAS = Path(workflow.basedir) / "schemas"
+# Validate before anything is planned: unknown keys and wrong types stop the run here, naming the key.
+config.update(validate_config(config, load_schema(SCHEMAS / "config.schema.yaml")))
+
+# The demo clip is produced by the demo_clip rule, so it need not exist yet.
+DEMO_CLIP = "resources/demo/astronaut.mp4"
+SUBJECTS = load_subjects(
+    config["subjects"], load_schema(SCHEMAS / "subjects.schema.yaml"), generated=[DEMO_CLIP]
+)
+
+
+wildcard_constraints:
+    subject="|".join(SUBJECTS) or "(?!)",
+    audio=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+def subject_targets(name):
+    """Everything the implemented stages produce for one subject."""
+    s = SUBJECTS[name]
+    return [
+        f"results/{name}/meta.json",
+        f"results/{name}/ingest_preview.png",
+    ] + [f"results/{name}/drive/{audio}/audio.wav" for audio in s.drive]
+
+
+def core_hash(*modules):
+    """Hash of the talk3d_core code a rule runs (this checkout's), for the rule's params."""
+    return source_hash(*modules, package_dir=REPO_ROOT / "talk3d_core")

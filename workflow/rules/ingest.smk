@@ -1,0 +1,90 @@
+# Stage 1, ingest: a subject's video -> frames at the pipeline fps, 16 kHz mono audio, metadata.
+
+
+rule demo_clip:
+    """Synthetic talking clip generated in code, so the demo needs no download."""
+    output:
+        video=DEMO_CLIP,
+        truth=DEMO_CLIP.replace(".mp4", ".truth.json"),
+    params:
+        demo=config["demo"],
+        fps=config["fps"],
+        code=core_hash("talk3d_core.demo"),
+    log:
+        "results/logs/demo_clip.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/demo_clip.py"
+
+
+def ingest_inputs(wildcards):
+    s = SUBJECTS[wildcards.subject]
+    return {"video": s.video, **({"audio": s.audio} if s.audio else {})}
+
+
+rule ingest:
+    """Decode the subject's clip: frames/ (0-based PNGs), audio.wav, meta.json."""
+    input:
+        unpack(ingest_inputs),
+    output:
+        frames=directory("results/{subject}/frames"),
+        audio="results/{subject}/audio.wav",
+        meta="results/{subject}/meta.json",
+    params:
+        fps=config["fps"],
+        ingest=config["ingest"],
+        code=core_hash("talk3d_core.ingest"),
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    log:
+        "results/{subject}/logs/ingest.log",
+    benchmark:
+        "results/{subject}/benchmarks/ingest.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/ingest.py"
+
+
+rule ingest_drive_audio:
+    """A driving audio file (wav, mp3, m4a, flac, or a video's audio) -> 16 kHz mono WAV."""
+    input:
+        lambda wc: SUBJECTS[wc.subject].drive[wc.audio],
+    output:
+        "results/{subject}/drive/{audio}/audio.wav",
+    params:
+        ingest=config["ingest"],
+        code=core_hash("talk3d_core.ingest"),
+    log:
+        "results/{subject}/logs/ingest_drive_audio_{audio}.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/ingest_drive_audio.py"
+
+
+rule ingest_preview:
+    """Contact sheet of the ingested clip: frames over the waveform, for the report."""
+    input:
+        frames="results/{subject}/frames",
+        audio="results/{subject}/audio.wav",
+    output:
+        report(
+            "results/{subject}/ingest_preview.png",
+            caption="../report/ingest_preview.rst",
+            category="Ingest",
+            subcategory="{subject}",
+        ),
+    params:
+        fps=config["fps"],
+        preview=config["preview"],
+        code=core_hash("talk3d_core.preview"),
+    log:
+        "results/{subject}/logs/ingest_preview.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/ingest_preview.py"
