@@ -7,7 +7,6 @@ stops the run before any job, naming the key or file.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,9 @@ def make_clip(path: Path, seconds: float = 3.2, fps: str = "30", size: str = "16
 def project(tmp_path, monkeypatch):
     """A copy of the workflow, library and config, with one short subject and a driving audio."""
     for name in ["workflow", "talk3d_core", "config"]:
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / name, tmp_path / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
     (tmp_path / "resources/weights").mkdir(parents=True)
     shutil.copy(ROOT / "resources/weights/manifest.yaml", tmp_path / "resources/weights/manifest.yaml")
     make_clip(tmp_path / "clip.mp4")
@@ -56,9 +57,8 @@ def project(tmp_path, monkeypatch):
     (tmp_path / "config/subjects.tsv").write_text(
         "name\tvideo\taudio\tdrive\tnotes\nclip\tclip.mp4\t\tvoice.mp3\ttest pattern\n"
     )
-    # The workflow edits sys.path and PYTHONPATH for its scripts; keep that inside the test.
+    # Parsing the Snakefile puts the project copy on sys.path; keep that inside the test.
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     return tmp_path
 
 
@@ -162,3 +162,23 @@ def test_slurm_profile_plans():
     proc = cli("--profile", "workflow/profiles/slurm", "-n", "results/demo/ingest_preview.png")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ingest" in proc.stdout + proc.stderr
+
+
+def test_weights_rule_fetches_manifest_entries(project):
+    import hashlib
+
+    source = project / "model.bin"
+    source.write_bytes(b"pretend weights " * 1000)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    (project / "resources/weights/manifest.yaml").write_text(
+        "weights:\n"
+        "  - name: toy\n"
+        f"    url: {source.as_uri()}\n"
+        f"    sha256: '{digest}'\n"
+        "    license: CC0\n"
+        "    dest: toy/model.bin\n"
+    )
+    run(project, ["weights"])
+    fetched = project / "resources/weights/toy/model.bin"
+    assert fetched.read_bytes() == source.read_bytes()
+    assert (project / "results/logs/weights/toy/model.bin.log").is_file()

@@ -1,13 +1,12 @@
 # Shared setup: config validation, the subjects table, and helpers used by every stage.
-import os
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(workflow.basedir).parent
-# talk3d_core lives at the repository root: make it importable here and in every script job
-# (scripts run in their own interpreter, which inherits PYTHONPATH).
+# talk3d_core lives at the repository root. Scripts find it through the installed package or, in a
+# bare conda environment, through the workflow/scripts/talk3d_core link (Snakemake puts the
+# scripts folder on their path).
 sys.path.insert(0, str(REPO_ROOT))
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 from talk3d_core.config import load_schema, load_subjects, validate_config
 from talk3d_core.provenance import source_hash
@@ -26,6 +25,12 @@ SUBJECTS = load_subjects(
 wildcard_constraints:
     subject="|".join(SUBJECTS) or "(?!)",
     audio=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+def ingest_inputs(wildcards):
+    """The subject's video, plus its separate audio track when the table gives one."""
+    s = SUBJECTS[wildcards.subject]
+    return {"video": s.video, **({"audio": s.audio} if s.audio else {})}
 
 
 def subject_targets(name):

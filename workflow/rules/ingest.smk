@@ -18,11 +18,6 @@ rule demo_clip:
         "../scripts/demo_clip.py"
 
 
-def ingest_inputs(wildcards):
-    s = SUBJECTS[wildcards.subject]
-    return {"video": s.video, **({"audio": s.audio} if s.audio else {})}
-
-
 rule ingest:
     """Decode the subject's clip: frames/ (0-based PNGs), audio.wav, meta.json."""
     input:

@@ -19,7 +19,6 @@ rule fetch_weight:
         f"{WEIGHTS_DIR}/{{dest}}",
     params:
         entry=lambda wc: WEIGHTS[wc.dest],
-        weights_dir=WEIGHTS_DIR,
     wildcard_constraints:
         dest="|".join(map(re.escape, WEIGHTS)) or "(?!)",
     retries: 2
