@@ -98,7 +98,9 @@ def load_subjects(
     if not table.is_file():
         raise ConfigError(f"subjects table {table} does not exist (config key 'subjects')")
     with open(table, newline="") as fh:
-        reader = csv.DictReader((line for line in fh if line.strip() and not line.startswith("#")), delimiter="\t")
+        reader = csv.DictReader(
+            (line for line in fh if line.strip() and not line.startswith("#")), delimiter="\t"
+        )
         rows = list(reader)
         header = [c.strip() for c in reader.fieldnames or []]
     known = schema.get("properties", {})
@@ -120,7 +122,8 @@ def load_subjects(
         # Empty cells mean "not given": drop them so `required` reports a missing video by name.
         record = {k.strip(): v.strip() for k, v in row.items() if v is not None and v.strip()}
         row_errors = [
-            f"{table} row {lineno}: column '{_key_path(e)}': {_describe(e)}" for e in validator.iter_errors(record)
+            f"{table} row {lineno}: column '{_key_path(e)}': {_describe(e)}"
+            for e in validator.iter_errors(record)
         ]
         if row_errors:
             problems.extend(row_errors)
@@ -145,9 +148,15 @@ def load_subjects(
             ("drive", p) for p in drive.values()
         ]:
             if path and os.path.normpath(path) not in generated and not Path(path).is_file():
-                problems.append(f"{table} row {lineno} (subject '{name}'): {column} file {path} does not exist")
+                problems.append(
+                    f"{table} row {lineno} (subject '{name}'): {column} file {path} does not exist"
+                )
         subjects[name] = Subject(
-            name=name, video=record["video"], audio=record.get("audio"), drive=drive, notes=record.get("notes")
+            name=name,
+            video=record["video"],
+            audio=record.get("audio"),
+            drive=drive,
+            notes=record.get("notes"),
         )
     if problems:
         raise ConfigError("invalid subjects table:\n  " + "\n  ".join(problems))

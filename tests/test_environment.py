@@ -28,7 +28,11 @@ def test_conda_env_has_the_same_pins_as_pyproject():
 
 def test_torch_is_the_cpu_pin_without_cuda_packages():
     assert importlib.metadata.version("torch").startswith("2.13.0")
-    nvidia = [d.metadata["Name"] for d in importlib.metadata.distributions() if "nvidia" in d.metadata["Name"].lower()]
+    nvidia = [
+        d.metadata["Name"]
+        for d in importlib.metadata.distributions()
+        if "nvidia" in d.metadata["Name"].lower()
+    ]
     assert nvidia == []
 
 

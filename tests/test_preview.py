@@ -30,7 +30,9 @@ def ingested(tmp_path):
 
 def test_contact_sheet(ingested):
     out = ingested / "sheet.png"
-    info = ingest_preview(ingested / "frames", ingested / "audio.wav", out, fps=25, columns=3, rows=2, tile=64)
+    info = ingest_preview(
+        ingested / "frames", ingested / "audio.wav", out, fps=25, columns=3, rows=2, tile=64
+    )
     assert info["frames"] == [0, 10, 20, 29, 39, 49]
     assert info["audio_s"] == pytest.approx(2.0) and info["video_s"] == pytest.approx(2.0)
     sheet = np.asarray(Image.open(out))

@@ -46,6 +46,7 @@ def project(tmp_path, monkeypatch):
         shutil.copytree(
             ROOT / name, tmp_path / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
         )
+    shutil.copy(ROOT / "environment.yml", tmp_path)  # workflow/envs/core.yaml links to it
     (tmp_path / "resources/weights").mkdir(parents=True)
     shutil.copy(ROOT / "resources/weights/manifest.yaml", tmp_path / "resources/weights/manifest.yaml")
     make_clip(tmp_path / "clip.mp4")

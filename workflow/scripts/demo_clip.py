@@ -13,4 +13,9 @@ with log_to(snakemake.log[0]) as log:
         seed=demo["seed"],
         truth_json=snakemake.output.truth,
     )
-    log.info("wrote %s: %d frames, %.1f s (synthetic)", snakemake.output.video, truth["n_frames"], truth["duration_s"])
+    log.info(
+        "wrote %s: %d frames, %.1f s (synthetic)",
+        snakemake.output.video,
+        truth["n_frames"],
+        truth["duration_s"],
+    )

@@ -16,5 +16,6 @@ with log_to(snakemake.log[0]) as log:
         min_duration_s=opts["min_duration_s"],
         max_side=opts["max_side"],
         image_format=opts["image_format"],
+        threads=snakemake.threads,
     )
     log.info("%s: %d frames at %s fps", snakemake.input.video, meta["n_frames"], meta["fps"])

@@ -1,0 +1,139 @@
+"""Shared fixtures: tiny synthetic media made with ffmpeg's lavfi sources, cached for the session.
+
+Clips are small (160x120, 2-4 s) so that making and ingesting one takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from talk3d_core.media import ffmpeg_exe
+
+# Per container: video codec options, audio codec options (each a common pairing in the wild).
+CONTAINER_CODECS = {
+    "mp4": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"], ["-c:a", "aac"]),
+    "mov": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"], ["-c:a", "aac"]),
+    "mkv": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"], ["-c:a", "libopus"]),
+    "webm": (
+        ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p"],
+        ["-c:a", "libopus"],
+    ),
+    "avi": (["-c:v", "mpeg4", "-q:v", "3"], ["-c:a", "libmp3lame"]),
+}
+AUDIO_CODECS = {
+    "wav": ["-c:a", "pcm_s16le"],
+    "mp3": ["-c:a", "libmp3lame"],
+    "m4a": ["-c:a", "aac"],
+    "flac": ["-c:a", "flac"],
+}
+
+
+def _ffmpeg(*args: str) -> None:
+    """Run ffmpeg quietly; a failure shows its message in the test output."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+
+
+@pytest.fixture(scope="session")
+def ffmpeg() -> Callable[..., None]:
+    """``ffmpeg(*args)``: run ffmpeg (-y, errors only) and fail the test with its message if it fails."""
+    return _ffmpeg
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def make_clip(media_dir) -> Callable[..., Path]:
+    """Factory for test clips: ``make_clip(container="mp4", rate="25", duration=3.0, ...) -> Path``.
+
+    Keyword options:
+        container: mp4, mov, mkv, webm or avi (codecs from CONTAINER_CODECS).
+        rate: video frame rate as an ffmpeg rational ("24", "30000/1001").
+        duration: seconds of video and of audio.
+        size: (width, height) in pixels.
+        audio: False for a clip with no audio stream.
+        tone: sine frequency in Hz of the (stereo) audio track.
+        audio_delay: seconds by which the audio track starts after the video.
+        ramp: frames show a flat grey of level ``60 * t`` (t = time in s, clipped to 255) instead of
+            testsrc2, encoded losslessly, so a stored frame's brightness tells which instant it shows.
+        vfr: drop 2 of every 5 source frames with their timestamps kept -> variable frame rate.
+        rotation: display-matrix rotation in degrees, as a phone would store it.
+        faststart: put the mp4 index (moov atom) before the media data.
+    Identical requests return the same file.
+    """
+    cache: dict[tuple, Path] = {}
+
+    def make(
+        *,
+        container: str = "mp4",
+        rate: str = "25",
+        duration: float = 3.0,
+        size: tuple[int, int] = (160, 120),
+        audio: bool = True,
+        tone: float = 440.0,
+        audio_delay: float = 0.0,
+        ramp: bool = False,
+        vfr: bool = False,
+        rotation: float = 0.0,
+        faststart: bool = False,
+    ) -> Path:
+        key = (container, rate, duration, size, audio, tone, audio_delay, ramp, vfr, rotation, faststart)
+        if key in cache:
+            return cache[key]
+        path = media_dir / f"clip{len(cache):03d}.{container}"
+        vcodec, acodec = CONTAINER_CODECS[container]
+        w, h = size
+        if ramp:
+            level = "min(255,60*T)"
+            source = f"color=c=black:s={w}x{h}:r={rate}:d={duration},format=gbrp,"
+            source += f"geq=r='{level}':g='{level}':b='{level}'"
+            vcodec = ["-c:v", "libx264rgb", "-preset", "ultrafast", "-qp", "0"]  # lossless RGB
+        else:
+            source = f"testsrc2=s={w}x{h}:r={rate}:d={duration}"
+        args = ["-f", "lavfi", "-i", source]
+        if audio:
+            if audio_delay:
+                args += ["-itsoffset", str(audio_delay)]
+            args += ["-f", "lavfi", "-i", f"sine=f={tone}:r=44100:d={duration}"]
+        vf = ["-vf", "select='not(eq(mod(n,5),2)+eq(mod(n,5),3))'", "-fps_mode", "vfr"] if vfr else []
+        args += ["-map", "0:v", *vf, *vcodec]
+        if audio:
+            args += ["-map", "1:a", *acodec, "-ac", "2"]
+        if faststart:
+            args += ["-movflags", "+faststart"]
+        _ffmpeg(*args, str(path))
+        if rotation:
+            rotated = path.with_name(f"{path.stem}_rot.{container}")
+            _ffmpeg("-display_rotation:v:0", str(rotation), "-i", str(path), "-c", "copy", str(rotated))
+            path.unlink()
+            path = rotated
+        cache[key] = path
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_audio(media_dir) -> Callable[..., Path]:
+    """Factory for audio-only files: ``make_audio(fmt="wav", duration=3.0, tone=440.0, channels=2)``
+    with ``fmt`` in wav, mp3, m4a, flac (44.1 kHz source)."""
+    cache: dict[tuple, Path] = {}
+
+    def make(*, fmt: str = "wav", duration: float = 3.0, tone: float = 440.0, channels: int = 2) -> Path:
+        key = (fmt, duration, tone, channels)
+        if key not in cache:
+            path = media_dir / f"audio{len(cache):03d}.{fmt}"
+            source = f"sine=f={tone}:r=44100:d={duration}"
+            _ffmpeg("-f", "lavfi", "-i", source, *AUDIO_CODECS[fmt], "-ac", str(channels), str(path))
+            cache[key] = path
+        return cache[key]
+
+    return make
