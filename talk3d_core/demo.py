@@ -26,7 +26,6 @@ import dataclasses
 import math
 import subprocess
 import tempfile
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from scipy import signal
 from scipy.interpolate import PchipInterpolator
 
 from talk3d_core.io import atomic_path, write_json
-from talk3d_core.media import MediaError, ffmpeg_exe
+from talk3d_core.media import MediaError, ffmpeg_exe, write_wav
 
 SOURCE = "skimage.data.astronaut, public domain (NASA)"
 
@@ -485,15 +484,6 @@ class _Portrait:
 # Clip
 
 
-def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-
-
 @contextlib.contextmanager
 def _ffmpeg_writer(out: Path, wav: Path, size: int, fps: int, what: str) -> Iterator[subprocess.Popen]:
     """ffmpeg reading raw RGB frames on stdin, muxing ``wav`` as AAC into an H.264 yuv420p mp4."""
@@ -565,7 +555,7 @@ def make_demo_clip(
 
     with tempfile.TemporaryDirectory(prefix="talk3d_demo_") as tmp, atomic_path(out_mp4) as tmp_mp4:
         wav = Path(tmp) / "speech.wav"
-        _write_wav(wav, audio, rate)
+        write_wav(wav, np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16), rate)
         with _ffmpeg_writer(tmp_mp4, wav, size, fps, what=str(out_mp4)) as proc:
             for i in range(n_frames):
                 frame = portrait.render(

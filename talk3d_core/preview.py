@@ -7,23 +7,19 @@ that the audio lines up with the video (the sampled frames are marked on the wav
 from __future__ import annotations
 
 import os
-import wave
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from talk3d_core.io import atomic_path
+from talk3d_core.media import read_wav
 
 
 def read_wav_mono(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     """Read a 16-bit PCM WAV as float32 mono samples in [-1, 1] and its sample rate (Hz)."""
-    with wave.open(str(path), "rb") as wf:
-        if wf.getsampwidth() != 2:
-            raise ValueError(f"{path}: expected 16-bit PCM, got {8 * wf.getsampwidth()}-bit samples")
-        rate, channels = wf.getframerate(), wf.getnchannels()
-        data = np.frombuffer(wf.readframes(wf.getnframes()), dtype="<i2")
-    samples = data.reshape(-1, channels).mean(axis=1).astype(np.float32) / 32768.0
+    pcm, rate = read_wav(path)
+    samples = pcm.reshape(len(pcm), -1).mean(axis=1, dtype=np.float32) / 32768.0
     return samples, rate
 
 
