@@ -65,3 +65,20 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+FRAME_SUFFIXES = (".png", ".jpg")
+
+
+def list_frames(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files of a per-frame folder (frames/, crops/, masks/) in frame order.
+
+    Names are the 0-based frame index zero-padded to six digits, so sorting by name is frame order.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder of frames")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{folder}: no frames (png/jpg) found")
+    return paths

@@ -7,12 +7,11 @@ that the audio lines up with the video (the sampled frames are marked on the wav
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from talk3d_core.io import atomic_path
+from talk3d_core.io import atomic_path, list_frames
 from talk3d_core.media import read_wav
 
 
@@ -23,12 +22,9 @@ def read_wav_mono(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
-def frame_paths(frames_dir: str | os.PathLike[str]) -> list[Path]:
-    """Frame files of an ingest ``frames/`` folder in frame order (names are 0-based indices)."""
-    paths = sorted(p for p in Path(frames_dir).iterdir() if p.suffix in {".png", ".jpg"})
-    if not paths:
-        raise ValueError(f"{frames_dir}: no frames found")
-    return paths
+def evenly_spaced(n_total: int, n_show: int) -> list[int]:
+    """Indices of ``n_show`` items spread evenly over ``n_total`` (first and last included)."""
+    return np.linspace(0, n_total - 1, min(n_show, n_total)).round().astype(int).tolist()
 
 
 def _waveform_strip(samples: np.ndarray, width: int, height: int) -> Image.Image:
@@ -61,9 +57,9 @@ def ingest_preview(
     labelled with its frame index and time (s); below them the whole clip's waveform with a red
     tick at each shown frame's time.
     """
-    paths = frame_paths(frames_dir)
-    n_show = min(columns * rows, len(paths))
-    shown = np.linspace(0, len(paths) - 1, n_show).round().astype(int).tolist()
+    paths = list_frames(frames_dir)
+    shown = evenly_spaced(len(paths), columns * rows)
+    n_show = len(shown)
     first = Image.open(paths[0])
     tile_h = max(1, round(tile * first.height / first.width))
     label_h, wave_h = 18, 96

@@ -22,7 +22,7 @@ def test_shipped_config_is_valid_and_complete():
 def test_paper_overlay_is_valid():
     overlay = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
     filled = validate_config(overlay, CONFIG_SCHEMA)
-    assert filled["ingest"]["max_side"] == 2048
+    assert filled["ingest"]["max_side"] == 2048 and filled["crop"]["size"] == 512
 
 
 def test_every_schema_key_has_default_and_description():

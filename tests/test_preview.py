@@ -55,5 +55,5 @@ def test_read_wav_stereo_downmix(tmp_path):
 
 def test_empty_frames_dir_is_an_error(tmp_path):
     (tmp_path / "frames").mkdir()
-    with pytest.raises(ValueError, match="no frames found"):
+    with pytest.raises(ValueError, match="no frames"):
         ingest_preview(tmp_path / "frames", tmp_path / "a.wav", tmp_path / "o.png", fps=25)

@@ -22,21 +22,11 @@ from snakemake.settings.types import (
     ResourceSettings,
 )
 
+from talk3d_core.demo import make_demo_clip
 from talk3d_core.media import ffmpeg_exe
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_clip(path: Path, seconds: float = 3.2, fps: str = "30", size: str = "160x120") -> None:
-    """A tiny test-pattern clip with a tone: enough for ingest, no face needed."""
-    subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}",
-         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}",
-         "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)],
-        check=True,
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -49,14 +39,15 @@ def project(tmp_path, monkeypatch):
     shutil.copy(ROOT / "environment.yml", tmp_path)  # workflow/envs/core.yaml links to it
     (tmp_path / "resources/weights").mkdir(parents=True)
     shutil.copy(ROOT / "resources/weights/manifest.yaml", tmp_path / "resources/weights/manifest.yaml")
-    make_clip(tmp_path / "clip.mp4")
+    # A short synthetic talking face (the demo generator) so every preprocessing stage has a face.
+    make_demo_clip(tmp_path / "clip.mp4", duration_s=3.2, size=256, seed=3)
     subprocess.run(
         [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
          "-i", "sine=frequency=220:duration=1.5", "-c:a", "libmp3lame", str(tmp_path / "voice.mp3")],
         check=True,
     )  # fmt: skip
     (tmp_path / "config/subjects.tsv").write_text(
-        "name\tvideo\taudio\tdrive\tnotes\nclip\tclip.mp4\t\tvoice.mp3\ttest pattern\n"
+        "name\tvideo\taudio\tdrive\tnotes\nclip\tclip.mp4\t\tvoice.mp3\tsynthetic face\n"
     )
     # Parsing the Snakefile puts the project copy on sys.path; keep that inside the test.
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -88,40 +79,42 @@ def changed(before: dict[str, int], after: dict[str, int]) -> set[str]:
 
 
 ALL = ["all"]
-INGEST = {"results/clip/meta.json", "results/clip/audio.wav"}
-PREVIEW = {"results/clip/ingest_preview.png"}
+
+
+def outputs(files: dict[str, int], *stages: str) -> set[str]:
+    """The files of the given stages among ``files`` (stage = output name or folder under results/clip)."""
+    return {k for k in files if any(k.startswith(f"results/clip/{stage}") for stage in stages)}
 
 
 def test_reruns_only_what_changed(project):
     run(project, ALL)
     out = project / "results/clip"
-    assert (out / "frames/000000.png").is_file()
-    assert (out / "drive/voice/audio.wav").is_file()
-    assert (out / "logs/ingest.log").is_file() and (out / "benchmarks/ingest.tsv").is_file()
+    for path in ["frames/000000.png", "crops/000000.png", "masks/000000.png", "drive/voice/audio.wav",
+                 "landmarks.parquet", "crop.parquet", "camera.parquet", "preprocess_sheet.png",
+                 "logs/ingest.log", "benchmarks/ingest.tsv"]:  # fmt: skip
+        assert (out / path).is_file(), path
     first = mtimes(project)
-    assert INGEST | PREVIEW <= first.keys()
 
     run(project, ALL)  # nothing changed: nothing runs
     assert mtimes(project) == first
 
-    run(project, ALL, config={"preview": {"columns": 2}})  # a later stage's config value
+    run(project, ALL, config={"camera": {"sigma_frames": 1.0}})  # a later stage's config value
     second = mtimes(project)
-    assert changed(first, second) == PREVIEW
+    assert changed(first, second) == outputs(second, "camera.parquet", "preprocess_sheet.png")
 
-    # Editing the preview module re-runs the preview only; editing ingest re-runs it and the preview.
-    with open(project / "talk3d_core/preview.py", "a") as fh:
+    # Editing the masks module re-runs masks and what shows them, nothing upstream.
+    with open(project / "talk3d_core/masks.py", "a") as fh:
         fh.write("\n# edited\n")
-    run(project, ALL, config={"preview": {"columns": 2}})
+    run(project, ALL, config={"camera": {"sigma_frames": 1.0}})
     third = mtimes(project)
-    assert changed(second, third) == PREVIEW
+    assert changed(second, third) == outputs(third, "masks/", "preprocess_sheet.png")
 
+    # Editing ingest re-runs everything downstream of it.
     with open(project / "talk3d_core/ingest.py", "a") as fh:
         fh.write("\n# edited\n")
-    run(project, ALL, config={"preview": {"columns": 2}})
+    run(project, ALL, config={"camera": {"sigma_frames": 1.0}})
     fourth = mtimes(project)
-    frames = {k for k in fourth if k.startswith("results/clip/frames/")}
-    drive = {"results/clip/drive/voice/audio.wav"}
-    assert changed(third, fourth) == INGEST | PREVIEW | frames | drive
+    assert changed(third, fourth) == set(fourth)
 
 
 def test_unknown_config_key_stops_before_any_job(project):
@@ -138,7 +131,7 @@ def test_missing_video_stops_before_any_job(project):
 
 
 def test_demo_subject_end_to_end(project):
-    """The demo clip is generated in code, then ingested; a short one keeps the test quick."""
+    """The demo clip is generated in code by the workflow, then ingested; a short one keeps it quick."""
     (project / "config/subjects.tsv").write_text(
         "name\tvideo\tnotes\ndemo\tresources/demo/astronaut.mp4\tsynthetic\n"
     )

@@ -39,6 +39,9 @@ def subject_targets(name):
     return [
         f"results/{name}/meta.json",
         f"results/{name}/ingest_preview.png",
+        f"results/{name}/camera.parquet",
+        f"results/{name}/masks",
+        f"results/{name}/preprocess_sheet.png",
     ] + [f"results/{name}/drive/{audio}/audio.wav" for audio in s.drive]
 
 

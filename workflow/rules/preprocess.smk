@@ -1,0 +1,119 @@
+# Stages 2-5, face preprocessing: landmarks -> aligned crops -> head pose and EG3D cameras -> region masks.
+
+
+rule landmarks:
+    """68-point landmarks (plus the backend's own points) on every full frame, short gaps filled."""
+    input:
+        frames="results/{subject}/frames",
+    output:
+        "results/{subject}/landmarks.parquet",
+    params:
+        landmarks=config["landmarks"],
+        fps=config["fps"],
+        weights_dir=config["weights"]["dir"],
+        manifest=config["weights"]["manifest"],
+        code=core_hash("talk3d_core.landmarks"),
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    log:
+        "results/{subject}/logs/landmarks.log",
+    benchmark:
+        "results/{subject}/benchmarks/landmarks.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/landmarks.py"
+
+
+rule crop:
+    """Temporally smoothed similarity alignment to the canonical template: crops/ and crop.parquet."""
+    input:
+        frames="results/{subject}/frames",
+        landmarks="results/{subject}/landmarks.parquet",
+    output:
+        crops=directory("results/{subject}/crops"),
+        table="results/{subject}/crop.parquet",
+    params:
+        crop=config["crop"],
+        code=core_hash("talk3d_core.crop"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    log:
+        "results/{subject}/logs/crop.log",
+    benchmark:
+        "results/{subject}/benchmarks/crop.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/crop.py"
+
+
+rule camera:
+    """Head rotation and translation per frame and the EG3D 25-number camera label."""
+    input:
+        "results/{subject}/crop.parquet",
+    output:
+        "results/{subject}/camera.parquet",
+    params:
+        camera=config["camera"],
+        code=core_hash("talk3d_core.camera"),
+    log:
+        "results/{subject}/logs/camera.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/camera.py"
+
+
+rule masks:
+    """Per-crop region labels: background, skin, lips, mouth interior, eyes, hair, neck/torso."""
+    input:
+        crops="results/{subject}/crops",
+        table="results/{subject}/crop.parquet",
+    output:
+        directory("results/{subject}/masks"),
+    params:
+        masks=config["masks"],
+        weights_dir=config["weights"]["dir"],
+        code=core_hash("talk3d_core.masks"),
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    log:
+        "results/{subject}/logs/masks.log",
+    benchmark:
+        "results/{subject}/benchmarks/masks.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/masks.py"
+
+
+rule preprocess_sheet:
+    """Contact sheet: crops with landmarks, region masks and head axes drawn, for a look by eye."""
+    input:
+        crops="results/{subject}/crops",
+        masks="results/{subject}/masks",
+        crop_table="results/{subject}/crop.parquet",
+        camera="results/{subject}/camera.parquet",
+    output:
+        report(
+            "results/{subject}/preprocess_sheet.png",
+            caption="../report/preprocess_sheet.rst",
+            category="Preprocessing",
+            subcategory="{subject}",
+        ),
+    params:
+        preview=config["preview"],
+        code=core_hash("talk3d_core.face_sheet"),
+    log:
+        "results/{subject}/logs/preprocess_sheet.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/preprocess_sheet.py"

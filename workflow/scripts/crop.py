@@ -1,0 +1,23 @@
+"""Adapter: rule crop -> talk3d_core.crop.crop_clip."""
+
+from talk3d_core.crop import crop_clip
+from talk3d_core.io import list_frames
+from talk3d_core.landmarks import read_landmarks
+from talk3d_core.logs import log_to
+
+with log_to(snakemake.log[0]) as log:
+    opts = snakemake.params.crop
+    track = read_landmarks(snakemake.input.landmarks)
+    meta = crop_clip(
+        list_frames(snakemake.input.frames),
+        track.lm68,
+        snakemake.output.crops,
+        snakemake.output.table,
+        size=opts["size"],
+        sigma_frames=opts["sigma_frames"],
+        zoom=opts["zoom"],
+        cut_threshold_ed=opts["cut_threshold_ed"],
+        threads=snakemake.threads,
+    )
+    log.info("crops: %d frames at %d px, shot cuts at %s", meta["n_frames"], meta["size"], meta["cuts"])
+    log.info("crop jitter (px at 512): %s", meta["jitter"])
