@@ -21,6 +21,7 @@ from snakemake.settings.types import (
     Quietness,
     ResourceSettings,
 )
+from snakemake_interface_common.exceptions import WorkflowError
 
 from talk3d_core.demo import make_demo_clip
 from talk3d_core.media import ffmpeg_exe
@@ -176,3 +177,17 @@ def test_weights_rule_fetches_manifest_entries(project):
     fetched = project / "resources/weights/toy/model.bin"
     assert fetched.read_bytes() == source.read_bytes()
     assert (project / "results/logs/weights/toy/model.bin.log").is_file()
+
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "videos/no_face.mp4").is_file(), reason="../shared/data not present")
+def test_clip_without_a_face_fails_clearly_and_keeps_ingest(project):
+    (project / "config/subjects.tsv").write_text(f"name\tvideo\nscenery\t{SHARED / 'videos/no_face.mp4'}\n")
+    with pytest.raises(WorkflowError):
+        run(project, ["results/scenery/landmarks.parquet"])
+    log = (project / "results/scenery/logs/landmarks.log").read_text()
+    assert "no face found in any of the 99 frames" in log  # the stage's own message, in its log
+    assert (project / "results/scenery/meta.json").is_file()  # the finished ingest is kept
+    assert not (project / "results/scenery/landmarks.parquet").exists()
