@@ -90,9 +90,9 @@ def outputs(files: dict[str, int], *stages: str) -> set[str]:
 def test_reruns_only_what_changed(project):
     run(project, ALL)
     out = project / "results/clip"
-    for path in ["frames/000000.png", "crops/000000.png", "masks/000000.png", "drive/voice/audio.wav",
+    for path in ["frames/000000.png", "crops/000000.png", "masks/000000.png", "drive/voice/features.parquet",
                  "landmarks.parquet", "crop.parquet", "camera.parquet", "preprocess_sheet.png",
-                 "logs/ingest.log", "benchmarks/ingest.tsv"]:  # fmt: skip
+                 "features.parquet", "logs/ingest.log", "benchmarks/ingest.tsv"]:  # fmt: skip
         assert (out / path).is_file(), path
     first = mtimes(project)
 
@@ -101,7 +101,9 @@ def test_reruns_only_what_changed(project):
 
     run(project, ALL, config={"camera": {"sigma_frames": 1.0}})  # a later stage's config value
     second = mtimes(project)
-    assert changed(first, second) == outputs(second, "camera.parquet", "preprocess_sheet.png")
+    assert changed(first, second) == outputs(
+        second, "camera.parquet", "preprocess_sheet.png", "features.parquet", "drive/voice/features.parquet"
+    )
 
     # Editing the masks module re-runs masks and what shows them, nothing upstream.
     with open(project / "talk3d_core/masks.py", "a") as fh:

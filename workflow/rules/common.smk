@@ -42,7 +42,8 @@ def subject_targets(name):
         f"results/{name}/camera.parquet",
         f"results/{name}/masks",
         f"results/{name}/preprocess_sheet.png",
-    ] + [f"results/{name}/drive/{audio}/audio.wav" for audio in s.drive]
+        f"results/{name}/features.parquet",
+    ] + [f"results/{name}/drive/{audio}/features.parquet" for audio in s.drive]
 
 
 def core_hash(*modules):

@@ -1,0 +1,345 @@
+"""Stage 6, features: every conditioning input of the deltaplane predictor in one table per subject.
+
+``features.parquet`` has one row per video frame (join key ``frame``, 0-based at the pipeline fps):
+
+==========  ===============  ==================================================================
+column      type             meaning
+==========  ===============  ==================================================================
+frame       int32            video frame index, 0..N-1 with no gaps
+split       string           "train" or "test": the last ``test_fraction`` of the clip is test
+time_s      float32          start time of the frame, frame / fps (seconds)
+audio       float32[W*D]     window of W per-frame audio features (D dims each), frame-major,
+                             normalised with the subject's statistics; the frame itself sits at
+                             position W // 2 of its window
+eye         float32          blink value on the AU45 scale, clip(AU45, 0, 2): 0 open, ~2 closed
+yaw         float32          head rotation in degrees (camera.parquet, smoothed)
+pitch       float32
+roll        float32
+ldm         float32[6]       landmark token: nose tip, right-eye centre, left-eye centre (x, y),
+                             crop coordinates normalised to [-1, 1]
+==========  ===============  ==================================================================
+
+A driving-audio table (``drive/{audio}/features.parquet``) has only ``frame``, ``time_s`` and
+``audio``, normalised with the *subject's* statistics so a new voice lands in the same range.
+
+The Parquet schema metadata (key ``talk3d.features``) records the kind of table, the feature
+backends, window, dims, normalisation statistics, blink calibration and split; :func:`read_features`
+checks columns, types, lengths, frame order, NaNs and, when asked, that the recorded settings match
+the current ones, so a stale or corrupted cache is an error rather than silent garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from talk3d_core.audio_features import apply_normalisation, fit_normalisation, frame_features, frame_windows
+from talk3d_core.blink import blink_signal
+from talk3d_core.camera import read_camera_table
+from talk3d_core.crop import read_crop_table
+from talk3d_core.io import atomic_path
+from talk3d_core.media import read_wav
+
+SCHEMA_VERSION = 1
+METADATA_KEY = b"talk3d.features"
+KINDS = ("subject", "drive")
+SPLITS = ("train", "test")
+# Landmark token points (iBUG 68 indices): nose tip, right-eye centre, left-eye centre.
+NOSE_TIP = 30
+RIGHT_EYE = tuple(range(36, 42))
+LEFT_EYE = tuple(range(42, 48))
+
+
+@dataclass
+class FeatureTable:
+    """Contents of a features table as arrays (N rows).
+
+    frame (N,) int32; time_s (N,) float32; audio (N, W, D) float32. Subject tables also have
+    split (N,) str, eye (N,) float32, rotation (N, 3) float32 yaw/pitch/roll degrees and
+    ldm (N, 6) float32; for driving audio they are None. meta: the recorded settings.
+    """
+
+    frame: np.ndarray
+    time_s: np.ndarray
+    audio: np.ndarray
+    meta: dict[str, Any]
+    split: np.ndarray | None = None
+    eye: np.ndarray | None = None
+    rotation: np.ndarray | None = None
+    ldm: np.ndarray | None = None
+    kind: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kind = self.meta["kind"]
+
+
+def split_by_time(n_frames: int, test_fraction: float) -> np.ndarray:
+    """ "train" for the first frames and "test" for the last ``test_fraction`` of them, (N,) str.
+
+    The split is by time (as the official code: the last 1/11 is test) so that test frames are
+    unseen speech, not neighbours of training frames.
+    """
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    n_train = n_frames - int(round(n_frames * test_fraction))
+    split = np.full(n_frames, "train", dtype=object)
+    split[n_train:] = "test"
+    return split
+
+
+def landmark_token(lm68_crop: np.ndarray, size: int) -> np.ndarray:
+    """(N, 68, 2) crop-pixel landmarks -> (N, 6) token: nose tip, right eye, left eye (x, y) in [-1, 1].
+
+    Pixel centres are at integer coordinates, so pixel i maps to (i + 0.5) / size * 2 - 1.
+    """
+    lm = np.asarray(lm68_crop, dtype=np.float64)
+    points = np.stack([lm[:, NOSE_TIP], lm[:, RIGHT_EYE].mean(axis=1), lm[:, LEFT_EYE].mean(axis=1)], axis=1)
+    return ((points + 0.5) / size * 2.0 - 1.0).reshape(len(lm), 6).astype(np.float32)
+
+
+def _load_audio(audio_wav: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    pcm, rate = read_wav(audio_wav)
+    if pcm.ndim != 1:
+        raise ValueError(f"{audio_wav}: expected mono audio, got {pcm.shape[1]} channels")
+    return pcm.astype(np.float32) / 32768.0, rate
+
+
+def _n_frames_of(samples: int, rate: int, fps: float) -> int:
+    return int(round(samples * fps / rate))
+
+
+def subject_features(
+    audio_wav: str | os.PathLike[str],
+    crop_parquet: str | os.PathLike[str],
+    camera_parquet: str | os.PathLike[str],
+    out_parquet: str | os.PathLike[str],
+    *,
+    fps: float,
+    audio_backend: str = "mel",
+    audio_model: str | None = None,
+    audio_output: str = "hidden",
+    audio_window: int = 16,
+    audio_pad: str = "edge",
+    eye_backend: str = "ear",
+    crop_paths: list[Path] | None = None,
+    test_fraction: float = 1 / 11,
+) -> dict[str, Any]:
+    """Build and write a subject's ``features.parquet``; return its metadata.
+
+    The audio of ``audio_wav`` must span exactly the frames of the crop table (ingest guarantees
+    it). ``crop_paths`` is only needed by image-based eye backends (pyfeat).
+    """
+    crops = read_crop_table(crop_parquet)
+    cameras = read_camera_table(camera_parquet)
+    n = len(crops.frame)
+    if len(cameras) != n:
+        raise ValueError(f"{camera_parquet}: {len(cameras)} frames, but {crop_parquet} has {n}")
+    wav, rate = _load_audio(audio_wav)
+    if abs(_n_frames_of(len(wav), rate, fps) - n) > 1:
+        raise ValueError(
+            f"{audio_wav}: {len(wav) / rate:.2f} s of audio does not span the {n} frames "
+            f"({n / fps:.2f} s) of {crop_parquet}; re-run ingest"
+        )
+    per_frame = frame_features(
+        wav, rate, backend=audio_backend, n_frames=n, fps=fps, model_path=audio_model, output=audio_output
+    )
+    stats = fit_normalisation(per_frame)
+    audio = frame_windows(apply_normalisation(per_frame, stats), audio_window, pad=audio_pad)
+    eye, eye_info = blink_signal(crops.lm68, backend=eye_backend, fps=fps, frames=crop_paths)
+    split = split_by_time(n, test_fraction)
+    meta = {
+        "kind": "subject",
+        "version": SCHEMA_VERSION,
+        "fps": fps,
+        "n_frames": n,
+        "audio_backend": audio_backend,
+        "audio_model": audio_model,
+        "audio_output": audio_output,
+        "audio_window": audio_window,
+        "audio_pad": audio_pad,
+        "audio_dim": int(per_frame.shape[1]),
+        "audio_stats": stats,
+        "eye_backend": eye_backend,
+        "eye": eye_info,
+        "test_fraction": test_fraction,
+        "n_train": int((split == "train").sum()),
+        "n_test": int((split == "test").sum()),
+    }
+    table = FeatureTable(
+        frame=np.arange(n, dtype=np.int32),
+        time_s=(np.arange(n) / fps).astype(np.float32),
+        audio=audio.astype(np.float32),
+        meta=meta,
+        split=split,
+        eye=np.asarray(eye, dtype=np.float32),
+        rotation=cameras[["yaw", "pitch", "roll"]].to_numpy(np.float32),
+        ldm=landmark_token(crops.lm68, crops.size),
+    )
+    write_features(table, out_parquet)
+    return meta
+
+
+def drive_features(
+    audio_wav: str | os.PathLike[str],
+    subject_parquet: str | os.PathLike[str],
+    out_parquet: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """Audio features of a driving audio file, with the subject's backend, window and statistics."""
+    subject = read_features(subject_parquet, kind="subject")
+    m = subject.meta
+    wav, rate = _load_audio(audio_wav)
+    n = _n_frames_of(len(wav), rate, m["fps"])
+    if n < 1:
+        raise ValueError(f"{audio_wav}: shorter than one video frame")
+    per_frame = frame_features(
+        wav,
+        rate,
+        backend=m["audio_backend"],
+        n_frames=n,
+        fps=m["fps"],
+        model_path=m["audio_model"],
+        output=m["audio_output"],
+    )
+    audio = frame_windows(
+        apply_normalisation(per_frame, m["audio_stats"]), m["audio_window"], pad=m["audio_pad"]
+    )
+    keys = ("fps", "audio_backend", "audio_model", "audio_output", "audio_window", "audio_pad", "audio_dim")
+    keys += ("audio_stats",)
+    meta = {
+        "kind": "drive",
+        "version": SCHEMA_VERSION,
+        "n_frames": n,
+        "subject_features": str(subject_parquet),
+    }
+    meta.update({k: m[k] for k in keys})
+    table = FeatureTable(
+        frame=np.arange(n, dtype=np.int32),
+        time_s=(np.arange(n) / m["fps"]).astype(np.float32),
+        audio=audio.astype(np.float32),
+        meta=meta,
+    )
+    write_features(table, out_parquet)
+    return meta
+
+
+def _fixed_list(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, width)
+
+
+def write_features(table: FeatureTable, path: str | os.PathLike[str]) -> None:
+    """Write a :class:`FeatureTable` atomically (schema in the module docstring)."""
+    n, w, d = table.audio.shape
+    columns: dict[str, pa.Array] = {
+        "frame": pa.array(table.frame, pa.int32()),
+        "time_s": pa.array(table.time_s, pa.float32()),
+        "audio": _fixed_list(table.audio, w * d),
+    }
+    if table.kind == "subject":
+        columns = {
+            "frame": columns["frame"],
+            "split": pa.array(table.split.astype(str), pa.string()),
+            "time_s": columns["time_s"],
+            "audio": columns["audio"],
+            "eye": pa.array(table.eye, pa.float32()),
+            "yaw": pa.array(table.rotation[:, 0], pa.float32()),
+            "pitch": pa.array(table.rotation[:, 1], pa.float32()),
+            "roll": pa.array(table.rotation[:, 2], pa.float32()),
+            "ldm": _fixed_list(table.ldm, 6),
+        }
+    arrow = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(table.meta).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow, tmp)
+
+
+def _expected_types(kind: str, meta: dict[str, Any]) -> dict[str, pa.DataType]:
+    audio = pa.list_(pa.float32(), meta["audio_window"] * meta["audio_dim"])
+    if kind == "drive":
+        return {"frame": pa.int32(), "time_s": pa.float32(), "audio": audio}
+    return {
+        "frame": pa.int32(),
+        "split": pa.string(),
+        "time_s": pa.float32(),
+        "audio": audio,
+        "eye": pa.float32(),
+        "yaw": pa.float32(),
+        "pitch": pa.float32(),
+        "roll": pa.float32(),
+        "ldm": pa.list_(pa.float32(), 6),
+    }
+
+
+def read_features(
+    path: str | os.PathLike[str], *, kind: str = "subject", expect: dict[str, Any] | None = None
+) -> FeatureTable:
+    """Read and check a features table; raise ValueError naming ``path`` on any mismatch.
+
+    ``expect`` maps metadata keys to the values the caller relies on (e.g. the configured
+    ``audio_backend`` and ``audio_window``); a different recorded value means a stale cache.
+    """
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{path}: {problem}; delete it and re-run the features stage")
+
+    try:
+        arrow = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise bad(f"not a readable Parquet table ({exc})") from None
+    raw = (arrow.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise bad("no talk3d.features metadata (not a features table)")
+    meta = json.loads(raw)
+    if meta.get("kind") != kind:
+        raise bad(f"a '{meta.get('kind')}' features table where a '{kind}' one was expected")
+    if meta.get("version") != SCHEMA_VERSION:
+        raise bad(f"schema version {meta.get('version')}, this code reads version {SCHEMA_VERSION}")
+    for key, value in (expect or {}).items():
+        if meta.get(key) != value:
+            raise bad(f"stale cache: recorded {key}={meta.get(key)!r}, expected {value!r}")
+    expected = _expected_types(kind, meta)
+    actual = {f.name: f.type for f in arrow.schema}
+    if list(actual) != list(expected):
+        raise bad(f"columns {list(actual)}, expected {list(expected)}")
+    for name, typ in expected.items():
+        if actual[name] != typ:
+            raise bad(f"column '{name}' has type {actual[name]}, expected {typ}")
+    n = arrow.num_rows
+    if n != meta["n_frames"]:
+        raise bad(f"{n} rows, but the metadata says {meta['n_frames']} frames")
+
+    def floats(name: str, width: int = 1) -> np.ndarray:
+        col = arrow.column(name).combine_chunks()
+        if col.null_count:
+            raise bad(f"column '{name}' has {col.null_count} missing values")
+        values = (col.flatten() if width > 1 else col).to_numpy(zero_copy_only=False).astype(np.float32)
+        if not np.isfinite(values).all():
+            raise bad(f"column '{name}' has NaN or infinite values")
+        return values.reshape(n, width) if width > 1 else values
+
+    frame = arrow.column("frame").to_numpy()
+    if not np.array_equal(frame, np.arange(n)):
+        raise bad("frames are not 0..N-1 in order")
+    w, d = meta["audio_window"], meta["audio_dim"]
+    table = FeatureTable(
+        frame=frame.astype(np.int32),
+        time_s=floats("time_s"),
+        audio=floats("audio", w * d).reshape(n, w, d),
+        meta=meta,
+    )
+    if kind == "subject":
+        split = np.asarray(arrow.column("split").to_pylist(), dtype=object)
+        unknown = set(split) - set(SPLITS)
+        if unknown:
+            raise bad(f"unknown split values {sorted(map(str, unknown))}")
+        table.split = split
+        table.eye = floats("eye")
+        table.rotation = np.stack([floats("yaw"), floats("pitch"), floats("roll")], axis=1)
+        table.ldm = floats("ldm", 6)
+    return table

@@ -1,0 +1,131 @@
+"""The features table: assembly from real stage outputs, split, tokens, and the schema check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from talk3d_core.camera import camera_table, write_camera_table
+from talk3d_core.crop import crop_clip
+from talk3d_core.demo import make_demo_clip
+from talk3d_core.features import (
+    METADATA_KEY,
+    drive_features,
+    landmark_token,
+    read_features,
+    split_by_time,
+    subject_features,
+)
+from talk3d_core.ingest import ingest_audio, ingest_video
+from talk3d_core.io import list_frames
+from talk3d_core.landmarks import detect_landmarks
+
+
+def test_split_is_by_time():
+    split = split_by_time(110, 1 / 11)
+    assert (split[:100] == "train").all() and (split[100:] == "test").all()
+    assert (split_by_time(5, 0.0) == "train").all()
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_by_time(10, 1.0)
+
+
+def test_landmark_token_normalisation():
+    lm = np.zeros((1, 68, 2))
+    lm[0, 30] = [127.5, 127.5]  # crop centre of a 256 crop
+    lm[0, 36:42] = [-0.5, -0.5]  # the crop's top-left corner
+    lm[0, 42:48] = [255.5, 255.5]  # bottom-right corner
+    assert landmark_token(lm, 256).tolist() == [[0.0, 0.0, -1.0, -1.0, 1.0, 1.0]]
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    """A 4 s synthetic talking clip run through ingest, landmarks, crop and camera."""
+    root = tmp_path_factory.mktemp("features")
+    truth = make_demo_clip(root / "clip.mp4", duration_s=4.0, size=256, seed=1)
+    ingest_video(root / "clip.mp4", root / "frames", root / "audio.wav", root / "meta.json", min_duration_s=1)
+    track = detect_landmarks(list_frames(root / "frames"), what="clip")
+    crop_clip(list_frames(root / "frames"), track.lm68, root / "crops", root / "crop.parquet", size=128)
+    from talk3d_core.crop import read_crop_table
+
+    crops = read_crop_table(root / "crop.parquet")
+    write_camera_table(
+        camera_table(crops.lm68, crops.size, focal=3.6, radius=2.7, pivot=(0, 0.05, 0.2)),
+        root / "camera.parquet",
+    )
+    meta = subject_features(
+        root / "audio.wav", root / "crop.parquet", root / "camera.parquet", root / "features.parquet",
+        fps=25, audio_window=8, test_fraction=0.1,
+    )  # fmt: skip
+    return root, meta, truth
+
+
+def test_subject_table(subject):
+    root, meta, truth = subject
+    table = read_features(root / "features.parquet", expect={"audio_backend": "mel", "audio_window": 8})
+    assert len(table.frame) == 100 and meta["n_train"] == 90 and meta["n_test"] == 10
+    assert table.audio.shape == (100, 8, meta["audio_dim"])
+    assert np.isfinite(table.audio).all() and np.isfinite(table.eye).all()
+    assert table.eye.min() >= 0 and table.eye.max() <= 2
+    # Normalised with the clip's own statistics: near zero mean, unit spread over the clip.
+    centre = table.audio[:, 8 // 2]
+    assert abs(float(centre.mean())) < 0.1 and 0.8 < float(centre.std()) < 1.2
+    # The blink value peaks where the synthetic clip blinks.
+    blink = np.asarray(truth["blink"])
+    assert table.eye[blink > 0.9].mean() > table.eye[blink == 0].mean() + 0.5
+    # Rotation comes from the camera table; the landmark token keeps the face near the centre.
+    assert np.abs(table.rotation).max() < 30
+    assert np.abs(table.ldm).max() < 0.6
+
+
+def test_drive_features_use_the_subject_statistics(subject, tmp_path):
+    root, meta, _ = subject
+    ingest_audio(root / "clip.mp4", tmp_path / "drive.wav", min_duration_s=0.5)
+    out = drive_features(tmp_path / "drive.wav", root / "features.parquet", tmp_path / "drive.parquet")
+    drive = read_features(tmp_path / "drive.parquet", kind="drive")
+    own = read_features(root / "features.parquet")
+    assert out["audio_stats"] == meta["audio_stats"]
+    # The same audio through the drive path gives the subject's own features.
+    np.testing.assert_allclose(drive.audio, own.audio, atol=1e-5)
+
+
+def rewrite(src, dst, *, table=None, meta=None):
+    arrow = pq.read_table(src)
+    stored = json.loads(arrow.schema.metadata[METADATA_KEY])
+    arrow = table(arrow) if table else arrow
+    arrow = arrow.replace_schema_metadata(
+        {METADATA_KEY: json.dumps(meta(stored) if meta else stored).encode()}
+    )
+    pq.write_table(arrow, dst)
+    return dst
+
+
+def test_schema_check_rejects_corrupted_tables(subject, tmp_path):
+    src = subject[0] / "features.parquet"
+
+    def with_nan(t):
+        eye = t.column("eye").to_numpy().copy()
+        eye[3] = np.nan
+        return t.set_column(t.schema.get_field_index("eye"), "eye", pa.array(eye, pa.float32()))
+
+    cases = {
+        "NaN": rewrite(src, tmp_path / "nan.parquet", table=with_nan),
+        "columns": rewrite(src, tmp_path / "cols.parquet", table=lambda t: t.drop_columns(["ldm"])),
+        "rows": rewrite(src, tmp_path / "rows.parquet", table=lambda t: t.slice(0, 50)),
+        "stale cache": rewrite(
+            src, tmp_path / "stale.parquet", meta=lambda m: {**m, "audio_backend": "hubert"}
+        ),
+        "schema version": rewrite(src, tmp_path / "ver.parquet", meta=lambda m: {**m, "version": 0}),
+    }
+    for problem, path in cases.items():
+        with pytest.raises(ValueError, match=problem) as info:
+            read_features(path, expect={"audio_backend": "mel"})
+        assert str(path) in str(info.value)
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(ValueError, match="not a readable Parquet table"):
+        read_features(tmp_path / "junk.parquet")
+    with pytest.raises(ValueError, match="'subject' features table where a 'drive' one"):
+        read_features(src, kind="drive")

@@ -1,0 +1,46 @@
+# Stage 6, features: audio windows, blink value, head rotation and landmark token per frame.
+
+
+rule features:
+    """One table per subject joined on frame: audio window, eye (AU45 scale), rotation, landmarks, split."""
+    input:
+        audio="results/{subject}/audio.wav",
+        crops="results/{subject}/crops",
+        crop_table="results/{subject}/crop.parquet",
+        camera="results/{subject}/camera.parquet",
+    output:
+        "results/{subject}/features.parquet",
+    params:
+        fps=config["fps"],
+        features=config["features"],
+        code=core_hash("talk3d_core.features"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    log:
+        "results/{subject}/logs/features.log",
+    benchmark:
+        "results/{subject}/benchmarks/features.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/features.py"
+
+
+rule drive_features:
+    """Audio features of a driving audio file, normalised with the subject's statistics."""
+    input:
+        audio="results/{subject}/drive/{audio}/audio.wav",
+        subject="results/{subject}/features.parquet",
+    output:
+        "results/{subject}/drive/{audio}/features.parquet",
+    params:
+        code=core_hash("talk3d_core.features"),
+    threads: 2
+    log:
+        "results/{subject}/logs/drive_features_{audio}.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/drive_features.py"

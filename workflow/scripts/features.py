@@ -1,0 +1,29 @@
+"""Adapter: rule features -> talk3d_core.features.subject_features."""
+
+from talk3d_core.features import subject_features
+from talk3d_core.io import list_frames
+from talk3d_core.logs import log_to
+
+with log_to(snakemake.log[0]) as log:
+    opts = snakemake.params.features
+    meta = subject_features(
+        snakemake.input.audio,
+        snakemake.input.crop_table,
+        snakemake.input.camera,
+        snakemake.output[0],
+        fps=snakemake.params.fps,
+        audio_backend=opts["audio_backend"],
+        audio_model=opts["audio_model"],
+        audio_output=opts["audio_output"],
+        audio_window=opts["audio_window"],
+        audio_pad=opts["audio_pad"],
+        eye_backend=opts["eye_backend"],
+        crop_paths=list_frames(snakemake.input.crops),
+        test_fraction=opts["test_fraction"],
+    )
+    log.info(
+        "%d frames (%d train, %d test); audio %s: window %d x %d dims; eye %s",
+        meta["n_frames"], meta["n_train"], meta["n_test"], meta["audio_backend"],
+        meta["audio_window"], meta["audio_dim"], meta["eye_backend"],
+    )  # fmt: skip
+    log.info("eye: %s", {k: v for k, v in meta["eye"].items() if not isinstance(v, list)})
