@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from talk3d_core import audio_features as af
+from talk3d_core.features import subject_features
 from talk3d_core.ingest import ingest_audio
 from talk3d_core.media import read_wav
 
@@ -134,6 +135,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="audio seconds for wav2vec2/hubert")
     parser.add_argument("--models", default="base,large", help="architecture sizes to time (base,large)")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per backend (best is shown)")
+    parser.add_argument(
+        "--stage-dir",
+        type=Path,
+        default=DEFAULT_WAV.parent,
+        help="subject results folder with audio.wav, crop.parquet, camera.parquet: times the whole stage",
+    )
+    parser.add_argument("--skip-ssl", action="store_true", help="time mel and the whole stage only")
     args = parser.parse_args()
 
     wav, source = load_audio(args.wav, args.video)
@@ -150,6 +158,21 @@ def main() -> None:
     clip, n = whole_frames(wav, None)
     seconds, shape = time_backend(clip, n, "mel", None, max(3, args.repeat))
     report("mel (log-mel, numpy)", n / FPS, seconds, shape)
+
+    stage_inputs = [args.stage_dir / f for f in ("audio.wav", "crop.parquet", "camera.parquet")]
+    if all(p.is_file() for p in stage_inputs):
+        with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
+            start = time.perf_counter()
+            meta = subject_features(*stage_inputs, Path(tmp) / "features.parquet", fps=FPS)
+            seconds = time.perf_counter() - start
+        print(
+            f"{'whole stage (mel, ear)':<40} {meta['n_frames']:5d} frames in {seconds:6.2f} s: "
+            f"{meta['n_frames'] / seconds:8.1f} frames/s  ({args.stage_dir})"
+        )
+    else:
+        print(f"whole stage: skipped, {args.stage_dir} lacks audio.wav, crop.parquet or camera.parquet")
+    if args.skip_ssl:
+        return
 
     clip, n = whole_frames(wav, args.seconds)
     for backend in ("wav2vec2", "hubert"):

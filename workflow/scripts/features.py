@@ -26,4 +26,5 @@ with log_to(snakemake.log[0]) as log:
         meta["n_frames"], meta["n_train"], meta["n_test"], meta["audio_backend"],
         meta["audio_window"], meta["audio_dim"], meta["eye_backend"],
     )  # fmt: skip
-    log.info("eye: %s", {k: v for k, v in meta["eye"].items() if not isinstance(v, list)})
+    eye = meta["eye"]
+    log.info("eye: %d blinks, %.1f per minute", eye["n_blinks"], eye["blinks_per_minute"])
