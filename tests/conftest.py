@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,30 @@ def make_audio(media_dir) -> Callable[..., Path]:
         return cache[key]
 
     return make
+
+
+@dataclass(frozen=True)
+class TalkingFace:
+    """A synthetic talking clip (the demo generator) ingested and tracked: shared by stage tests."""
+
+    root: Path
+    truth: dict
+    frames: Path
+    audio: Path
+    track: object  # talk3d_core.landmarks.LandmarkTrack
+
+
+@pytest.fixture(scope="session")
+def talking_face(tmp_path_factory) -> TalkingFace:
+    """6 s, 256 px demo clip (seed 0) -> frames, 16 kHz audio, mediapipe landmarks."""
+    from talk3d_core.demo import make_demo_clip
+    from talk3d_core.ingest import ingest_video
+    from talk3d_core.landmarks import detect_landmarks
+
+    root = tmp_path_factory.mktemp("talking_face")
+    truth = make_demo_clip(root / "clip.mp4", duration_s=6.0, size=256, seed=0)
+    ingest_video(
+        root / "clip.mp4", root / "frames", root / "audio.wav", root / "meta.json", min_duration_s=0.5
+    )
+    track = detect_landmarks(root / "frames", what="synthetic talking face")
+    return TalkingFace(root, truth, root / "frames", root / "audio.wav", track)

@@ -204,18 +204,9 @@ def match_blinks(found: list, truth: list, slack: int = 1) -> int:
     return hits
 
 
-def test_demo_clip_blinks_are_found(tmp_path):
-    from talk3d_core.demo import make_demo_clip
-    from talk3d_core.ingest import ingest_video
-    from talk3d_core.landmarks import detect_landmarks
-
-    clip = tmp_path / "demo.mp4"
-    truth = make_demo_clip(clip, duration_s=6.0, size=256)
-    ingest_video(
-        clip, tmp_path / "frames", tmp_path / "audio.wav", tmp_path / "meta.json", min_duration_s=0.5
-    )
-    track = detect_landmarks(tmp_path / "frames", what="demo")
-    au45, info = blink_signal(track.lm68, fps=FPS, what="demo")
+def test_demo_clip_blinks_are_found(talking_face):
+    truth = talking_face.truth
+    au45, info = blink_signal(talking_face.track.lm68, fps=FPS, what="demo")
     closure = np.asarray(truth["blink"])
     true_blinks = detect_blinks(AU45_MAX * closure, FPS)
     assert len(true_blinks) == 2  # at 1.0 s and 5.4 s

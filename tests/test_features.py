@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from talk3d_core.camera import camera_table, write_camera_table
-from talk3d_core.crop import crop_clip
-from talk3d_core.demo import make_demo_clip
+from talk3d_core.crop import crop_clip, read_crop_table
 from talk3d_core.features import (
     METADATA_KEY,
     drive_features,
@@ -20,9 +19,8 @@ from talk3d_core.features import (
     split_by_time,
     subject_features,
 )
-from talk3d_core.ingest import ingest_audio, ingest_video
+from talk3d_core.ingest import ingest_audio
 from talk3d_core.io import list_frames
-from talk3d_core.landmarks import detect_landmarks
 
 
 def test_split_is_by_time():
@@ -42,32 +40,28 @@ def test_landmark_token_normalisation():
 
 
 @pytest.fixture(scope="module")
-def subject(tmp_path_factory):
-    """A 4 s synthetic talking clip run through ingest, landmarks, crop and camera."""
+def subject(talking_face, tmp_path_factory):
+    """The shared synthetic talking clip run on through crop, camera and features."""
     root = tmp_path_factory.mktemp("features")
-    truth = make_demo_clip(root / "clip.mp4", duration_s=4.0, size=256, seed=1)
-    ingest_video(root / "clip.mp4", root / "frames", root / "audio.wav", root / "meta.json", min_duration_s=1)
-    track = detect_landmarks(list_frames(root / "frames"), what="clip")
-    crop_clip(list_frames(root / "frames"), track.lm68, root / "crops", root / "crop.parquet", size=128)
-    from talk3d_core.crop import read_crop_table
-
+    face = talking_face
+    crop_clip(list_frames(face.frames), face.track.lm68, root / "crops", root / "crop.parquet", size=128)
     crops = read_crop_table(root / "crop.parquet")
     write_camera_table(
         camera_table(crops.lm68, crops.size, focal=3.6, radius=2.7, pivot=(0, 0.05, 0.2)),
         root / "camera.parquet",
     )
     meta = subject_features(
-        root / "audio.wav", root / "crop.parquet", root / "camera.parquet", root / "features.parquet",
+        face.audio, root / "crop.parquet", root / "camera.parquet", root / "features.parquet",
         fps=25, audio_window=8, test_fraction=0.1,
     )  # fmt: skip
-    return root, meta, truth
+    return root, meta, face.truth
 
 
 def test_subject_table(subject):
     root, meta, truth = subject
     table = read_features(root / "features.parquet", expect={"audio_backend": "mel", "audio_window": 8})
-    assert len(table.frame) == 100 and meta["n_train"] == 90 and meta["n_test"] == 10
-    assert table.audio.shape == (100, 8, meta["audio_dim"])
+    assert len(table.frame) == 150 and meta["n_train"] == 135 and meta["n_test"] == 15
+    assert table.audio.shape == (150, 8, meta["audio_dim"])
     assert np.isfinite(table.audio).all() and np.isfinite(table.eye).all()
     assert table.eye.min() >= 0 and table.eye.max() <= 2
     # Normalised with the clip's own statistics: near zero mean, unit spread over the clip.
@@ -81,9 +75,9 @@ def test_subject_table(subject):
     assert np.abs(table.ldm).max() < 0.6
 
 
-def test_drive_features_use_the_subject_statistics(subject, tmp_path):
+def test_drive_features_use_the_subject_statistics(subject, talking_face, tmp_path):
     root, meta, _ = subject
-    ingest_audio(root / "clip.mp4", tmp_path / "drive.wav", min_duration_s=0.5)
+    ingest_audio(talking_face.root / "clip.mp4", tmp_path / "drive.wav", min_duration_s=0.5)
     out = drive_features(tmp_path / "drive.wav", root / "features.parquet", tmp_path / "drive.parquet")
     drive = read_features(tmp_path / "drive.parquet", kind="drive")
     own = read_features(root / "features.parquet")

@@ -440,15 +440,8 @@ def test_no_face_clip_is_a_clear_error(ingested):
         detect_landmarks(frames, what="no_face.mp4")
 
 
-def test_demo_clip_is_detected(tmp_path):
-    from talk3d_core.demo import make_demo_clip
-
-    clip = tmp_path / "demo.mp4"
-    truth = make_demo_clip(clip, duration_s=3.0, size=256)
-    ingest_video(
-        clip, tmp_path / "frames", tmp_path / "audio.wav", tmp_path / "meta.json", min_duration_s=0.5
-    )
-    track = detect_landmarks(tmp_path / "frames", what="demo")
+def test_demo_clip_is_detected(talking_face):
+    track, truth = talking_face.track, talking_face.truth
     assert track.detected.all() and len(track) == truth["n_frames"]
     # The head moves by a similarity about the mesh's nose tip (vertex 1, where the demo measured
     # it), so that vertex moves by the translation alone: this pins the pixel convention down.
