@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
-DEMO_TARGETS := results/demo/meta.json results/demo/ingest_preview.png
+DEMO_TARGETS := results/demo/ingest_preview.png results/demo/preprocess_sheet.png results/demo/features.parquet
 
 .PHONY: demo test install install-dev lint clean-demo
 
@@ -13,9 +13,12 @@ demo: install
 	$(BIN)/snakemake --cores $(CORES) $(DEMO_TARGETS)
 	@echo ""
 	@echo "Demo done. Outputs of subject 'demo' are in results/demo/:"
-	@echo "  frames/ audio.wav meta.json   (ingested clip)"
-	@echo "  ingest_preview.png            (contact sheet)"
-	@echo "  logs/ benchmarks/             (per-stage logs and timings)"
+	@echo "  frames/ audio.wav meta.json         ingested clip;  ingest_preview.png"
+	@echo "  landmarks.parquet crops/ crop.parquet camera.parquet masks/"
+	@echo "                                      face preprocessing;  preprocess_sheet.png"
+	@echo "  features.parquet                    audio windows, blink, pose and landmark tokens"
+	@echo "  logs/ benchmarks/                   per-stage logs and timings"
+	@echo "Report: .venv/bin/snakemake --report results/report.html"
 
 test: install-dev
 	$(BIN)/ruff check .
