@@ -1,0 +1,319 @@
+"""Stage 7, prior (scratch mode): a tri-plane generator fitted to one subject as an auto-decoder.
+
+When no pretrained EG3D checkpoint is available, the personalized prior is learned from the
+subject's own training crops: a randomly initialised :class:`TriPlaneGenerator`, a learned identity
+latent ``w_id`` (1, num_ws, w_dim) and a small per-frame offset ``o_n`` for every training frame,
+rendered from the tracked camera of frame n and compared with the crop. Offsets absorb expression so
+that ``w_id`` holds the identity; an L2 penalty keeps them small. The identity tri-plane
+``P_ID = planes(w_id)`` is what the deltaplane stage builds on.
+
+Training is seeded per step (batch order and renderer jitter are functions of ``seed`` and the step
+number), checkpointed atomically every ``checkpoint_every`` steps and resumed from the last
+checkpoint, so a killed run continued later ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.image_metrics import psnr, ssim
+from talk3d_core.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+# Region labels (talk3d_core.masks.LABELS) that make up the face for PSNR: skin, lips, mouth, eyes.
+FACE_LABELS = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Optimisation settings of the scratch prior (the generator's sizes are in GeneratorConfig)."""
+
+    steps: int = 2000
+    batch_size: int = 4
+    lr_generator: float = 2e-3
+    lr_latent: float = 1e-2
+    weight_l1: float = 1.0
+    weight_l1_raw: float = 1.0
+    weight_ssim: float = 0.5
+    weight_offset: float = 1e-2
+    checkpoint_every: int = 200
+    seed: int = 0
+
+
+@dataclass
+class SubjectData:
+    """Training data of one subject, in memory (small at CPU scale).
+
+    crops (N, 3, S, S) float in [-1, 1] at the generator's output size; face (N, 1, S, S) float
+    face-region mask; cameras (N, 25) float EG3D labels; frame (N,) int source frame indices;
+    train (N,) bool.
+    """
+
+    crops: torch.Tensor
+    face: torch.Tensor
+    cameras: torch.Tensor
+    frame: np.ndarray
+    train: np.ndarray
+
+
+def load_subject(
+    crop_paths: Sequence[str | os.PathLike[str]],
+    mask_paths: Sequence[str | os.PathLike[str]],
+    cameras: np.ndarray,
+    train: np.ndarray,
+    size: int,
+) -> SubjectData:
+    """Read crops and masks, resized to ``size`` (area for images, nearest for labels)."""
+    if not (len(crop_paths) == len(mask_paths) == len(cameras) == len(train)):
+        raise ValueError(
+            f"prior inputs disagree: {len(crop_paths)} crops, {len(mask_paths)} masks, "
+            f"{len(cameras)} cameras, {len(train)} split flags"
+        )
+    crops, faces = [], []
+    for crop_path, mask_path in zip(crop_paths, mask_paths, strict=True):
+        with Image.open(crop_path) as im:
+            rgb = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BOX), np.float32)
+        with Image.open(mask_path) as im:
+            labels = np.asarray(im.resize((size, size), Image.Resampling.NEAREST))
+        crops.append(rgb / 127.5 - 1.0)
+        faces.append(np.isin(labels, FACE_LABELS).astype(np.float32))
+    return SubjectData(
+        crops=torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(),
+        face=torch.from_numpy(np.stack(faces))[:, None],
+        cameras=torch.as_tensor(np.asarray(cameras, np.float32)),
+        frame=np.arange(len(crop_paths)),
+        train=np.asarray(train, bool),
+    )
+
+
+class ScratchPrior(torch.nn.Module):
+    """Generator + identity latent + per-training-frame offsets, the trainable state of the prior."""
+
+    def __init__(self, gen_config: GeneratorConfig, n_train: int, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.generator = TriPlaneGenerator(gen_config)
+        with torch.no_grad():
+            z = torch.randn(1, gen_config.z_dim)
+            c = torch.zeros(1, gen_config.c_dim)
+            w = self.generator.mapping(z, c)
+        self.w_id = torch.nn.Parameter(w.clone())
+        self.offsets = torch.nn.Parameter(torch.zeros(n_train, *w.shape[1:]))
+
+    def ws(self, index: torch.Tensor | None) -> torch.Tensor:
+        """Latents (B, num_ws, w_dim): w_id plus the offsets of training frames ``index`` (None: identity)."""
+        if index is None:
+            return self.w_id
+        return self.w_id + self.offsets[index]
+
+    def forward(self, index: torch.Tensor | None, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
+        ws = self.ws(index).expand(len(cameras), -1, -1)
+        return self.generator.render(self.generator.planes(ws), cameras, ws)
+
+
+def reconstruction_losses(
+    out: dict[str, torch.Tensor], target: torch.Tensor, ws_offset: torch.Tensor, cfg: PriorConfig
+) -> dict[str, torch.Tensor]:
+    """Weighted loss terms and their total: L1 on the final and the raw image, SSIM, offset L2."""
+    raw = out["image_raw"]
+    target_raw = F.interpolate(target, size=raw.shape[-2:], mode="area")
+    terms = {
+        "l1": F.l1_loss(out["image"], target),
+        "l1_raw": F.l1_loss(raw, target_raw),
+        "ssim": 1 - ssim(out["image"], target).mean(),
+        "offset": ws_offset.pow(2).mean(),
+    }
+    weights = {
+        "l1": cfg.weight_l1,
+        "l1_raw": cfg.weight_l1_raw,
+        "ssim": cfg.weight_ssim,
+        "offset": cfg.weight_offset,
+    }
+    terms["total"] = sum(weights[k] * v for k, v in terms.items())
+    return terms
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+def _save_checkpoint(
+    path: Path, model: ScratchPrior, optimizer: torch.optim.Optimizer, step: int, meta: dict
+) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(
+            {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "meta": meta},
+            tmp,
+        )
+
+
+def train_scratch_prior(
+    data: SubjectData,
+    out_dir: str | os.PathLike[str],
+    *,
+    gen_config: GeneratorConfig,
+    prior_config: PriorConfig = PriorConfig(),
+    progress: bool | None = None,
+    run_id: str = "",
+    restart_on_mismatch: bool = False,
+) -> ScratchPrior:
+    """Fit the scratch prior on the training frames of ``data``; resume from ``out_dir/checkpoint.pt``.
+
+    Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, and one JSON line per
+    step to ``train_log.jsonl`` (step, loss terms, seconds). A checkpoint written with other
+    settings (or another ``run_id``, e.g. a code hash) is an error, or with ``restart_on_mismatch``
+    is set aside as ``checkpoint.stale.pt`` and training starts over.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = prior_config
+    train_index = np.flatnonzero(data.train)
+    if len(train_index) == 0:
+        raise ValueError(f"{out_dir}: no training frames")
+    model = ScratchPrior(gen_config, len(train_index), cfg.seed)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": model.generator.parameters(), "lr": cfg.lr_generator},
+            {"params": [model.w_id, model.offsets], "lr": cfg.lr_latent},
+        ],
+        betas=(0.0, 0.99),
+    )
+    # Everything that shapes the result except the step budget: a finished run may be extended.
+    run_settings = {
+        k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoint_every")
+    }
+    meta = {"gen_config": dataclasses.asdict(gen_config), "prior_config": run_settings, "run_id": run_id}
+    checkpoint = out_dir / "checkpoint.pt"
+    step = 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if json.dumps(state["meta"], sort_keys=True) == json.dumps(meta, sort_keys=True):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step = state["step"]
+            log.info("resuming from %s at step %d", checkpoint, step)
+        elif restart_on_mismatch:
+            log.info("%s was written with other settings or code: starting over", checkpoint)
+            os.replace(checkpoint, out_dir / "checkpoint.stale.pt")
+            (out_dir / "train_log.jsonl").unlink(missing_ok=True)
+        else:
+            raise ValueError(f"{checkpoint}: written with other settings; delete it to start over")
+    log_path = out_dir / "train_log.jsonl"
+    model.train()
+    bar = tqdm(
+        total=cfg.steps, initial=step, disable=None if progress is None else not progress, desc="prior"
+    )
+    with open(log_path, "a") as log_file:
+        while step < cfg.steps:
+            started = time.perf_counter()
+            # Batch and renderer jitter depend on (seed, step) only: resumed runs repeat them exactly.
+            torch.manual_seed(_step_seed(cfg.seed, step))
+            pick = torch.randint(len(train_index), (min(cfg.batch_size, len(train_index)),))
+            frames = torch.as_tensor(train_index)[pick]
+            out = model(pick, data.cameras[frames])
+            terms = reconstruction_losses(out, data.crops[frames], model.offsets[pick], cfg)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            step += 1
+            record = {"step": step, **{k: round(float(v.detach()), 6) for k, v in terms.items()}}
+            record["seconds"] = round(time.perf_counter() - started, 4)
+            log_file.write(json.dumps(record) + "\n")
+            bar.update(1)
+            if step % max(1, cfg.checkpoint_every) == 0 or step == cfg.steps:
+                log_file.flush()
+                _save_checkpoint(checkpoint, model, optimizer, step, meta)
+                log.info(
+                    "step %d: loss %.4f (l1 %.4f, ssim %.4f)",
+                    step,
+                    record["total"],
+                    record["l1"],
+                    record["ssim"],
+                )
+    bar.close()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def evaluate_prior(model: ScratchPrior, data: SubjectData, batch_size: int = 8) -> dict[str, Any]:
+    """Face-region PSNR/SSIM of renders vs crops: training frames with their offsets, test frames
+    from the identity latent alone (the deltaplane stage is what adds expression there)."""
+    model.eval()
+    train_index = np.flatnonzero(data.train)
+    slot = {int(f): i for i, f in enumerate(train_index)}
+    results: dict[str, list[float]] = {"train_psnr": [], "test_psnr": [], "train_ssim": [], "test_ssim": []}
+    for split, frames in (("train", train_index), ("test", np.flatnonzero(~data.train))):
+        for start in range(0, len(frames), batch_size):
+            chunk = frames[start : start + batch_size]
+            index = torch.as_tensor([slot[int(f)] for f in chunk]) if split == "train" else None
+            out = model(index, data.cameras[chunk])
+            target, face = data.crops[chunk], data.face[chunk]
+            results[f"{split}_psnr"] += psnr(out["image"].clamp(-1, 1), target, face).tolist()
+            results[f"{split}_ssim"] += ssim(out["image"].clamp(-1, 1), target, face).tolist()
+    return {k: (float(np.mean(v)) if v else None) for k, v in results.items()} | {
+        "n_train": int(len(train_index)),
+        "n_test": int((~data.train).sum()),
+    }
+
+
+SHEET_YAWS = (-30.0, 0.0, 30.0)
+SHEET_PITCHES = (20.0, 0.0, -20.0)
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def _depth_to_uint8(depth: torch.Tensor, near: float, far: float) -> np.ndarray:
+    """(1, H, W) depth -> (H, W, 3) grey, near bright, far dark, over the [near, far] range."""
+    d = ((far - depth[0]) / (far - near)).clamp(0, 1)
+    return (d * 255).round().byte()[..., None].repeat(1, 1, 3).numpy()
+
+
+@torch.no_grad()
+def prior_sheet(
+    model: ScratchPrior,
+    out_png: str | os.PathLike[str],
+    *,
+    radius: float,
+    pivot: Sequence[float],
+    focal: float,
+) -> dict[str, Any]:
+    """Renders of the identity tri-plane at yaw -30/0/+30 x pitch +20/0/-20 (head angles, degrees),
+    RGB grid on the left, depth grid (near = bright) on the right; returns the depth range used."""
+    from talk3d_core.camera import eg3d_camera
+
+    yaw, pitch = np.meshgrid(SHEET_YAWS, SHEET_PITCHES)
+    cams = torch.as_tensor(
+        eg3d_camera(yaw.ravel(), pitch.ravel(), np.zeros(yaw.size), radius=radius, pivot=pivot, focal=focal),
+        dtype=torch.float32,
+    )
+    model.eval()
+    out = model(None, cams)
+    rgb = [_to_uint8(img) for img in out["image"]]
+    depth = F.interpolate(out["image_depth"], size=out["image"].shape[-2:], mode="nearest")
+    near, far = float(depth.min()), float(depth.max())
+    depth_tiles = [_depth_to_uint8(d, near, far) for d in depth]
+    rows = [np.concatenate(rgb[r * 3 : r * 3 + 3] + depth_tiles[r * 3 : r * 3 + 3], axis=1) for r in range(3)]
+    with atomic_path(out_png) as tmp:
+        Image.fromarray(np.concatenate(rows, axis=0)).save(tmp)
+    return {"yaw": list(SHEET_YAWS), "pitch": list(SHEET_PITCHES), "depth_range": [near, far]}
