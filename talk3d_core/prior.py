@@ -15,6 +15,7 @@ checkpoint, so a killed run continued later ends with the same weights as an uni
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -69,6 +70,13 @@ class SubjectData:
     cameras: torch.Tensor
     frame: np.ndarray
     train: np.ndarray
+
+    def fingerprint(self) -> str:
+        """sha256 of the training data, so a checkpoint is only resumed on the data it was fitted to."""
+        digest = hashlib.sha256()
+        for array in (self.crops, self.face, self.cameras, torch.as_tensor(self.train)):
+            digest.update(array.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
 
 def load_subject(
@@ -199,7 +207,12 @@ def train_scratch_prior(
     run_settings = {
         k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoint_every")
     }
-    meta = {"gen_config": dataclasses.asdict(gen_config), "prior_config": run_settings, "run_id": run_id}
+    meta = {
+        "gen_config": dataclasses.asdict(gen_config),
+        "prior_config": run_settings,
+        "run_id": run_id,
+        "data": data.fingerprint(),
+    }
     checkpoint = out_dir / "checkpoint.pt"
     step = 0
     if checkpoint.is_file():
@@ -317,3 +330,44 @@ def prior_sheet(
     with atomic_path(out_png) as tmp:
         Image.fromarray(np.concatenate(rows, axis=0)).save(tmp)
     return {"yaw": list(SHEET_YAWS), "pitch": list(SHEET_PITCHES), "depth_range": [near, far]}
+
+
+def write_prior_outputs(
+    model: ScratchPrior,
+    data: SubjectData,
+    *,
+    generator_pt: str | os.PathLike[str],
+    identity_pt: str | os.PathLike[str],
+    frames_parquet: str | os.PathLike[str],
+    gen_config: GeneratorConfig,
+) -> None:
+    """Personalized generator (config + weights + w_id), P_ID (1, 3, C, R, R) and a per-frame table
+    (frame, split, offset_norm: L2 norm of the frame's latent offset, 0 for test; camera: the EG3D
+    label used, tracked cameras in scratch mode)."""
+    import pandas as pd
+
+    with torch.no_grad():
+        planes = model.generator.planes(model.w_id)
+    with atomic_path(generator_pt) as tmp:
+        torch.save(
+            {
+                "config": dataclasses.asdict(gen_config),
+                "generator": model.generator.state_dict(),
+                "w_id": model.w_id.data,
+            },
+            tmp,
+        )
+    with atomic_path(identity_pt) as tmp:
+        torch.save({"planes": planes, "w_id": model.w_id.data}, tmp)
+    offset_norm = np.zeros(len(data.train), np.float32)
+    offset_norm[np.flatnonzero(data.train)] = model.offsets.detach().flatten(1).norm(dim=1).numpy()
+    table = pd.DataFrame(
+        {
+            "frame": data.frame.astype(np.int32),
+            "split": np.where(data.train, "train", "test"),
+            "offset_norm": offset_norm,
+            "camera": list(data.cameras.numpy().astype(np.float32)),
+        }
+    )
+    with atomic_path(frames_parquet) as tmp:
+        table.to_parquet(tmp, index=False)

@@ -88,3 +88,11 @@ def test_restart_on_mismatch_sets_the_old_checkpoint_aside(tmp_path):
     )  # fmt: skip
     assert (tmp_path / "checkpoint.stale.pt").is_file()
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
+
+
+def test_checkpoint_of_other_data_is_not_resumed(tmp_path):
+    data = tiny_subject()
+    train_scratch_prior(data, tmp_path, gen_config=TINY, prior_config=PriorConfig(steps=2, batch_size=2))
+    data.cameras[0, 3] += 0.01  # a re-tracked camera
+    with pytest.raises(ValueError, match="written with other settings"):
+        train_scratch_prior(data, tmp_path, gen_config=TINY, prior_config=PriorConfig(steps=2, batch_size=2))

@@ -38,6 +38,9 @@ def project(tmp_path, monkeypatch):
             ROOT / name, tmp_path / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
         )
     shutil.copy(ROOT / "environment.yml", tmp_path)  # workflow/envs/core.yaml links to it
+    # A few prior steps are enough to exercise the stage; the real step budget is for real runs.
+    config_yaml = tmp_path / "config/config.yaml"
+    config_yaml.write_text(config_yaml.read_text().replace("  steps: 1500\n", "  steps: 6\n"))
     (tmp_path / "resources/weights").mkdir(parents=True)
     shutil.copy(ROOT / "resources/weights/manifest.yaml", tmp_path / "resources/weights/manifest.yaml")
     # A short synthetic talking face (the demo generator) so every preprocessing stage has a face.
@@ -80,6 +83,7 @@ def changed(before: dict[str, int], after: dict[str, int]) -> set[str]:
 
 
 ALL = ["all"]
+PRIOR_FILES = ["generator.pt", "P_id.pt", "frames.parquet", "metrics.json", "prior_sheet.png"]
 
 
 def outputs(files: dict[str, int], *stages: str) -> set[str]:
@@ -92,7 +96,8 @@ def test_reruns_only_what_changed(project):
     out = project / "results/clip"
     for path in ["frames/000000.png", "crops/000000.png", "masks/000000.png", "drive/voice/features.parquet",
                  "landmarks.parquet", "crop.parquet", "camera.parquet", "preprocess_sheet.png",
-                 "features.parquet", "logs/ingest.log", "benchmarks/ingest.tsv"]:  # fmt: skip
+                 "features.parquet", "prior/P_id.pt", "prior/prior_sheet.png", "logs/ingest.log",
+                 "benchmarks/ingest.tsv"]:  # fmt: skip
         assert (out / path).is_file(), path
     first = mtimes(project)
 
@@ -102,7 +107,12 @@ def test_reruns_only_what_changed(project):
     run(project, ALL, config={"camera": {"sigma_frames": 1.0}})  # a later stage's config value
     second = mtimes(project)
     assert changed(first, second) == outputs(
-        second, "camera.parquet", "preprocess_sheet.png", "features.parquet", "drive/voice/features.parquet"
+        second,
+        "camera.parquet",
+        "preprocess_sheet.png",
+        "features.parquet",
+        "drive/voice/features.parquet",
+        "prior/",
     )
 
     # Editing the masks module re-runs masks and what shows them, nothing upstream.
@@ -110,14 +120,19 @@ def test_reruns_only_what_changed(project):
         fh.write("\n# edited\n")
     run(project, ALL, config={"camera": {"sigma_frames": 1.0}})
     third = mtimes(project)
-    assert changed(second, third) == outputs(third, "masks/", "preprocess_sheet.png")
+    # The prior reads the masks, so it re-runs too; the masks are unchanged in content, so it resumes
+    # from its finished checkpoint instead of training again (checkpoint and log stay untouched).
+    prior_outputs = {f"results/clip/prior/{f}" for f in PRIOR_FILES}
+    assert changed(second, third) == outputs(third, "masks/", "preprocess_sheet.png") | prior_outputs
 
     # Editing ingest re-runs everything downstream of it.
     with open(project / "talk3d_core/ingest.py", "a") as fh:
         fh.write("\n# edited\n")
     run(project, ALL, config={"camera": {"sigma_frames": 1.0}})
     fourth = mtimes(project)
-    assert changed(third, fourth) == set(fourth)
+    # Re-ingesting gives identical frames, so the prior resumes its finished checkpoint untouched.
+    training_state = outputs(fourth, "prior/checkpoint", "prior/train_log")
+    assert changed(third, fourth) == set(fourth) - training_state
 
 
 def test_unknown_config_key_stops_before_any_job(project):

@@ -43,6 +43,7 @@ def subject_targets(name):
         f"results/{name}/masks",
         f"results/{name}/preprocess_sheet.png",
         f"results/{name}/features.parquet",
+        f"results/{name}/prior/P_id.pt",
     ] + [f"results/{name}/drive/{audio}/features.parquet" for audio in s.drive]
 
 

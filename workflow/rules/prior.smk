@@ -1,0 +1,38 @@
+# Stage 7, prior: the personalized tri-plane generator, identity latent and identity tri-plane P_ID.
+
+
+rule prior:
+    """Fit the tri-plane generator to the subject (scratch mode) and cache P_ID; resumable."""
+    input:
+        crops="results/{subject}/crops",
+        masks="results/{subject}/masks",
+        camera="results/{subject}/camera.parquet",
+        features="results/{subject}/features.parquet",
+    output:
+        generator="results/{subject}/prior/generator.pt",
+        identity="results/{subject}/prior/P_id.pt",
+        frames="results/{subject}/prior/frames.parquet",
+        metrics="results/{subject}/prior/metrics.json",
+        sheet=report(
+            "results/{subject}/prior/prior_sheet.png",
+            caption="../report/prior_sheet.rst",
+            category="Prior",
+            subcategory="{subject}",
+        ),
+    params:
+        prior=config["prior"],
+        camera=config["camera"],
+        code=core_hash("talk3d_core.prior"),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    log:
+        "results/{subject}/logs/prior.log",
+    benchmark:
+        "results/{subject}/benchmarks/prior.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/prior.py"
