@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # Region labels (talk3d_core.masks.LABELS) that make up the face for PSNR: skin, lips, mouth, eyes.
 FACE_LABELS = (1, 2, 3, 4)
+BACKGROUND_LABEL = 0
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,16 @@ def load_subject(
     cameras: np.ndarray,
     train: np.ndarray,
     size: int,
+    *,
+    background: str = "keep",
 ) -> SubjectData:
-    """Read crops and masks, resized to ``size`` (area for images, nearest for labels)."""
+    """Read crops and masks, resized to ``size`` (area for images, nearest for labels).
+
+    ``background="black"`` paints the background label black (-1), what the renderer shows where a
+    ray meets no density, so the tri-planes hold the person and not the studio behind them.
+    """
+    if background not in ("keep", "black"):
+        raise ValueError(f"background must be 'keep' or 'black', got {background!r}")
     if not (len(crop_paths) == len(mask_paths) == len(cameras) == len(train)):
         raise ValueError(
             f"prior inputs disagree: {len(crop_paths)} crops, {len(mask_paths)} masks, "
@@ -98,7 +107,10 @@ def load_subject(
             rgb = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BOX), np.float32)
         with Image.open(mask_path) as im:
             labels = np.asarray(im.resize((size, size), Image.Resampling.NEAREST))
-        crops.append(rgb / 127.5 - 1.0)
+        rgb = rgb / 127.5 - 1.0
+        if background == "black":
+            rgb[labels == BACKGROUND_LABEL] = -1.0
+        crops.append(rgb)
         faces.append(np.isin(labels, FACE_LABELS).astype(np.float32))
     return SubjectData(
         crops=torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(),

@@ -96,3 +96,25 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path):
     data.cameras[0, 3] += 0.01  # a re-tracked camera
     with pytest.raises(ValueError, match="written with other settings"):
         train_scratch_prior(data, tmp_path, gen_config=TINY, prior_config=PriorConfig(steps=2, batch_size=2))
+
+
+def test_load_subject_paints_the_background(tmp_path):
+    from talk3d_core.prior import load_subject
+
+    crop = np.full((8, 8, 3), 200, np.uint8)
+    labels = np.zeros((8, 8), np.uint8)
+    labels[2:6, 2:6] = 1  # a skin square on background
+    Image.fromarray(crop).save(tmp_path / "c.png")
+    Image.fromarray(labels).save(tmp_path / "m.png")
+    cams = np.zeros((1, 25), np.float32)
+    kept = load_subject([tmp_path / "c.png"], [tmp_path / "m.png"], cams, np.array([True]), 8)
+    black = load_subject(
+        [tmp_path / "c.png"], [tmp_path / "m.png"], cams, np.array([True]), 8, background="black"
+    )
+    assert torch.allclose(kept.crops, torch.full_like(kept.crops, 200 / 127.5 - 1))
+    assert (black.crops[0, :, 0, 0] == -1).all() and torch.allclose(
+        black.crops[0, :, 3, 3], kept.crops[0, :, 3, 3]
+    )
+    assert black.face.sum() == 16 and kept.fingerprint() != black.fingerprint()
+    with pytest.raises(ValueError, match="background must be"):
+        load_subject([tmp_path / "c.png"], [tmp_path / "m.png"], cams, np.array([True]), 8, background="blue")

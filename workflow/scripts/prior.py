@@ -21,7 +21,9 @@ from talk3d_core.prior import (
 with log_to(snakemake.log[0]) as log:
     opts, cam = snakemake.params.prior, snakemake.params.camera
     gen_config = getattr(GeneratorConfig, opts["generator"])()
-    prior_config = PriorConfig(**{k: v for k, v in opts.items() if k not in ("mode", "generator")})
+    prior_config = PriorConfig(
+        **{k: v for k, v in opts.items() if k not in ("mode", "generator", "background")}
+    )
     split = read_features(snakemake.input.features).split
     cameras = vector_column(read_camera_table(snakemake.input.camera), "label")
     data = load_subject(
@@ -30,6 +32,7 @@ with log_to(snakemake.log[0]) as log:
         cameras,
         np.asarray(split) == "train",
         gen_config.image_resolution,
+        background=opts["background"],
     )
     out_dir = snakemake.output.generator.rsplit("/", 1)[0]
     model = train_scratch_prior(
