@@ -49,6 +49,7 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import least_squares
 
 from talk3d_core.io import atomic_path
+from talk3d_core.tables import fixed_list_array
 
 # MediaPipe face-mesh vertex for each iBUG point (0-based on both sides). Jaw: the mesh's outline
 # vertices spaced evenly by arc length from ear level (127) to the chin (152); brows: upper edge;
@@ -627,7 +628,7 @@ def write_camera_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Non
             flat = vector_column(table, name)
             if flat.shape[1] != VECTOR_COLUMNS[name]:
                 raise ValueError(f"{path}: column {name} has length {flat.shape[1]}")
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), VECTOR_COLUMNS[name]))
+            arrays.append(fixed_list_array(flat, VECTOR_COLUMNS[name]))
         else:
             arrays.append(pa.array(table[name].to_numpy(), type=_arrow_type(name)))
     meta = json.dumps(table.attrs.get("camera", {}), sort_keys=True).encode()

@@ -34,11 +34,11 @@ from typing import Any
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy.ndimage import gaussian_filter1d
 
 from talk3d_core.io import atomic_dir, atomic_path
+from talk3d_core.tables import fixed_list_array, fixed_list_values
 
 ALIGN_POINTS = (
     "right eye centre (subject's right, image left): mean of points 36-41",
@@ -501,7 +501,7 @@ def write_crop_table(table: CropTable, path: str | os.PathLike[str]) -> None:
             raise ValueError(
                 f"{path}: column {name} has shape {values.shape}, expected {(n, *_SHAPES[name])}"
             )
-        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), width)
+        columns[name] = fixed_list_array(values, width)
     if "size" not in table.meta:
         raise ValueError(f"{path}: crop table metadata needs the crop 'size'")
     schema = pa.schema([pa.field(k, v.type) for k, v in columns.items()])
@@ -546,12 +546,10 @@ def read_crop_table(path: str | os.PathLike[str]) -> CropTable:
             or kind.value_type != pa.float32()
         ):
             raise ValueError(f"{path}: column {name} has type {kind}, expected a list of float32")
-        column = column.combine_chunks()
-        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-        if np.any(lengths != width):
-            raise ValueError(f"{path}: column {name} must hold {width} values per row")
-        values = column.flatten().to_numpy(zero_copy_only=False)
-        arrays[name] = values.astype(np.float32, copy=False).reshape(n, *_SHAPES[name])
+        try:
+            arrays[name] = fixed_list_values(column, _SHAPES[name])
+        except ValueError:
+            raise ValueError(f"{path}: column {name} must hold {width} values per row") from None
     frame = arrays.pop("frame")
     if n and (frame[0] < 0 or np.any(np.diff(frame) <= 0)):
         raise ValueError(f"{path}: column frame must be non-negative and strictly increasing")

@@ -46,6 +46,7 @@ from talk3d_core.camera import read_camera_table
 from talk3d_core.crop import read_crop_table
 from talk3d_core.io import atomic_path
 from talk3d_core.media import read_wav
+from talk3d_core.tables import fixed_list_array, fixed_list_values
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"talk3d.features"
@@ -229,18 +230,13 @@ def drive_features(
     return meta
 
 
-def _fixed_list(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
-    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, width)
-
-
 def write_features(table: FeatureTable, path: str | os.PathLike[str]) -> None:
     """Write a :class:`FeatureTable` atomically (schema in the module docstring)."""
     n, w, d = table.audio.shape
     columns: dict[str, pa.Array] = {
         "frame": pa.array(table.frame, pa.int32()),
         "time_s": pa.array(table.time_s, pa.float32()),
-        "audio": _fixed_list(table.audio, w * d),
+        "audio": fixed_list_array(table.audio, w * d),
     }
     if table.kind == "subject":
         columns = {
@@ -252,7 +248,7 @@ def write_features(table: FeatureTable, path: str | os.PathLike[str]) -> None:
             "yaw": pa.array(table.rotation[:, 0], pa.float32()),
             "pitch": pa.array(table.rotation[:, 1], pa.float32()),
             "roll": pa.array(table.rotation[:, 2], pa.float32()),
-            "ldm": _fixed_list(table.ldm, 6),
+            "ldm": fixed_list_array(table.ldm, 6),
         }
     arrow = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(table.meta).encode()})
     with atomic_path(path) as tmp:
@@ -318,10 +314,13 @@ def read_features(
         col = arrow.column(name).combine_chunks()
         if col.null_count:
             raise bad(f"column '{name}' has {col.null_count} missing values")
-        values = (col.flatten() if width > 1 else col).to_numpy(zero_copy_only=False).astype(np.float32)
+        if width > 1:
+            values = fixed_list_values(col, (width,))
+        else:
+            values = col.to_numpy(zero_copy_only=False).astype(np.float32)
         if not np.isfinite(values).all():
             raise bad(f"column '{name}' has NaN or infinite values")
-        return values.reshape(n, width) if width > 1 else values
+        return values
 
     frame = arrow.column("frame").to_numpy()
     if not np.array_equal(frame, np.arange(n)):

@@ -37,6 +37,7 @@ import numpy as np
 
 from talk3d_core.io import atomic_path, list_frames
 from talk3d_core.landmark_backends import BACKENDS, Face, box_area, box_iou, open_backend, select_main
+from talk3d_core.tables import fixed_list_array, fixed_list_values
 
 log = logging.getLogger(__name__)
 
@@ -491,13 +492,6 @@ def _schema(n_native: int) -> Any:
     )
 
 
-def _vectors(values: np.ndarray, size: int) -> Any:
-    import pyarrow as pa
-
-    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, size)
-
-
 def write_landmarks(track: LandmarkTrack, path: str | os.PathLike[str]) -> None:
     """Write ``track`` as landmarks.parquet (one row per frame, atomically); backend and options
     go to the schema metadata as JSON."""
@@ -520,9 +514,9 @@ def write_landmarks(track: LandmarkTrack, path: str | os.PathLike[str]) -> None:
             pa.array(np.asarray(track.interpolated, dtype=bool)),
             pa.array(np.asarray(track.score, dtype=np.float32), from_pandas=False),
             pa.array(np.asarray(track.n_faces, dtype=np.int16)),
-            _vectors(track.box, 4),
-            _vectors(track.lm68, 2 * N_LANDMARKS),
-            _vectors(track.native, 2 * n_native),
+            fixed_list_array(track.box, 4),
+            fixed_list_array(track.lm68, 2 * N_LANDMARKS),
+            fixed_list_array(track.native, 2 * n_native),
         ],
         schema=schema,
     )
@@ -571,8 +565,7 @@ def read_landmarks(path: str | os.PathLike[str]) -> LandmarkTrack:
         return table.column(name).to_numpy()
 
     def vectors(name: str, shape: tuple[int, ...]) -> np.ndarray:
-        chunked = table.column(name).combine_chunks()
-        return chunked.values.to_numpy(zero_copy_only=False).reshape(n, *shape)
+        return fixed_list_values(table.column(name), shape)
 
     frame = column("frame")
     if not np.array_equal(frame, np.arange(n)):
