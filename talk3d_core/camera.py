@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -45,9 +46,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import least_squares
 
+from talk3d_core.crop import smooth_track
 from talk3d_core.io import atomic_path
 from talk3d_core.tables import fixed_list_array
 
@@ -392,21 +393,6 @@ def estimate_pose(
     }
 
 
-def smooth_along_time(values: np.ndarray, sigma_frames: float) -> np.ndarray:
-    """Gaussian smoothing of (N, ...) values along axis 0; ``sigma_frames`` <= 0 returns a copy.
-
-    Edges repeat the first/last frame so the ends are not pulled towards zero.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if sigma_frames <= 0 or len(values) < 2:
-        return values.copy()
-    return gaussian_filter1d(values, float(sigma_frames), axis=0, mode="nearest")
-
-
-# ---------------------------------------------------------------------------------------------------
-# EG3D cameras
-
-
 def eg3d_intrinsics(focal: float) -> np.ndarray:
     """EG3D's normalised 3x3 intrinsics: fx = fy = ``focal`` (in image widths), cx = cy = 0.5."""
     return np.array([[focal, 0.0, 0.5], [0.0, focal, 0.5], [0.0, 0.0, 1.0]])
@@ -541,6 +527,7 @@ def camera_table(
     radius: float = EG3D_RADIUS,
     pivot: np.ndarray = EG3D_PIVOT,
     sigma_frames: float = 2.0,
+    cuts: Sequence[int] = (),
     frame: np.ndarray | None = None,
     what: str = "crop landmarks",
 ) -> pd.DataFrame:
@@ -551,6 +538,7 @@ def camera_table(
         focal: EG3D normalised focal, used for the PnP intrinsics too (fx = focal * size px).
         radius, pivot: camera orbit radius and look-at point (EG3D units).
         sigma_frames: Gaussian smoothing of angles and translation along time (frames; 0 = none).
+        cuts: first frames of new shots (crop.parquet's ``cuts``); smoothing does not cross them.
         frame: (N,) frame indices; default 0..N-1.
 
     Returns:
@@ -563,8 +551,9 @@ def camera_table(
     frame = np.arange(n) if frame is None else np.asarray(frame)
     if frame.shape != (n,):
         raise ValueError(f"{what}: frame indices must have shape ({n},), got {frame.shape}")
-    angles = smooth_along_time(np.stack([pose["yaw"], pose["pitch"], pose["roll"]], axis=1), sigma_frames)
-    translation = smooth_along_time(pose["translation"], sigma_frames)
+    # Smoothing stops at shot cuts (found by the crop stage): a cut is a new head pose, not motion.
+    angles = smooth_track(np.stack([pose["yaw"], pose["pitch"], pose["roll"]], axis=1), sigma_frames, cuts)
+    translation = smooth_track(pose["translation"], sigma_frames, cuts)
     label = eg3d_camera(angles[:, 0], angles[:, 1], angles[:, 2], radius=radius, pivot=pivot, focal=focal)
     label = label.astype(np.float32)
 
@@ -593,6 +582,7 @@ def camera_table(
         "radius": float(radius),
         "pivot": [float(v) for v in np.asarray(pivot, dtype=np.float64).reshape(3)],
         "sigma_frames": float(sigma_frames),
+        "cuts": [int(c) for c in cuts],
         "size": int(size),
         "template": TEMPLATE_NAME,
         "pnp": "SQPnP/previous-frame start + weighted Huber refinement",

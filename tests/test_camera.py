@@ -31,10 +31,10 @@ from talk3d_core.camera import (
     pnp_intrinsics,
     project_template,
     read_camera_table,
-    smooth_along_time,
     vector_column,
     write_camera_table,
 )
+from talk3d_core.crop import smooth_track
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -236,10 +236,10 @@ def test_smoothing_reduces_noise():
     t = np.arange(200)
     truth = np.column_stack([10 * np.sin(t / 25.0), 5 * np.cos(t / 40.0)])
     noisy = truth + rng.normal(0.0, 1.0, truth.shape)
-    smooth = smooth_along_time(noisy, 3.0)
+    smooth = smooth_track(noisy, 3.0)
     assert np.sqrt(np.mean((smooth - truth) ** 2)) < 0.5 * np.sqrt(np.mean((noisy - truth) ** 2))
-    np.testing.assert_array_equal(smooth_along_time(noisy, 0.0), noisy)
-    np.testing.assert_allclose(smooth_along_time(np.full((30, 3), 7.0), 4.0), 7.0)  # edges not pulled to 0
+    np.testing.assert_array_equal(smooth_track(noisy, 0.0), noisy)
+    np.testing.assert_allclose(smooth_track(np.full((30, 3), 7.0), 4.0), 7.0)  # edges not pulled to 0
 
 
 def _noisy_track(n: int = 60, size: int = 256, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -382,3 +382,23 @@ def test_pose_of_a_news_reader_is_plausible(tmp_path):
     assert jitter_smooth < 0.6 * jitter_raw
     write_camera_table(table, tmp_path / "camera.parquet")
     assert len(read_camera_table(tmp_path / "camera.parquet")) == frames_wanted
+
+
+def test_smoothing_stops_at_shot_cuts():
+    """A cut to a new shot is a jump of pose, which smoothing must not blur across."""
+    rng = np.random.default_rng(3)
+    lm = np.concatenate(
+        [
+            project_template(
+                np.full(20, -10.0), np.zeros(20), np.zeros(20), np.tile([0, 0, 900.0], (20, 1)), 256, 3.6
+            ),
+            project_template(
+                np.full(20, 15.0), np.zeros(20), np.zeros(20), np.tile([0, 0, 900.0], (20, 1)), 256, 3.6
+            ),
+        ]
+    ) + rng.normal(0, 0.2, (40, 68, 2))
+    kw = dict(focal=3.6, radius=2.7, pivot=(0, 0.05, 0.2), sigma_frames=3.0)
+    with_cut = camera_table(lm, 256, cuts=[20], **kw)
+    without = camera_table(lm, 256, **kw)
+    assert abs(with_cut["yaw"][19] + 10) < 1 and abs(with_cut["yaw"][20] - 15) < 1
+    assert abs(without["yaw"][19] + 10) > 3  # blurred across the cut

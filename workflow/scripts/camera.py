@@ -14,6 +14,7 @@ with log_to(snakemake.log[0]) as log:
         radius=opts["radius"],
         pivot=opts["pivot"],
         sigma_frames=opts["sigma_frames"],
+        cuts=crops.meta["cuts"],
         frame=crops.frame,
         what=snakemake.input[0],
     )
