@@ -59,17 +59,16 @@ class PriorConfig:
 
 @dataclass
 class SubjectData:
-    """Training data of one subject, in memory (small at CPU scale).
+    """Training data of one subject, in memory, indexed by frame (0..N-1).
 
-    crops (N, 3, S, S) float in [-1, 1] at the generator's output size; face (N, 1, S, S) float
-    face-region mask; cameras (N, 25) float EG3D labels; frame (N,) int source frame indices;
-    train (N,) bool.
+    crops (N, 3, S, S) uint8 at the generator's output size (kept as bytes: 0.75 MB a frame at 512,
+    converted per batch by :func:`to_unit`); face (N, 1, S, S) bool face-region mask; cameras
+    (N, 25) float EG3D labels; train (N,) bool.
     """
 
     crops: torch.Tensor
     face: torch.Tensor
     cameras: torch.Tensor
-    frame: np.ndarray
     train: np.ndarray
 
     def fingerprint(self) -> str:
@@ -78,6 +77,11 @@ class SubjectData:
         for array in (self.crops, self.face, self.cameras, torch.as_tensor(self.train)):
             digest.update(array.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def to_unit(crops: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [-1, 1], the generator's range."""
+    return crops.float() / 127.5 - 1.0
 
 
 def load_subject(
@@ -91,8 +95,8 @@ def load_subject(
 ) -> SubjectData:
     """Read crops and masks, resized to ``size`` (area for images, nearest for labels).
 
-    ``background="black"`` paints the background label black (-1), what the renderer shows where a
-    ray meets no density, so the tri-planes hold the person and not the studio behind them.
+    ``background="black"`` paints the background label black, what the renderer shows where a ray
+    meets no density, so the tri-planes hold the person and not the studio behind them.
     """
     if background not in ("keep", "black"):
         raise ValueError(f"background must be 'keep' or 'black', got {background!r}")
@@ -104,19 +108,17 @@ def load_subject(
     crops, faces = [], []
     for crop_path, mask_path in zip(crop_paths, mask_paths, strict=True):
         with Image.open(crop_path) as im:
-            rgb = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BOX), np.float32)
+            rgb = np.array(im.convert("RGB").resize((size, size), Image.Resampling.BOX))
         with Image.open(mask_path) as im:
             labels = np.asarray(im.resize((size, size), Image.Resampling.NEAREST))
-        rgb = rgb / 127.5 - 1.0
         if background == "black":
-            rgb[labels == BACKGROUND_LABEL] = -1.0
+            rgb[labels == BACKGROUND_LABEL] = 0
         crops.append(rgb)
-        faces.append(np.isin(labels, FACE_LABELS).astype(np.float32))
+        faces.append(np.isin(labels, FACE_LABELS))
     return SubjectData(
         crops=torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(),
         face=torch.from_numpy(np.stack(faces))[:, None],
         cameras=torch.as_tensor(np.asarray(cameras, np.float32)),
-        frame=np.arange(len(crop_paths)),
         train=np.asarray(train, bool),
     )
 
@@ -142,8 +144,17 @@ class ScratchPrior(torch.nn.Module):
         return self.w_id + self.offsets[index]
 
     def forward(self, index: torch.Tensor | None, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
-        ws = self.ws(index).expand(len(cameras), -1, -1)
-        return self.generator.render(self.generator.planes(ws), cameras, ws)
+        """Render training frames ``index`` (their own latents), or with None the identity tri-plane
+        (computed once and shared by every camera)."""
+        ws = self.ws(index)
+        planes = self.generator.planes(ws)
+        if index is None:
+            ws, planes = ws.expand(len(cameras), -1, -1), planes.expand(len(cameras), -1, -1, -1, -1)
+        return self.generator.render(planes, cameras, ws)
+
+    @property
+    def device(self) -> torch.device:
+        return self.w_id.device
 
 
 def reconstruction_losses(
@@ -191,13 +202,15 @@ def train_scratch_prior(
     progress: bool | None = None,
     run_id: str = "",
     restart_on_mismatch: bool = False,
+    device: str | None = None,
 ) -> ScratchPrior:
     """Fit the scratch prior on the training frames of ``data``; resume from ``out_dir/checkpoint.pt``.
 
     Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, and one JSON line per
     step to ``train_log.jsonl`` (step, loss terms, seconds). A checkpoint written with other
     settings (or another ``run_id``, e.g. a code hash) is an error, or with ``restart_on_mismatch``
-    is set aside as ``checkpoint.stale.pt`` and training starts over.
+    is set aside as ``checkpoint.stale.pt`` and training starts over. ``device`` defaults to CUDA
+    when available; the data stays on the CPU and each batch is moved.
     """
     from tqdm import tqdm
 
@@ -207,7 +220,8 @@ def train_scratch_prior(
     train_index = np.flatnonzero(data.train)
     if len(train_index) == 0:
         raise ValueError(f"{out_dir}: no training frames")
-    model = ScratchPrior(gen_config, len(train_index), cfg.seed)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = ScratchPrior(gen_config, len(train_index), cfg.seed).to(device)
     optimizer = torch.optim.Adam(
         [
             {"params": model.generator.parameters(), "lr": cfg.lr_generator},
@@ -228,12 +242,17 @@ def train_scratch_prior(
     checkpoint = out_dir / "checkpoint.pt"
     step = 0
     if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
         if json.dumps(state["meta"], sort_keys=True) == json.dumps(meta, sort_keys=True):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             step = state["step"]
             log.info("resuming from %s at step %d", checkpoint, step)
+            # Steps logged after the checkpoint are run again: drop their lines.
+            log_path = out_dir / "train_log.jsonl"
+            if log_path.is_file():
+                kept = [r for r in log_path.read_text().splitlines() if json.loads(r)["step"] <= step]
+                log_path.write_text("".join(r + "\n" for r in kept))
         elif restart_on_mismatch:
             log.info("%s was written with other settings or code: starting over", checkpoint)
             os.replace(checkpoint, out_dir / "checkpoint.stale.pt")
@@ -241,7 +260,11 @@ def train_scratch_prior(
         else:
             raise ValueError(f"{checkpoint}: written with other settings; delete it to start over")
     log_path = out_dir / "train_log.jsonl"
+    if step == 0:
+        log_path.unlink(missing_ok=True)
     model.train()
+    train_frames = torch.as_tensor(train_index)
+    batch_size = min(cfg.batch_size, len(train_index))
     bar = tqdm(
         total=cfg.steps, initial=step, disable=None if progress is None else not progress, desc="prior"
     )
@@ -250,19 +273,23 @@ def train_scratch_prior(
             started = time.perf_counter()
             # Batch and renderer jitter depend on (seed, step) only: resumed runs repeat them exactly.
             torch.manual_seed(_step_seed(cfg.seed, step))
-            pick = torch.randint(len(train_index), (min(cfg.batch_size, len(train_index)),))
-            frames = torch.as_tensor(train_index)[pick]
-            out = model(pick, data.cameras[frames])
-            terms = reconstruction_losses(out, data.crops[frames], model.offsets[pick], cfg)
+            pick = torch.randint(len(train_index), (batch_size,))
+            frames = train_frames[pick]
+            pick = pick.to(device)
+            out = model(pick, data.cameras[frames].to(device))
+            terms = reconstruction_losses(
+                out, to_unit(data.crops[frames].to(device)), model.offsets[pick], cfg
+            )
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
             step += 1
-            record = {"step": step, **{k: round(float(v.detach()), 6) for k, v in terms.items()}}
+            values = torch.stack([v.detach() for v in terms.values()]).tolist()  # one device sync
+            record = {"step": step, **{k: round(v, 6) for k, v in zip(terms, values, strict=True)}}
             record["seconds"] = round(time.perf_counter() - started, 4)
             log_file.write(json.dumps(record) + "\n")
             bar.update(1)
-            if step % max(1, cfg.checkpoint_every) == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 log_file.flush()
                 _save_checkpoint(checkpoint, model, optimizer, step, meta)
                 log.info(
@@ -288,9 +315,12 @@ def evaluate_prior(model: ScratchPrior, data: SubjectData, batch_size: int = 8) 
     for split, frames in (("train", train_index), ("test", np.flatnonzero(~data.train))):
         for start in range(0, len(frames), batch_size):
             chunk = frames[start : start + batch_size]
-            index = torch.as_tensor([slot[int(f)] for f in chunk]) if split == "train" else None
-            out = model(index, data.cameras[chunk])
-            target, face = data.crops[chunk], data.face[chunk]
+            index = None
+            if split == "train":
+                index = torch.as_tensor([slot[int(f)] for f in chunk], device=model.device)
+            out = model(index, data.cameras[chunk].to(model.device))
+            target = to_unit(data.crops[chunk]).to(model.device)
+            face = data.face[chunk].float().to(model.device)
             results[f"{split}_psnr"] += psnr(out["image"].clamp(-1, 1), target, face).tolist()
             results[f"{split}_ssim"] += ssim(out["image"].clamp(-1, 1), target, face).tolist()
     return {k: (float(np.mean(v)) if v else None) for k, v in results.items()} | {
@@ -331,9 +361,11 @@ def prior_sheet(
     cams = torch.as_tensor(
         eg3d_camera(yaw.ravel(), pitch.ravel(), np.zeros(yaw.size), radius=radius, pivot=pivot, focal=focal),
         dtype=torch.float32,
+        device=model.device,
     )
     model.eval()
     out = model(None, cams)
+    out = {k: v.cpu() for k, v in out.items()}
     rgb = [_to_uint8(img) for img in out["image"]]
     depth = F.interpolate(out["image_depth"], size=out["image"].shape[-2:], mode="nearest")
     near, far = float(depth.min()), float(depth.max())
@@ -351,7 +383,6 @@ def write_prior_outputs(
     generator_pt: str | os.PathLike[str],
     identity_pt: str | os.PathLike[str],
     frames_parquet: str | os.PathLike[str],
-    gen_config: GeneratorConfig,
 ) -> None:
     """Personalized generator (config + weights + w_id), P_ID (1, 3, C, R, R) and a per-frame table
     (frame, split, offset_norm: L2 norm of the frame's latent offset, 0 for test; camera: the EG3D
@@ -363,7 +394,7 @@ def write_prior_outputs(
     with atomic_path(generator_pt) as tmp:
         torch.save(
             {
-                "config": dataclasses.asdict(gen_config),
+                "config": dataclasses.asdict(model.generator.config),
                 "generator": model.generator.state_dict(),
                 "w_id": model.w_id.data,
             },
@@ -372,10 +403,10 @@ def write_prior_outputs(
     with atomic_path(identity_pt) as tmp:
         torch.save({"planes": planes, "w_id": model.w_id.data}, tmp)
     offset_norm = np.zeros(len(data.train), np.float32)
-    offset_norm[np.flatnonzero(data.train)] = model.offsets.detach().flatten(1).norm(dim=1).numpy()
+    offset_norm[np.flatnonzero(data.train)] = model.offsets.detach().flatten(1).norm(dim=1).cpu().numpy()
     table = pd.DataFrame(
         {
-            "frame": data.frame.astype(np.int32),
+            "frame": np.arange(len(data.train), dtype=np.int32),
             "split": np.where(data.train, "train", "test"),
             "offset_norm": offset_norm,
             "camera": list(data.cameras.numpy().astype(np.float32)),

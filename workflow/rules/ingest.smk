@@ -51,7 +51,7 @@ rule ingest_drive_audio:
     output:
         "results/{subject}/drive/{audio}/audio.wav",
     params:
-        ingest=config["ingest"],
+        audio_rate=config["ingest"]["audio_rate"],
         code=core_hash("talk3d_core.ingest"),
     log:
         "results/{subject}/logs/ingest_drive_audio_{audio}.log",

@@ -79,6 +79,7 @@ rule masks:
     params:
         masks=config["masks"],
         weights_dir=config["weights"]["dir"],
+        manifest=config["weights"]["manifest"],
         code=core_hash("talk3d_core.masks"),
     threads: 2
     resources:

@@ -21,7 +21,6 @@ rule prior:
         ),
     params:
         prior=config["prior"],
-        camera=config["camera"],
         code=core_hash("talk3d_core.prior"),
     threads: 2
     resources:

@@ -19,6 +19,7 @@ rule fetch_weight:
         f"{WEIGHTS_DIR}/{{dest}}",
     params:
         entry=lambda wc: WEIGHTS[wc.dest],
+        weights_dir=lambda wc, output: output[0][: -len(wc.dest)],
     wildcard_constraints:
         dest="|".join(map(re.escape, WEIGHTS)) or "(?!)",
     retries: 2

@@ -13,6 +13,7 @@ with log_to(snakemake.log[0]) as log:
         snakemake.output[0],
         backend=snakemake.params.masks["backend"],
         weights_dir=snakemake.params.weights_dir,
+        manifest=snakemake.params.manifest,
         threads=snakemake.threads,
     )
     log.info("masks: %s", summary)

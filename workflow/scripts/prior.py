@@ -1,13 +1,13 @@
 """Adapter: rule prior -> talk3d_core.prior (scratch mode)."""
 
-import json
+from pathlib import Path
 
 import numpy as np
 
 from talk3d_core.camera import read_camera_table, vector_column
 from talk3d_core.eg3d import GeneratorConfig
 from talk3d_core.features import read_features
-from talk3d_core.io import atomic_path, list_frames
+from talk3d_core.io import list_frames, write_json
 from talk3d_core.logs import log_to
 from talk3d_core.prior import (
     PriorConfig,
@@ -19,36 +19,37 @@ from talk3d_core.prior import (
 )
 
 with log_to(snakemake.log[0]) as log:
-    opts, cam = snakemake.params.prior, snakemake.params.camera
+    opts = snakemake.params.prior
     gen_config = getattr(GeneratorConfig, opts["generator"])()
     prior_config = PriorConfig(
         **{k: v for k, v in opts.items() if k not in ("mode", "generator", "background")}
     )
+    cameras = read_camera_table(snakemake.input.camera)
+    camera = cameras.attrs["camera"]  # the focal, radius and pivot the labels were made with
     split = read_features(snakemake.input.features).split
-    cameras = vector_column(read_camera_table(snakemake.input.camera), "label")
     data = load_subject(
         list_frames(snakemake.input.crops),
         list_frames(snakemake.input.masks),
-        cameras,
+        vector_column(cameras, "label"),
         np.asarray(split) == "train",
         gen_config.image_resolution,
         background=opts["background"],
     )
-    out_dir = snakemake.output.generator.rsplit("/", 1)[0]
     model = train_scratch_prior(
-        data, out_dir, gen_config=gen_config, prior_config=prior_config,
+        data, Path(snakemake.output.generator).parent, gen_config=gen_config, prior_config=prior_config,
         run_id=snakemake.params.code, restart_on_mismatch=True,
     )  # fmt: skip
     write_prior_outputs(
         model, data, generator_pt=snakemake.output.generator, identity_pt=snakemake.output.identity,
-        frames_parquet=snakemake.output.frames, gen_config=gen_config,
+        frames_parquet=snakemake.output.frames,
     )  # fmt: skip
     metrics = evaluate_prior(model, data)
-    with atomic_path(snakemake.output.metrics) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info(
-        "face-region PSNR: train %.2f dB, test %.2f dB (identity only)",
-        metrics["train_psnr"],
-        metrics["test_psnr"],
+    write_json(snakemake.output.metrics, metrics)
+    for split_name in ("train", "test"):
+        value = metrics[f"{split_name}_psnr"]
+        log.info(
+            "face-region PSNR, %s frames: %s", split_name, "no frames" if value is None else f"{value:.2f} dB"
+        )
+    prior_sheet(
+        model, snakemake.output.sheet, radius=camera["radius"], pivot=camera["pivot"], focal=camera["focal"]
     )
-    prior_sheet(model, snakemake.output.sheet, radius=cam["radius"], pivot=cam["pivot"], focal=cam["focal"])
