@@ -25,7 +25,7 @@ import torch
 from talk3d_core import audio_features as af
 from talk3d_core.features import subject_features
 from talk3d_core.ingest import ingest_audio
-from talk3d_core.media import read_wav
+from talk3d_core.media import read_wav_float
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WAV = REPO / "results" / "cnn" / "audio.wav"
@@ -49,7 +49,7 @@ LARGE = dict(
 def load_audio(wav_path: Path | None, video: Path) -> tuple[np.ndarray, str]:
     """(float32 waveform in [-1, 1] at 16 kHz, description of where it came from)."""
     if wav_path is not None and wav_path.is_file():
-        pcm, rate = read_wav(wav_path)
+        wav, rate = read_wav_float(wav_path)
         source = str(wav_path)
     else:
         if not video.is_file():
@@ -57,11 +57,11 @@ def load_audio(wav_path: Path | None, video: Path) -> tuple[np.ndarray, str]:
         with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
             out = Path(tmp) / "audio.wav"
             ingest_audio(video, out, audio_rate=af.AUDIO_RATE)
-            pcm, rate = read_wav(out)
+            wav, rate = read_wav_float(out)
         source = f"{video} (ingested)"
-    if rate != af.AUDIO_RATE or pcm.ndim != 1:
-        raise SystemExit(f"{source}: expected 16 kHz mono, got {rate} Hz, shape {pcm.shape}")
-    return pcm.astype(np.float32) / 32768.0, source
+    if rate != af.AUDIO_RATE:
+        raise SystemExit(f"{source}: expected 16 kHz audio, got {rate} Hz")
+    return wav, source
 
 
 def whole_frames(wav: np.ndarray, seconds: float | None) -> tuple[np.ndarray, int]:
@@ -165,8 +165,9 @@ def main() -> None:
             start = time.perf_counter()
             meta = subject_features(*stage_inputs, Path(tmp) / "features.parquet", fps=FPS)
             seconds = time.perf_counter() - start
+        label = f"whole stage ({meta['audio_backend']}, {meta['eye_backend']})"
         print(
-            f"{'whole stage (mel, ear)':<40} {meta['n_frames']:5d} frames in {seconds:6.2f} s: "
+            f"{label:<40} {meta['n_frames']:5d} frames in {seconds:6.2f} s: "
             f"{meta['n_frames'] / seconds:8.1f} frames/s  ({args.stage_dir})"
         )
     else:

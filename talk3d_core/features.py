@@ -45,7 +45,7 @@ from talk3d_core.blink import blink_signal
 from talk3d_core.camera import read_camera_table
 from talk3d_core.crop import read_crop_table
 from talk3d_core.io import atomic_path
-from talk3d_core.media import read_wav
+from talk3d_core.media import read_wav_float
 from talk3d_core.tables import fixed_list_array, fixed_list_values
 
 SCHEMA_VERSION = 1
@@ -105,13 +105,6 @@ def landmark_token(lm68_crop: np.ndarray, size: int) -> np.ndarray:
     return ((points + 0.5) / size * 2.0 - 1.0).reshape(len(lm), 6).astype(np.float32)
 
 
-def _load_audio(audio_wav: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    pcm, rate = read_wav(audio_wav)
-    if pcm.ndim != 1:
-        raise ValueError(f"{audio_wav}: expected mono audio, got {pcm.shape[1]} channels")
-    return pcm.astype(np.float32) / 32768.0, rate
-
-
 def _n_frames_of(samples: int, rate: int, fps: float) -> int:
     return int(round(samples * fps / rate))
 
@@ -142,7 +135,7 @@ def subject_features(
     n = len(crops.frame)
     if len(cameras) != n:
         raise ValueError(f"{camera_parquet}: {len(cameras)} frames, but {crop_parquet} has {n}")
-    wav, rate = _load_audio(audio_wav)
+    wav, rate = read_wav_float(audio_wav)
     if abs(_n_frames_of(len(wav), rate, fps) - n) > 1:
         raise ValueError(
             f"{audio_wav}: {len(wav) / rate:.2f} s of audio does not span the {n} frames "
@@ -195,7 +188,7 @@ def drive_features(
     """Audio features of a driving audio file, with the subject's backend, window and statistics."""
     subject = read_features(subject_parquet, kind="subject")
     m = subject.meta
-    wav, rate = _load_audio(audio_wav)
+    wav, rate = read_wav_float(audio_wav)
     n = _n_frames_of(len(wav), rate, m["fps"])
     if n < 1:
         raise ValueError(f"{audio_wav}: shorter than one video frame")

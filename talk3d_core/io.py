@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -82,3 +84,13 @@ def list_frames(folder: str | os.PathLike[str]) -> list[Path]:
     if not paths:
         raise ValueError(f"{folder}: no frames (png/jpg) found")
     return paths
+
+
+def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file (frame, crop) as an RGB uint8 array (H, W, 3); ValueError naming a bad file."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: cannot read image (missing or not an image)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from talk3d_core.io import atomic_path, list_frames
+from talk3d_core.io import atomic_path, list_frames, read_rgb
 from talk3d_core.landmark_backends import BACKENDS, Face, box_area, box_iou, open_backend, select_main
 from talk3d_core.tables import fixed_list_array, fixed_list_values
 
@@ -128,28 +127,20 @@ def _frame_list(frames: Sequence[str | os.PathLike[str]] | str | os.PathLike[str
     return paths
 
 
-def read_frame(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as an RGB uint8 array (H, W, 3)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: cannot read image (missing or not an image)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def _read_ahead(paths: Sequence[Path], depth: int = 3) -> Iterator[np.ndarray]:
     """Frames in order, decoded in a background thread a few frames ahead of the consumer."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: deque = deque()
         it = iter(paths)
         for path in it:
-            pending.append(pool.submit(read_frame, path))
+            pending.append(pool.submit(read_rgb, path))
             if len(pending) >= depth:
                 break
         while pending:
             image = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(read_frame, nxt))
+                pending.append(pool.submit(read_rgb, nxt))
             yield image
 
 
@@ -420,7 +411,7 @@ def detect_landmarks(
         raise ValueError(f"unknown landmark backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     paths = _frame_list(frame_paths)
     what = what if what is not None else str(paths[0].parent)
-    first = read_frame(paths[0])
+    first = read_rgb(paths[0])
     height, width = first.shape[:2]
 
     def checked(images: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

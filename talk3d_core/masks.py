@@ -48,7 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from talk3d_core.io import atomic_dir
+from talk3d_core.io import atomic_dir, read_rgb
 
 #: Label values of the mask images.
 LABELS: dict[str, int] = {
@@ -617,13 +617,6 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     return img
 
 
-def _read_crop(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{path}: cannot read crop image")
-    return np.ascontiguousarray(img[..., ::-1])
-
-
 def masks_clip(
     crop_paths: Sequence[str | os.PathLike[str]],
     lm68_crop: np.ndarray,
@@ -669,7 +662,7 @@ def masks_clip(
 
     def label_one(item: tuple[Path, np.ndarray]) -> tuple[Path, np.ndarray, np.ndarray]:
         path, lm = item
-        crop = _read_crop(path)
+        crop = read_rgb(path)
         try:
             return path, crop, region_masks(crop, lm, backend=backend, model=model)
         except ValueError as err:

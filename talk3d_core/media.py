@@ -47,14 +47,14 @@ def ffmpeg_version() -> str:
     return match.group(1) if match else first.strip()
 
 
-def run_ffmpeg(args: Sequence[str], *, what: str, input_bytes: bytes | None = None) -> str:
+def run_ffmpeg(args: Sequence[str], *, what: str) -> str:
     """Run ``ffmpeg -hide_banner -nostdin <args>`` and return its stderr text.
 
     ``what`` names the file being processed; a non-zero exit raises :class:`MediaError` with the
     last lines of ffmpeg's own message.
     """
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
-    proc = subprocess.run(cmd, input=input_bytes, capture_output=True)
+    proc = subprocess.run(cmd, capture_output=True)
     err = proc.stderr.decode("utf-8", errors="replace")
     if proc.returncode != 0:
         tail = "\n".join(line for line in err.strip().splitlines()[-6:])
@@ -338,3 +338,9 @@ def read_wav(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
         raise MediaError(f"{path}: expected 16-bit PCM samples, got {8 * width}-bit")
     data = np.frombuffer(raw, dtype="<i2").astype(np.int16)
     return (data if channels == 1 else data.reshape(-1, channels)), rate
+
+
+def read_wav_float(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """Read a PCM s16 WAV as float32 mono samples in [-1, 1] (channels averaged) and its rate in Hz."""
+    pcm, rate = read_wav(path)
+    return pcm.reshape(len(pcm), -1).mean(axis=1, dtype=np.float32) / 32768.0, rate

@@ -12,14 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from talk3d_core.io import atomic_path, list_frames
-from talk3d_core.media import read_wav
-
-
-def read_wav_mono(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """Read a 16-bit PCM WAV as float32 mono samples in [-1, 1] and its sample rate (Hz)."""
-    pcm, rate = read_wav(path)
-    samples = pcm.reshape(len(pcm), -1).mean(axis=1, dtype=np.float32) / 32768.0
-    return samples, rate
+from talk3d_core.media import read_wav_float
 
 
 def evenly_spaced(n_total: int, n_show: int) -> list[int]:
@@ -73,7 +66,7 @@ def ingest_preview(
         with Image.open(paths[idx]) as im:
             sheet.paste(im.convert("RGB").resize((tile, tile_h), Image.Resampling.BILINEAR), (x, y + label_h))
         draw.text((x + 4, y + 3), f"frame {idx}  t={idx / fps:.2f}s", fill=(0, 0, 0))
-    samples, rate = read_wav_mono(audio_wav)
+    samples, rate = read_wav_float(audio_wav)
     wave_top = grid_rows * (tile_h + label_h)
     sheet.paste(_waveform_strip(samples, sheet_w, wave_h), (0, wave_top))
     duration = len(paths) / fps

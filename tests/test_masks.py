@@ -292,7 +292,7 @@ def test_masks_clip_errors_name_the_problem_and_leave_no_folder(tmp_path: Path) 
     with pytest.raises(ValueError, match="unknown mask backend"):
         masks_clip(paths, lms, tmp_path / "masks", backend="facer")
     paths[1].write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"000001\.png: cannot read crop image"):
+    with pytest.raises(ValueError, match=r"000001\.png: cannot read image"):
         masks_clip(paths, lms, tmp_path / "masks")
     assert not (tmp_path / "masks").exists()
     assert cv2.imwrite(str(paths[1]), np.zeros((64, 64, 3), np.uint8))

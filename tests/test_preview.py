@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from talk3d_core.preview import ingest_preview, read_wav_mono
+from talk3d_core.media import read_wav_float
+from talk3d_core.preview import ingest_preview
 
 
 def write_wav(path, samples, rate=16000, channels=1):
@@ -49,7 +50,7 @@ def test_contact_sheet(ingested):
 def test_read_wav_stereo_downmix(tmp_path):
     stereo = np.stack([np.full(100, 0.5), np.full(100, -0.5)], axis=1).reshape(-1)
     write_wav(tmp_path / "s.wav", stereo, channels=2)
-    samples, rate = read_wav_mono(tmp_path / "s.wav")
+    samples, rate = read_wav_float(tmp_path / "s.wav")
     assert rate == 16000 and samples.shape == (100,) and np.abs(samples).max() < 1e-3
 
 
