@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ from talk3d_core.tables import fixed_list_array, fixed_list_values
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"talk3d.features"
-KINDS = ("subject", "drive")
 SPLITS = ("train", "test")
 # Landmark token points (iBUG 68 indices): nose tip, right-eye centre, left-eye centre.
 NOSE_TIP = 30
@@ -75,10 +74,11 @@ class FeatureTable:
     eye: np.ndarray | None = None
     rotation: np.ndarray | None = None
     ldm: np.ndarray | None = None
-    kind: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.kind = self.meta["kind"]
+    @property
+    def kind(self) -> str:
+        """ "subject" or "drive", as recorded in the metadata."""
+        return self.meta["kind"]
 
 
 def split_by_time(n_frames: int, test_fraction: float) -> np.ndarray:
@@ -186,8 +186,7 @@ def drive_features(
     out_parquet: str | os.PathLike[str],
 ) -> dict[str, Any]:
     """Audio features of a driving audio file, with the subject's backend, window and statistics."""
-    subject = read_features(subject_parquet, kind="subject")
-    m = subject.meta
+    m = read_features_meta(subject_parquet, kind="subject")  # the settings only, not the whole table
     wav, rate = read_wav_float(audio_wav)
     n = _n_frames_of(len(wav), rate, m["fps"])
     if n < 1:
@@ -265,6 +264,37 @@ def _expected_types(kind: str, meta: dict[str, Any]) -> dict[str, pa.DataType]:
     }
 
 
+def read_features_meta(path: str | os.PathLike[str], *, kind: str = "subject") -> dict[str, Any]:
+    """The recorded settings of a features table (backends, window, statistics, split), read from the
+    Parquet footer without loading the columns; checked like :func:`read_features` does."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path}: not a readable Parquet table ({exc}); re-run the features stage") from None
+    return _check_meta(path, schema, kind)
+
+
+def _check_meta(
+    path: str | os.PathLike[str], schema: pa.Schema, kind: str, expect: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise _stale(path, "no talk3d.features metadata (not a features table)")
+    meta = json.loads(raw)
+    if meta.get("kind") != kind:
+        raise _stale(path, f"a '{meta.get('kind')}' features table where a '{kind}' one was expected")
+    if meta.get("version") != SCHEMA_VERSION:
+        raise _stale(path, f"schema version {meta.get('version')}, this code reads version {SCHEMA_VERSION}")
+    for key, value in (expect or {}).items():
+        if meta.get(key) != value:
+            raise _stale(path, f"stale cache: recorded {key}={meta.get(key)!r}, expected {value!r}")
+    return meta
+
+
+def _stale(path: str | os.PathLike[str], problem: str) -> ValueError:
+    return ValueError(f"{path}: {problem}; delete it and re-run the features stage")
+
+
 def read_features(
     path: str | os.PathLike[str], *, kind: str = "subject", expect: dict[str, Any] | None = None
 ) -> FeatureTable:
@@ -275,23 +305,13 @@ def read_features(
     """
 
     def bad(problem: str) -> ValueError:
-        return ValueError(f"{path}: {problem}; delete it and re-run the features stage")
+        return _stale(path, problem)
 
     try:
         arrow = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
         raise bad(f"not a readable Parquet table ({exc})") from None
-    raw = (arrow.schema.metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        raise bad("no talk3d.features metadata (not a features table)")
-    meta = json.loads(raw)
-    if meta.get("kind") != kind:
-        raise bad(f"a '{meta.get('kind')}' features table where a '{kind}' one was expected")
-    if meta.get("version") != SCHEMA_VERSION:
-        raise bad(f"schema version {meta.get('version')}, this code reads version {SCHEMA_VERSION}")
-    for key, value in (expect or {}).items():
-        if meta.get(key) != value:
-            raise bad(f"stale cache: recorded {key}={meta.get(key)!r}, expected {value!r}")
+    meta = _check_meta(path, arrow.schema, kind, expect)
     expected = _expected_types(kind, meta)
     actual = {f.name: f.type for f in arrow.schema}
     if list(actual) != list(expected):

@@ -123,3 +123,15 @@ def test_schema_check_rejects_corrupted_tables(subject, tmp_path):
         read_features(tmp_path / "junk.parquet")
     with pytest.raises(ValueError, match="'subject' features table where a 'drive' one"):
         read_features(src, kind="drive")
+
+
+def test_metadata_alone_is_read_and_checked(subject, tmp_path):
+    from talk3d_core.features import read_features_meta
+
+    root, meta, _ = subject
+    assert read_features_meta(root / "features.parquet") == read_features(root / "features.parquet").meta
+    with pytest.raises(ValueError, match="'subject' features table where a 'drive' one"):
+        read_features_meta(root / "features.parquet", kind="drive")
+    (tmp_path / "junk.parquet").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable Parquet table"):
+        read_features_meta(tmp_path / "junk.parquet")

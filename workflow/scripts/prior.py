@@ -6,7 +6,7 @@ import numpy as np
 
 from talk3d_core.camera import read_camera_table, vector_column
 from talk3d_core.eg3d import GeneratorConfig
-from talk3d_core.features import read_features
+from talk3d_core.features import read_features_meta, split_by_time
 from talk3d_core.io import list_frames, write_json
 from talk3d_core.logs import log_to
 from talk3d_core.prior import (
@@ -26,7 +26,9 @@ with log_to(snakemake.log[0]) as log:
     )
     cameras = read_camera_table(snakemake.input.camera)
     camera = cameras.attrs["camera"]  # the focal, radius and pivot the labels were made with
-    split = read_features(snakemake.input.features).split
+    # The split is the features stage's; it is derived from the recorded fraction, no columns read.
+    features = read_features_meta(snakemake.input.features)
+    split = split_by_time(features["n_frames"], features["test_fraction"])
     data = load_subject(
         list_frames(snakemake.input.crops),
         list_frames(snakemake.input.masks),
