@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from talk3d_core.camera import MEAN_FACE_68, project_template
-from talk3d_core.io import atomic_path
+from talk3d_core.io import atomic_path, read_rgb
 from talk3d_core.masks import colorize, read_mask
-from talk3d_core.preview import evenly_spaced
+from talk3d_core.preview import LABEL_H, evenly_spaced
 
 
 def _head_axes_px(yaw: float, pitch: float, roll: float, translation: np.ndarray, size: int, focal: float):
@@ -55,13 +55,15 @@ def preprocess_sheet(
             f"({len(lm68_crop)}) and cameras ({len(camera['yaw'])}) disagree on the frame count"
         )
     shown = evenly_spaced(len(crop_paths), columns * rows)
-    sheet = np.full((2 * rows * (tile + 18), columns * tile, 3), 255, np.uint8)
+    grid_rows = -(-len(shown) // columns)  # only the rows that hold frames
+    sheet = np.full((2 * grid_rows * (tile + LABEL_H), columns * tile, 3), 255, np.uint8)
     for k, idx in enumerate(shown):
-        crop = np.asarray(Image.open(crop_paths[idx]).convert("RGB"))
+        crop = read_rgb(crop_paths[idx])
         size = crop.shape[0]
         labels = read_mask(mask_paths[idx])
         s = tile / size
-        top = cv2.resize(crop, (tile, tile), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(crop, (tile, tile), interpolation=cv2.INTER_AREA)
+        top = small.copy()
         for i, (x, y) in enumerate(lm68_crop[idx] * s):
             colour = (230, 40, 40) if i >= 48 else (40, 220, 40)
             cv2.circle(top, (round(x), round(y)), 2, colour, -1, cv2.LINE_AA)
@@ -72,21 +74,20 @@ def preprocess_sheet(
             cv2.arrowedLine(
                 top, origin, tuple(int(v) for v in end.round()), colour, 2, cv2.LINE_AA, tipLength=0.2
             )
-        blend = cv2.resize(crop, (tile, tile), interpolation=cv2.INTER_AREA).astype(np.float32)
         colours = cv2.resize(colorize(labels), (tile, tile), interpolation=cv2.INTER_NEAREST)
-        bottom = (0.45 * blend + 0.55 * colours).astype(np.uint8)
+        bottom = (0.45 * small + 0.55 * colours).astype(np.uint8)
         r, c = divmod(k, columns)
-        y0, x0 = 2 * r * (tile + 18), c * tile
-        sheet[y0 + 18 : y0 + 18 + tile, x0 : x0 + tile] = top
-        sheet[y0 + 2 * 18 + tile : y0 + 2 * (18 + tile), x0 : x0 + tile] = bottom
+        y0, x0 = 2 * r * (tile + LABEL_H), c * tile
+        sheet[y0 + LABEL_H : y0 + LABEL_H + tile, x0 : x0 + tile] = top
+        sheet[y0 + 2 * LABEL_H + tile : y0 + 2 * (LABEL_H + tile), x0 : x0 + tile] = bottom
     image = Image.fromarray(sheet)
     draw = ImageDraw.Draw(image)
     for k, idx in enumerate(shown):
         r, c = divmod(k, columns)
-        y0, x0 = 2 * r * (tile + 18), c * tile
+        y0, x0 = 2 * r * (tile + LABEL_H), c * tile
         angles = ", ".join(f"{a} {float(camera[a][idx]):+.1f}" for a in ("yaw", "pitch", "roll"))
         draw.text((x0 + 4, y0 + 3), f"frame {idx}: {angles}", fill=(0, 0, 0))
-        draw.text((x0 + 4, y0 + tile + 18 + 3), "regions", fill=(0, 0, 0))
+        draw.text((x0 + 4, y0 + tile + LABEL_H + 3), "regions", fill=(0, 0, 0))
     with atomic_path(out_png) as tmp:
         image.save(tmp)
     return {"frames": shown}

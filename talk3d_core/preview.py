@@ -14,6 +14,8 @@ from PIL import Image, ImageDraw
 from talk3d_core.io import atomic_path, list_frames
 from talk3d_core.media import read_wav_float
 
+LABEL_H = 18  # height of the text strip above each tile of a contact sheet, pixels
+
 
 def evenly_spaced(n_total: int, n_show: int) -> list[int]:
     """Indices of ``n_show`` items spread evenly over ``n_total`` (first and last included)."""
@@ -53,9 +55,9 @@ def ingest_preview(
     paths = list_frames(frames_dir)
     shown = evenly_spaced(len(paths), columns * rows)
     n_show = len(shown)
-    first = Image.open(paths[0])
-    tile_h = max(1, round(tile * first.height / first.width))
-    label_h, wave_h = 18, 96
+    with Image.open(paths[0]) as first:
+        tile_h = max(1, round(tile * first.height / first.width))
+    label_h, wave_h = LABEL_H, 96
     sheet_w = columns * tile
     grid_rows = -(-n_show // columns)
     sheet = Image.new("RGB", (sheet_w, grid_rows * (tile_h + label_h) + wave_h), "white")
