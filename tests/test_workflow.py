@@ -7,6 +7,7 @@ stops the run before any job, naming the key or file.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -171,9 +172,21 @@ def test_lint_is_clean():
 
 
 def test_slurm_profile_plans():
-    proc = cli("--profile", "workflow/profiles/slurm", "-n", "results/demo/ingest_preview.png")
+    proc = cli(
+        "--profile",
+        "workflow/profiles/slurm",
+        "-n",
+        "results/demo/ingest_preview.png",
+        "results/demo/prior/P_id.pt",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ingest" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    for rule in ("demo_clip", "ingest", "landmarks", "crop", "masks", "features", "prior"):
+        assert re.search(rf"^{rule}\s+1$", out, re.M), rule  # planned once, in the job table
+    # The GPU stage goes to the profile's GPU partition with its portable gpu=1 request.
+    prior_job = out[out.index("rule prior:") :].split("\n\n")[0]
+    assert "slurm_partition=gpu" in prior_job and "gpu=1" in prior_job
 
 
 def test_weights_rule_fetches_manifest_entries(project):

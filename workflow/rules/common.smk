@@ -1,4 +1,5 @@
 # Shared setup: config validation, the subjects table, and helpers used by every stage.
+import functools
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def subject_targets(name):
     ] + [f"results/{name}/drive/{audio}/features.parquet" for audio in s.drive]
 
 
+@functools.cache  # several rules share modules; one parse reads each closure once
 def core_hash(*modules):
     """Hash of the talk3d_core code a rule runs (this checkout's), for the rule's params."""
     return source_hash(*modules, package_dir=REPO_ROOT / "talk3d_core")
