@@ -2,7 +2,8 @@
 
 A system ffmpeg on PATH wins (conda installs one); otherwise the static binary shipped by
 imageio-ffmpeg is used. That binary has no ffprobe, so metadata is parsed from the stream summary
-that ``ffmpeg -i FILE`` prints on stderr (:func:`probe`).
+that ``ffmpeg -i FILE`` prints on stderr (:func:`probe`). Commands are plain argument lists:
+ffmpeg-python's graph builder would add nothing here, and its probe needs ffprobe.
 """
 
 from __future__ import annotations
