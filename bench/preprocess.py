@@ -3,7 +3,7 @@
     python bench/preprocess.py [--video PATH] [--size 256] [--backends mediapipe,dlib] [--threads 2]
 
 Ingests the clip (default ../shared/data/videos/cnn.mp4) into a temporary folder, then runs each
-stage as the workflow does (talk3d_core functions, same defaults as config/config.yaml) and prints
+stage as the workflow does (talk3d_core functions, settings read from config/config.yaml) and prints
 one line per stage with frames/s, plus the crop-jitter figures the crop stage stores.
 """
 
@@ -15,13 +15,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from talk3d_core.camera import VIVE3D_FOCAL, VIVE3D_PIVOT, camera_table
+import yaml
+
+from talk3d_core.camera import camera_table
+from talk3d_core.config import load_schema, validate_config
 from talk3d_core.crop import crop_clip, read_crop_table
 from talk3d_core.ingest import ingest_video
 from talk3d_core.io import list_frames
 from talk3d_core.landmarks import detect_landmarks
 from talk3d_core.masks import masks_clip
 
+ROOT = Path(__file__).resolve().parents[1]
+cfg = validate_config(
+    yaml.safe_load((ROOT / "config/config.yaml").read_text()),
+    load_schema(ROOT / "workflow/schemas/config.schema.yaml"),
+)
 DEFAULT_VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "cnn.mp4"
 
 
@@ -66,7 +74,8 @@ def main() -> None:
             print(f"  {backend}: face detected in {int(t.detected.sum())}/{n} frames")
         crop_meta = timed(
             "crop", n, crop_clip, frames, track.lm68, out / "crops", out / "crop.parquet",
-            size=args.size, sigma_frames=1.0, threads=args.threads,
+            size=args.size, sigma_frames=cfg["crop"]["sigma_frames"], zoom=cfg["crop"]["zoom"],
+            cut_threshold_ed=cfg["crop"]["cut_threshold_ed"], threads=args.threads,
         )  # fmt: skip
         for name, j in crop_meta["jitter"].items():
             motion, accel = j["motion_rms_px"], j["accel_rms_px"]
@@ -74,7 +83,8 @@ def main() -> None:
         crops = read_crop_table(out / "crop.parquet")
         timed(
             "camera", n, camera_table, crops.lm68, crops.size,
-            focal=VIVE3D_FOCAL, radius=2.7, pivot=VIVE3D_PIVOT, sigma_frames=2.0,
+            focal=cfg["camera"]["focal"], radius=cfg["camera"]["radius"], pivot=cfg["camera"]["pivot"],
+            sigma_frames=cfg["camera"]["sigma_frames"], cuts=crop_meta["cuts"],
         )  # fmt: skip
         timed("masks (landmarks)", n, masks_clip, list_frames(out / "crops"), crops.lm68, out / "masks",
               threads=args.threads)  # fmt: skip
