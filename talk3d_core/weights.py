@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 import yaml
 
+from talk3d_core.io import atomic_path
+
 logger = logging.getLogger(__name__)
 
 #: The schema shipped with the workflow (draft 2020-12).
@@ -71,6 +73,10 @@ class WeightEntry:
     description: str = ""
     used_by: tuple[str, ...] = ()
     extract: Extract | None = None
+
+    def __post_init__(self) -> None:
+        # Hex digests compare in lower case everywhere, whoever built the entry.
+        object.__setattr__(self, "sha256", self.sha256.lower())
 
     def path_in(self, weights_dir: str | os.PathLike[str]) -> Path:
         """Where this entry is installed under ``weights_dir``."""
@@ -127,7 +133,7 @@ def _entry_from_mapping(item: dict[str, Any]) -> WeightEntry:
     return WeightEntry(
         name=item["name"],
         url=item["url"],
-        sha256=item["sha256"].lower(),
+        sha256=item["sha256"],
         license=item["license"],
         dest=item["dest"],
         size_bytes=item.get("size_bytes"),
@@ -302,14 +308,14 @@ def _is_installed(entry: WeightEntry, dest: Path) -> bool:
         if not dest.is_file():
             return False
         actual = sha256_file(dest)
-        if actual == entry.sha256.lower():
+        if actual == entry.sha256:
             return True
         logger.warning(
             "%s: %s has sha256 %s, expected %s; fetching it again", entry.name, dest, actual, entry.sha256
         )
         return False
     stamp = _stamp_path(dest)
-    return dest.exists() and stamp.is_file() and stamp.read_text().strip() == entry.sha256.lower()
+    return dest.exists() and stamp.is_file() and stamp.read_text().strip() == entry.sha256
 
 
 def fetch(
@@ -345,7 +351,7 @@ def fetch(
         download = weights_dir / ".downloads" / f"{entry.name}{_ARCHIVE_SUFFIX[entry.extract]}"
     download.parent.mkdir(parents=True, exist_ok=True)
 
-    if download.is_file() and entry.extract is not None and sha256_file(download) == entry.sha256.lower():
+    if download.is_file() and entry.extract is not None and sha256_file(download) == entry.sha256:
         logger.info("%s: verified archive %s already downloaded", entry.name, download)
     else:
         part = download.with_name(download.name + ".part")
@@ -381,7 +387,7 @@ def _download_verified(
         )
 
     size = part.stat().st_size
-    if digest != entry.sha256.lower() or (entry.size_bytes is not None and size != entry.size_bytes):
+    if digest != entry.sha256 or (entry.size_bytes is not None and size != entry.size_bytes):
         part.unlink()
         expected_size = f", {entry.size_bytes} bytes" if entry.size_bytes is not None else ""
         raise WeightsError(
@@ -543,10 +549,8 @@ def _install_archive(entry: WeightEntry, archive: Path, dest: Path) -> None:
         elif dest.exists() or dest.is_symlink():
             dest.unlink()
         os.replace(node, dest)
-        stamp = _stamp_path(dest)
-        stamp_tmp = stamp.with_name(stamp.name + ".tmp")
-        stamp_tmp.write_text(entry.sha256.lower() + "\n")
-        os.replace(stamp_tmp, stamp)
+        with atomic_path(_stamp_path(dest)) as stamp_tmp:
+            stamp_tmp.write_text(entry.sha256 + "\n")
         logger.info("%s: unpacked %s archive into %s", entry.name, entry.extract, dest)
     finally:
         if tmp.exists():
