@@ -251,8 +251,10 @@ def train_scratch_prior(
             # Steps logged after the checkpoint are run again: drop their lines.
             log_path = out_dir / "train_log.jsonl"
             if log_path.is_file():
-                kept = [r for r in log_path.read_text().splitlines() if json.loads(r)["step"] <= step]
-                log_path.write_text("".join(r + "\n" for r in kept))
+                lines = log_path.read_text().splitlines()
+                kept = [r for r in lines if json.loads(r)["step"] <= step]
+                if len(kept) < len(lines):
+                    log_path.write_text("".join(r + "\n" for r in kept))
         elif restart_on_mismatch:
             log.info("%s was written with other settings or code: starting over", checkpoint)
             os.replace(checkpoint, out_dir / "checkpoint.stale.pt")
