@@ -113,7 +113,10 @@ def composite(
     weights = alpha * transmittance
     weight_total = weights.sum(dim=2)
     rgb = (weights * colors_mid).sum(dim=2)
-    depth = torch.nan_to_num((weights * depths_mid).sum(dim=2) / weight_total, float("inf"))
+    # An empty ray has no depth: it goes to the far end. The ratio uses a floored denominator so
+    # that its gradient stays finite where torch.where discards it (0/0 would poison backward).
+    ratio = (weights * depths_mid).sum(dim=2) / weight_total.clamp_min(1e-10)
+    depth = torch.where(weight_total > 1e-10, ratio, torch.full_like(ratio, float("inf")))
     depth = depth.clamp(depths.min(), depths.max())
     if white_back:
         rgb = rgb + 1 - weight_total
