@@ -40,6 +40,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from talk3d_core.eg3d.config import NOISE_MODES, GeneratorConfig
+from talk3d_core.eg3d.generator import TriPlaneGenerator
+from talk3d_core.eg3d.layers import setup_filter
+
 #: Where NVlabs' persistence hook lives; pickles call it to rebuild every decorated network class.
 PERSISTENCE_HOOK = ("torch_utils", "persistence", "_reconstruct_persistent_obj")
 
@@ -559,3 +563,199 @@ EG3D_FFHQ512_128_G_SHAPES: dict[str, tuple[int, ...]] = {
     "decoder.net.2.weight": (33, 64),
     "decoder.net.2.bias": (33,),
 }
+
+
+# NVlabs super-resolution modules by name: whether block0 upsamples (8X: 4x in two steps) or keeps the
+# input size (2X / 4X: "NoUp" block0), and whether the module holds a top-level resample_filter buffer
+# that its forward pass never reads.
+_SR_MODULES = {
+    "training.superresolution.SuperresolutionHybrid8XDC": {"factor": 4, "spare_filter": False},
+    "training.superresolution.SuperresolutionHybrid8X": {"factor": 4, "spare_filter": True},
+    "training.superresolution.SuperresolutionHybrid4X": {"factor": 2, "spare_filter": True},
+    "training.superresolution.SuperresolutionHybrid2X": {"factor": 2, "spare_filter": True},
+}
+_REQUIRED = object()
+# Generator kwargs that only choose a precision or a kernel implementation (we compute in float32 with
+# one implementation), and rendering kwargs read only by training losses or NVlabs' viewer.
+_PRECISION_KWARGS = frozenset({"num_fp16_res", "fused_modconv_default"})
+_TRAINING_RENDERING_KWARGS = frozenset(
+    {
+        "gpc_reg_prob",
+        "gpc_reg_fade_kimg",
+        "density_reg",
+        "density_reg_every",
+        "density_reg_p_dist",
+        "reg_type",
+        "avg_camera_radius",
+        "avg_camera_pivot",
+    }
+)
+
+
+def generator_from_checkpoint(ckpt: EG3DCheckpoint, *, plane_axes: str) -> TriPlaneGenerator:
+    """A :class:`~talk3d_core.eg3d.TriPlaneGenerator` (eval mode) holding the tensors of ``ckpt``.
+
+    The :class:`~talk3d_core.eg3d.GeneratorConfig` comes from the checkpoint's init kwargs (z/w/c
+    dims, output size, backbone widths, mapping layers), its rendering kwargs (samples, ray range,
+    box warp, camera conditioning, super-resolution options) and its neural rendering resolution. The
+    sizes NVlabs' code fixes instead of taking as kwargs (256^2 x 3 x 32 planes, the 64-wide decoder,
+    32 feature channels, the super-resolution widths) are read from the tensor shapes. ``plane_axes``
+    ("original" or "fixed") must name the projection the checkpoint was trained with; the pickle does
+    not record it. Tensors are loaded strictly (:func:`load_state_into`). A kwarg this implementation
+    does not support, or one whose value it cannot reproduce, raises :class:`CheckpointError`.
+    """
+    what = f"{ckpt.path} [{ckpt.network}]"
+    state = dict(ckpt.state_dict)
+    problems: list[str] = []
+    kwargs = dict(ckpt.init_kwargs)
+    rendering = dict(ckpt.rendering_kwargs or kwargs.get("rendering_kwargs") or {})
+
+    def take(table: dict[str, Any], key: str, where: str, default: Any = _REQUIRED) -> Any:
+        """Pop ``key`` from ``table`` (so leftovers are the unsupported ones); a missing required key
+        is a problem, a missing optional one gives NVlabs' default."""
+        if key in table:
+            return table.pop(key)
+        if default is _REQUIRED:
+            problems.append(f"{where} lacks {key!r}")
+            return None
+        return default
+
+    # -- init kwargs ---------------------------------------------------------------------------------
+    if ckpt.init_args:
+        problems.append(f"positional init args are not supported: {ckpt.init_args!r}")
+    dims = {k: take(kwargs, k, "init kwargs") for k in ("z_dim", "c_dim", "w_dim", "img_resolution")}
+    img_channels = take(kwargs, "img_channels", "init kwargs", 3)
+    if img_channels != 3:
+        problems.append(f"img_channels={img_channels} (only RGB generators are supported)")
+    sr_num_fp16_res = take(kwargs, "sr_num_fp16_res", "init kwargs", 0)
+    kwargs.pop("rendering_kwargs", None)
+    mapping = dict(take(kwargs, "mapping_kwargs", "init kwargs", {}) or {})
+    mapping_layers = take(mapping, "num_layers", "mapping_kwargs", 8)  # NVlabs' MappingNetwork default
+    mapping_lr_mul = take(mapping, "lr_multiplier", "mapping_kwargs", 0.01)
+    w_avg_beta = take(mapping, "w_avg_beta", "mapping_kwargs", 0.998)
+    problems += [f"unsupported mapping_kwargs entry {k!r}={v!r}" for k, v in mapping.items()]
+    sr_kwargs = dict(take(kwargs, "sr_kwargs", "init kwargs", {}) or {})
+    # NVlabs' super-resolution modules accept and ignore these (their widths are fixed in code).
+    for key in ("channel_base", "channel_max", "conv_clamp", *_PRECISION_KWARGS):
+        sr_kwargs.pop(key, None)
+    problems += [f"unsupported sr_kwargs entry {k!r}={v!r}" for k, v in sr_kwargs.items()]
+    channel_base = take(kwargs, "channel_base", "init kwargs", 32768)
+    channel_max = take(kwargs, "channel_max", "init kwargs", 512)
+    conv_clamp = take(kwargs, "conv_clamp", "init kwargs", None)
+    for key in _PRECISION_KWARGS:
+        kwargs.pop(key, None)
+    problems += [f"unsupported init kwarg {k!r}={v!r}" for k, v in kwargs.items()]
+
+    # -- rendering kwargs ----------------------------------------------------------------------------
+    sr_module = take(rendering, "superresolution_module", "rendering_kwargs")
+    sr = _SR_MODULES.get(sr_module) if isinstance(sr_module, str) else None
+    if sr_module is not None and sr is None:
+        problems.append(f"unsupported superresolution_module {sr_module!r} (known: {sorted(_SR_MODULES)})")
+    image_resolution = take(rendering, "image_resolution", "rendering_kwargs", dims["img_resolution"])
+    if image_resolution != dims["img_resolution"]:
+        problems.append(f"rendering image_resolution {image_resolution} != img_resolution")
+    for key, expected in (("clamp_mode", "softplus"), ("density_noise", 0)):
+        value = take(rendering, key, "rendering_kwargs", expected)
+        if value != expected:
+            problems.append(f"rendering {key}={value!r} is not supported (only {expected!r})")
+    ray_start = take(rendering, "ray_start", "rendering_kwargs")
+    ray_end = take(rendering, "ray_end", "rendering_kwargs")
+    if "auto" in (ray_start, ray_end):
+        problems.append("ray_start/ray_end 'auto' (box-intersection ray limits) is not supported")
+    noise = take(rendering, "superresolution_noise_mode", "rendering_kwargs")
+    if noise is not None and noise not in NOISE_MODES:
+        problems.append(f"superresolution_noise_mode={noise!r} (supported: {NOISE_MODES})")
+    options = {
+        "depth_resolution": take(rendering, "depth_resolution", "rendering_kwargs"),
+        "depth_resolution_importance": take(rendering, "depth_resolution_importance", "rendering_kwargs"),
+        "box_warp": take(rendering, "box_warp", "rendering_kwargs"),
+        "white_back": take(rendering, "white_back", "rendering_kwargs", False),
+        "disparity_space_sampling": take(rendering, "disparity_space_sampling", "rendering_kwargs"),
+        "c_gen_conditioning_zero": take(rendering, "c_gen_conditioning_zero", "rendering_kwargs"),
+        "c_scale": take(rendering, "c_scale", "rendering_kwargs", 0.0),  # NVlabs' default when absent
+        "sr_antialias": take(rendering, "sr_antialias", "rendering_kwargs"),
+        "decoder_lr_mul": take(rendering, "decoder_lr_mul", "rendering_kwargs", 1.0),
+    }
+    decoder_output_dim = take(rendering, "decoder_output_dim", "rendering_kwargs", None)
+    for key in _TRAINING_RENDERING_KWARGS:
+        rendering.pop(key, None)
+    problems += [f"unsupported rendering kwarg {k!r}={v!r}" for k, v in rendering.items()]
+    if ckpt.neural_rendering_resolution is None:
+        problems.append("no neural_rendering_resolution attribute")
+
+    # -- sizes NVlabs fixes in code: read them off the tensors ---------------------------------------
+    def shape(name: str) -> tuple[int, ...]:
+        if name not in state:
+            problems.append(f"cannot size the generator: no tensor {name}")
+            return (0, 0)
+        return tuple(state[name].shape)
+
+    blocks = sorted(
+        int(k.split(".")[2][1:])
+        for k in state
+        if k.startswith("backbone.synthesis.b") and k.endswith(".torgb.weight")
+    )
+    plane_resolution = blocks[-1] if blocks else 0
+    plane_out = shape(f"backbone.synthesis.b{plane_resolution}.torgb.weight")[0]
+    if plane_out % 3:
+        problems.append(f"backbone outputs {plane_out} channels, not 3 planes' worth")
+    decoder_hidden = shape("decoder.net.0.weight")[0]
+    decoder_dim = shape("decoder.net.2.weight")[0] - 1
+    if decoder_output_dim is not None and decoder_output_dim != decoder_dim:
+        problems.append(f"decoder_output_dim={decoder_output_dim} but decoder.net.2 gives {decoder_dim}")
+    sr_channels = (
+        shape("superresolution.block0.conv0.weight")[0],
+        shape("superresolution.block1.conv0.weight")[0],
+    )
+    if problems:
+        raise CheckpointError(f"{what}: cannot build a generator:\n  " + "\n  ".join(problems))
+
+    try:
+        config = GeneratorConfig(
+            z_dim=dims["z_dim"],
+            c_dim=dims["c_dim"],
+            w_dim=dims["w_dim"],
+            image_resolution=dims["img_resolution"],
+            mapping_layers=int(mapping_layers),
+            mapping_lr_mul=float(mapping_lr_mul),
+            w_avg_beta=float(w_avg_beta),
+            plane_resolution=plane_resolution,
+            plane_channels=plane_out // 3,
+            channel_base=int(channel_base),
+            channel_max=int(channel_max),
+            conv_clamp=conv_clamp,
+            decoder_hidden=decoder_hidden,
+            decoder_output_dim=decoder_dim,
+            decoder_lr_mul=float(options["decoder_lr_mul"]),
+            neural_rendering_resolution=int(ckpt.neural_rendering_resolution),
+            depth_resolution=int(options["depth_resolution"]),
+            depth_resolution_importance=int(options["depth_resolution_importance"]),
+            ray_start=float(ray_start),
+            ray_end=float(ray_end),
+            box_warp=float(options["box_warp"]),
+            white_back=bool(options["white_back"]),
+            disparity_space_sampling=bool(options["disparity_space_sampling"]),
+            plane_axes=plane_axes,
+            c_gen_conditioning_zero=bool(options["c_gen_conditioning_zero"]),
+            c_scale=float(options["c_scale"]),
+            sr_channels=sr_channels,
+            # NVlabs clamps the super-resolution convs exactly when they run in float16.
+            sr_conv_clamp=256.0 if sr_num_fp16_res > 0 else None,
+            sr_antialias=bool(options["sr_antialias"]),
+            sr_noise_mode=noise,
+        )
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{what}: cannot build a generator: {exc}") from exc
+    factor = config.image_resolution // config.sr_input_resolution
+    if factor != sr["factor"]:
+        raise CheckpointError(
+            f"{what}: {sr_module} upsamples {sr['factor']}x in its blocks, but a {config.image_resolution}"
+            f" px generator here upsamples {factor}x (input {config.sr_input_resolution} px)"
+        )
+    if sr["spare_filter"] and "superresolution.resample_filter" in state:
+        spare = state.pop("superresolution.resample_filter")
+        if spare.shape != (4, 4) or not torch.allclose(spare.float(), setup_filter()):
+            raise CheckpointError(f"{what}: superresolution.resample_filter is not the [1, 3, 3, 1] filter")
+    generator = TriPlaneGenerator(config)
+    load_state_into(generator, state, what=what)
+    return generator.eval()

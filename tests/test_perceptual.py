@@ -1,0 +1,85 @@
+"""Optional LPIPS / identity losses: missing packages or weights give (None, reason), never a download."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from talk3d_core.perceptual import (
+    _LPIPS_SLICES,
+    ARCFACE_WEIGHTS,
+    LPIPS_TRUNK_FILES,
+    _lpips_trunk_state,
+    identity_loss,
+    lpips_loss,
+)
+
+
+def test_lpips_without_trunk_weights_or_package_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # as if the package were not installed
+    loss, reason = lpips_loss("cpu", trunk_weights=tmp_path / "alexnet.pth")
+
+    assert loss is None
+    assert f"no ImageNet alex trunk weights at {tmp_path / 'alexnet.pth'}" in reason
+    assert "the lpips package does not import (ModuleNotFoundError" in reason
+
+
+def test_lpips_default_trunk_is_looked_up_in_the_torch_hub_cache(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    loss, reason = lpips_loss("cpu", net="vgg")
+    assert loss is None and str(tmp_path / "checkpoints" / LPIPS_TRUNK_FILES["vgg"]) in reason
+    with pytest.raises(ValueError, match="LPIPS trunk must be one of"):
+        lpips_loss("cpu", net="resnet")
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg", "squeeze"])
+def test_torchvision_trunk_tensors_are_renamed_to_lpips_slices(tmp_path: Path, net: str):
+    ends = _LPIPS_SLICES[net]
+    # A torchvision-style state: features.<i>.weight/bias for some layers, plus a classifier.
+    layers = [0, ends[0], ends[-1] - 1]
+    state = {f"features.{i}.weight": torch.full((2,), float(i)) for i in layers}
+    state |= {f"features.{i}.bias": torch.zeros(2) for i in layers}
+    state["classifier.1.weight"] = torch.zeros(3)
+    torch.save(state, tmp_path / "trunk.pth")
+
+    renamed = _lpips_trunk_state(tmp_path / "trunk.pth", net)
+
+    last = len(ends)
+    assert sorted(renamed) == sorted(
+        [
+            "slice1.0.weight", "slice1.0.bias", f"slice2.{ends[0]}.weight", f"slice2.{ends[0]}.bias",
+            f"slice{last}.{ends[-1] - 1}.weight", f"slice{last}.{ends[-1] - 1}.bias",
+        ]
+    )  # fmt: skip
+    assert float(renamed[f"slice2.{ends[0]}.weight"][0]) == ends[0]
+
+
+def test_identity_loss_without_manifest_entry_or_package_says_why(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "facexlib", None)
+    monkeypatch.setitem(sys.modules, "facexlib.recognition", None)
+    monkeypatch.setitem(sys.modules, "facexlib.recognition.arcface_arch", None)
+    loss, reason = identity_loss("cpu")  # the repository's manifest has no ArcFace entry
+
+    assert loss is None
+    assert f"no weights entry named {ARCFACE_WEIGHTS!r}" in reason
+    assert "facexlib does not import (ModuleNotFoundError" in reason
+
+
+def test_identity_loss_names_the_command_that_fetches_missing_weights(tmp_path: Path):
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(
+        "weights:\n"
+        f"  - name: {ARCFACE_WEIGHTS}\n"
+        "    url: https://example.org/arcface.pth\n"
+        f'    sha256: "{"0" * 64}"\n'
+        "    license: test entry\n"
+        "    dest: arcface/arcface.pth\n"
+    )
+    loss, reason = identity_loss("cpu", weights_dir=tmp_path / "weights", manifest=manifest)
+
+    assert loss is None
+    assert "are missing" in reason and "snakemake --cores 1" in reason
+    assert str(Path("weights") / "arcface" / "arcface.pth") in reason

@@ -1,0 +1,593 @@
+"""VIVE3D personalization (pretrained mode): pivots, camera refinement, checkpoint loading, fitting, resume.
+
+The EG3D pickles here are written in NVlabs' persistence layout (as in test_eg3d_checkpoint.py) from a
+tiny generator of our own, so a "pretrained" network exists without any download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import types
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from talk3d_core.camera import eg3d_camera, rotation_angle_deg
+from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.eg3d.checkpoint import CheckpointError, generator_from_checkpoint, load_eg3d_checkpoint
+from talk3d_core.eg3d.layers import setup_filter
+from talk3d_core.personalize import (
+    ImageLosses,
+    PretrainedConfig,
+    StepBudgetExhausted,
+    nearest_pivot,
+    personalize,
+    pivot_features,
+    refine_cameras,
+    select_pivots,
+)
+from talk3d_core.prior import SubjectData, evaluate_prior
+
+TINY = GeneratorConfig.cpu(
+    z_dim=32, w_dim=32, plane_resolution=16, plane_channels=8, channel_base=512, channel_max=32,
+    decoder_hidden=16, decoder_output_dim=8, neural_rendering_resolution=16, depth_resolution=8,
+    depth_resolution_importance=8, image_resolution=32, sr_channels=(16, 8),
+)  # fmt: skip
+PIVOT = (0.0, 0.05, 0.2)
+RADIUS, FOCAL = 2.7, 3.6
+NO_EXTRA_LOSSES = ImageLosses(lpips_reason="not in this test", identity_reason="not in this test")
+
+
+# --------------------------------------------------------------------------------------------------
+# NVlabs-layout pickles of a generator (persistence records; plain modules pickled by reference)
+
+
+def _persistence_hook(meta: dict[str, Any]) -> Any:
+    raise AssertionError("the stand-in persistence hook must never be called")
+
+
+class _EasyDict(dict):
+    """Pickles as dnnlib.util.EasyDict."""
+
+
+class _PlainModule:
+    """A torch.nn.Module subclass that NVlabs pickles by reference (no persistence hook)."""
+
+
+_SPELLING: dict[Any, tuple[str, str]] = {
+    _persistence_hook: ("torch_utils.persistence", "_reconstruct_persistent_obj"),
+    _EasyDict: ("dnnlib.util", "EasyDict"),
+}
+
+
+def _plain_class(module: str, name: str) -> type:
+    cls = type(name, (_PlainModule,), {})
+    _SPELLING[cls] = (module, name)
+    return cls
+
+
+_PLAIN = {
+    "OSGDecoder": _plain_class("training.triplane", "OSGDecoder"),
+    "Sequential": _plain_class("torch.nn.modules.container", "Sequential"),
+    "Softplus": _plain_class("torch.nn.modules.activation", "Softplus"),
+    "ImportanceRenderer": _plain_class("training.volumetric_rendering.renderer", "ImportanceRenderer"),
+}
+
+
+class _NVlabsStylePickler(pickle._Pickler):  # the pure-Python pickler lets us spell globals
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        spelled = _SPELLING.get(obj)
+        if spelled is None:
+            super().save_global(obj, name)
+            return
+        self.save(spelled[0])
+        self.save(spelled[1])
+        self.write(pickle.STACK_GLOBAL)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[types.FunctionType] = save_global
+
+
+class _Persistent:
+    def __init__(self, class_name: str, state: dict[str, Any]) -> None:
+        self.meta = dict(
+            type="class",
+            version=6,
+            module_src=f"class {class_name}: pass\n",
+            class_name=class_name,
+            state=state,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_persistence_hook, (self.meta,))
+
+
+def _pickled_module(module: torch.nn.Module, **extra: Any) -> Any:
+    """``module`` as NVlabs pickles it: its __dict__ (tensors, children) in a persistence record,
+    or by reference for the classes EG3D does not decorate."""
+    state = dict(
+        training=False,
+        _parameters=OrderedDict((k, v.detach().clone()) for k, v in module._parameters.items()),
+        _buffers=OrderedDict((k, v.clone()) for k, v in module._buffers.items()),
+        _non_persistent_buffers_set=set(module._non_persistent_buffers_set),
+        _modules=OrderedDict((k, _pickled_module(v)) for k, v in module._modules.items()),
+        _forward_hooks=OrderedDict(),
+    )
+    state.update(extra)
+    name = type(module).__name__
+    if name in ("OSGDecoder", "Sequential", "Softplus", "ImportanceRenderer"):
+        obj = _PLAIN[name].__new__(_PLAIN[name])
+        obj.__dict__.update(state)
+        return obj
+    return _Persistent(name, state)
+
+
+def nvlabs_kwargs(config: GeneratorConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(init kwargs, rendering kwargs) of NVlabs' TriPlaneGenerator for ``config``."""
+    factor = config.image_resolution // config.sr_input_resolution
+    rendering = dict(config.rendering_kwargs)
+    del rendering["decoder_output_dim"]  # NVlabs fixes it in code (32); the tensors tell ours
+    rendering |= {
+        "image_resolution": config.image_resolution,
+        "superresolution_module": "training.superresolution.SuperresolutionHybrid"
+        + ("8XDC" if factor == 4 else "2X"),
+        "gpc_reg_prob": 0.8,
+        "density_reg": 0.25,
+        "density_reg_p_dist": 0.004,
+        "reg_type": "l1",
+        "avg_camera_radius": 2.7,
+        "avg_camera_pivot": [0, 0, 0.2],
+    }
+    init = _EasyDict(
+        z_dim=config.z_dim,
+        c_dim=config.c_dim,
+        w_dim=config.w_dim,
+        img_resolution=config.image_resolution,
+        img_channels=3,
+        sr_num_fp16_res=4 if config.sr_conv_clamp else 0,
+        mapping_kwargs=_EasyDict(num_layers=config.mapping_layers),
+        rendering_kwargs=rendering,
+        sr_kwargs=_EasyDict(channel_base=32768, channel_max=512, fused_modconv_default="inference_only"),
+        channel_base=config.channel_base,
+        channel_max=config.channel_max,
+        fused_modconv_default="inference_only",
+        num_fp16_res=0,
+        conv_clamp=config.conv_clamp,
+    )
+    return init, rendering
+
+
+def write_snapshot(
+    path: Path,
+    generator: TriPlaneGenerator,
+    *,
+    init: dict[str, Any] | None = None,
+    rendering: dict[str, Any] | None = None,
+) -> Path:
+    """Pickle ``generator`` as the G_ema of an NVlabs EG3D snapshot at ``path``."""
+    default_init, default_rendering = nvlabs_kwargs(generator.config)
+    init = default_init if init is None else init
+    rendering = default_rendering if rendering is None else rendering
+    g_ema = _pickled_module(
+        generator,
+        _init_args=(),
+        _init_kwargs=init,
+        rendering_kwargs=rendering,
+        neural_rendering_resolution=generator.config.neural_rendering_resolution,
+    )
+    records = g_ema.meta["state"]["_modules"]
+    if not rendering["superresolution_module"].endswith("8XDC"):
+        records["superresolution"].meta["state"]["_buffers"]["resample_filter"] = setup_filter()
+    snapshot = dict(training_set_kwargs=dict(path="ffhq.zip"), G=None, D=None, G_ema=g_ema, augment_pipe=None)
+    with path.open("wb") as f:
+        _NVlabsStylePickler(f, protocol=4).dump(snapshot)
+    return path
+
+
+def random_generator(seed: int = 0) -> TriPlaneGenerator:
+    """TINY with random weights and buffers (w_avg a mapped latent, random noise maps and strengths).
+
+    Two layers are rescaled so that renders look like a trained generator's rather than a fresh one's:
+    the planes' output layers x10 (fresh ones make near-constant planes, i.e. flat images) and the
+    super-resolution's ToRGB layers x0.1 (so the final image stays near the raw one, inside [-1, 1]).
+    """
+    torch.manual_seed(seed)
+    generator = TriPlaneGenerator(TINY).eval()
+    with torch.no_grad():
+        for name, tensor in generator.state_dict().items():
+            if name.endswith("noise_const"):
+                tensor.normal_()
+            if name.endswith("noise_strength"):
+                tensor.normal_(0, 0.01)
+            if name.endswith("torgb.weight"):
+                tensor.mul_(10.0 if name.startswith("backbone") else 0.1)
+        w = generator.mapping(torch.randn(1, TINY.z_dim), torch.zeros(1, TINY.c_dim))
+        generator.backbone.mapping.w_avg.copy_(w[0, 0])
+    return generator
+
+
+def render(generator: TriPlaneGenerator, ws: torch.Tensor, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return generator.synthesis(ws, cameras, noise_mode="const", jitter=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Pivot selection
+
+
+def synthetic_landmarks(mouth: np.ndarray, eyes: np.ndarray) -> np.ndarray:
+    """68 points with the outer eye corners 10 px apart, inner lips ``mouth`` px apart and each eyelid
+    pair ``eyes`` px apart (everything else at the origin: only these points are read)."""
+    n = len(mouth)
+    lm = np.zeros((n, 68, 2))
+    lm[:, 36], lm[:, 45] = (10.0, 20.0), (20.0, 20.0)
+    lm[:, 62] = (15.0, 30.0)
+    lm[:, 66, 0], lm[:, 66, 1] = 15.0, 30.0 + mouth
+    for upper, lower in ((37, 41), (38, 40), (43, 47), (44, 46)):
+        lm[:, upper] = (12.0, 19.0)
+        lm[:, lower, 0], lm[:, lower, 1] = 12.0, 19.0 + eyes
+    return lm
+
+
+def pose_table(n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Head angles (N, 3) and landmarks of a mostly neutral clip with small jitter."""
+    rng = np.random.default_rng(seed)
+    angles = rng.normal(0, 1.0, (n, 3))
+    landmarks = synthetic_landmarks(1.0 + rng.normal(0, 0.1, n), 3.0 + rng.normal(0, 0.1, n))
+    return angles, landmarks
+
+
+def test_pivot_features_are_standardised_and_scale_free():
+    angles, lm = pose_table()
+    train = np.arange(20) < 16
+    features = pivot_features(angles, lm, train)
+    assert features.shape == (20, 5)
+    np.testing.assert_allclose(features[train].mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(features[train].std(axis=0), 1, atol=1e-12)
+    # Mouth and eye opening are relative to the eye distance: scaling the face changes nothing.
+    np.testing.assert_allclose(pivot_features(angles, lm * 3.0, train), features, atol=1e-9)
+    with pytest.raises(ValueError, match=r"landmarks must have shape \(20, 68, 2\)"):
+        pivot_features(angles, lm[:, :60], train)
+    with pytest.raises(ValueError, match=r"head angles must have shape \(20, 3\)"):
+        pivot_features(angles[:, :2], lm, train)
+
+
+def test_select_pivots_picks_the_extremes_from_the_training_frames():
+    # A near-still clip (tiny jitter) with a few distinct moments; standardising puts every feature
+    # on the scale of its own spread, so each feature's extreme frame stands out.
+    rng = np.random.default_rng(1)
+    n = 20
+    angles = np.zeros((n, 3))
+    angles[:, :2] = rng.normal(0, 0.01, (n, 2))
+    angles[4, 0], angles[9, 0] = 30.0, -25.0  # turns to the left and to the right
+    angles[2, 1] = 15.0  # looking up
+    mouth = 1.0 + rng.normal(0, 0.01, n)
+    mouth[13] = 6.0  # an open mouth
+    angles[18, 1] = 40.0  # the most extreme pose of all, but a test frame
+    train = np.arange(n) < 16
+    features = pivot_features(angles, synthetic_landmarks(mouth, np.full(n, 3.0)), train)
+
+    pivots = select_pivots(features, train, 5)
+
+    assert pivots.tolist() == sorted(pivots.tolist())
+    assert {2, 4, 9, 13} < set(pivots.tolist())  # plus one neutral frame
+    assert train[pivots].all()  # frame 18 is never a pivot
+    np.testing.assert_array_equal(pivots, select_pivots(features, train, 5))  # deterministic
+    assert select_pivots(features, train, 1)[0] not in (2, 4, 9, 13)  # it starts from a neutral frame
+    nearest = nearest_pivot(features, pivots)
+    assert (pivots[nearest[pivots]] == pivots).all()  # every pivot is its own nearest
+    assert pivots[nearest[18]] == 2  # the test frame looking up is closest to the pivot looking up
+
+
+def test_select_pivots_never_repeats_a_frame_and_rejects_bad_counts():
+    features = np.zeros((6, 5))  # all frames alike
+    train = np.array([True, True, True, False, True, True])
+    pivots = select_pivots(features, train, 5)
+    assert sorted(pivots.tolist()) == [0, 1, 2, 4, 5]
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match="n_pivots must be between 1 and the 5 training frames"):
+            select_pivots(features, train, bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Camera refinement
+
+
+def test_zero_delta_is_the_identity():
+    labels = torch.tensor(eg3d_camera([-20.0, 0.0, 15.0], [5.0, 0.0, -10.0], [0.0, 3.0, -2.0], pivot=PIVOT))
+    refined = refine_cameras(labels, torch.zeros(3, 6, dtype=labels.dtype), pivot=PIVOT)
+    torch.testing.assert_close(refined, labels, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("delta", [4.0, -7.5])
+def test_a_yaw_delta_equals_the_tracked_camera_at_that_yaw(delta: float):
+    yaw, pitch, roll = np.array([-20.0, 0.0, 15.0]), np.array([5.0, 0.0, -10.0]), np.array([0.0, 3.0, -2.0])
+    labels = torch.tensor(eg3d_camera(yaw, pitch, roll, radius=RADIUS, pivot=PIVOT, focal=FOCAL))
+    correction = torch.zeros(3, 6, dtype=labels.dtype)
+    correction[:, 0] = delta
+    expected = eg3d_camera(yaw + delta, pitch, roll, radius=RADIUS, pivot=PIVOT, focal=FOCAL)
+
+    refined = refine_cameras(labels, correction, pivot=PIVOT)
+
+    np.testing.assert_allclose(refined.numpy(), expected, atol=1e-12)
+    # From a frontal camera, pitch and roll corrections compose the same way.
+    frontal = torch.tensor(eg3d_camera([0.0], [0.0], [0.0], radius=RADIUS, pivot=PIVOT))
+    for column, angles in ((1, ([0.0], [delta], [0.0])), (2, ([0.0], [0.0], [delta]))):
+        correction = torch.zeros(1, 6, dtype=frontal.dtype)
+        correction[0, column] = delta
+        np.testing.assert_allclose(
+            refine_cameras(frontal, correction, pivot=PIVOT).numpy(),
+            eg3d_camera(*angles, radius=RADIUS, pivot=PIVOT),
+            atol=1e-12,
+        )
+
+
+def test_translation_moves_the_camera_and_gradients_flow():
+    labels = torch.tensor(eg3d_camera([10.0], [-5.0], [0.0], pivot=PIVOT))
+    correction = torch.tensor([[0.0, 0.0, 0.0, 0.01, -0.02, 0.03]], dtype=labels.dtype)
+    refined = refine_cameras(labels, correction, pivot=PIVOT).reshape(25)
+    moved = refined[[3, 7, 11]] - labels[0, [3, 7, 11]]
+    torch.testing.assert_close(moved, correction[0, 3:], atol=1e-12, rtol=0)
+    torch.testing.assert_close(refined[16:], labels[0, 16:])  # intrinsics untouched
+    delta = torch.full((1, 6), 0.5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda d: refine_cameras(labels, d, pivot=PIVOT), (delta,))
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading a generator from an NVlabs pickle
+
+
+def test_generator_from_checkpoint_round_trips(tmp_path: Path):
+    source = random_generator()
+    path = write_snapshot(tmp_path / "tiny.pkl", source)
+
+    loaded = generator_from_checkpoint(load_eg3d_checkpoint(path), plane_axes="fixed")
+
+    assert loaded.config == TINY
+    assert not loaded.training
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    z, c = torch.randn(2, TINY.z_dim), torch.tensor(eg3d_camera([-10.0, 10.0], [0.0, 5.0], [0.0, 0.0]))
+    c = c.float()
+    with torch.no_grad():
+        ours = source(z, c, noise_mode="const", jitter=False)
+        theirs = loaded(z, c, noise_mode="const", jitter=False)
+    for key in ("image", "image_raw", "image_depth"):
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value", "message"),
+    [
+        ("init", "architecture", "resnet", "unsupported init kwarg 'architecture'"),
+        ("init", "img_channels", 4, "img_channels=4"),
+        ("mapping", "layer_features", 64, "unsupported mapping_kwargs entry 'layer_features'"),
+        ("rendering", "ray_start", "auto", "'auto'"),
+        ("rendering", "clamp_mode", "relu", "clamp_mode='relu' is not supported"),
+        ("rendering", "superresolution_module", "training.superresolution.SuperresolutionHybridDeepfp32",
+         "unsupported superresolution_module"),
+        ("rendering", "superresolution_module", "training.superresolution.SuperresolutionHybrid8XDC",
+         "upsamples 4x in its blocks"),
+        ("rendering", "sr_antialias", None, "rendering_kwargs lacks 'sr_antialias'"),
+    ],
+)  # fmt: skip
+def test_generator_from_checkpoint_rejects_what_it_cannot_build(
+    tmp_path: Path, table: str, key: str, value: Any, message: str
+):
+    generator = random_generator()
+    init, rendering = nvlabs_kwargs(TINY)
+    target = {"init": init, "mapping": init["mapping_kwargs"], "rendering": rendering}[table]
+    if value is None:
+        del target[key]
+    else:
+        target[key] = value
+    init["rendering_kwargs"] = rendering
+    path = write_snapshot(tmp_path / "odd.pkl", generator, init=init, rendering=rendering)
+
+    with pytest.raises(CheckpointError, match=message) as info:
+        generator_from_checkpoint(load_eg3d_checkpoint(path), plane_axes="fixed")
+    assert str(path) in str(info.value)
+
+
+# What NVlabs' train.py records for the FFHQ 512 generators (--cfg=ffhq --gpc_reg_prob=0.8 ...).
+FFHQ_512_RENDERING = {
+    "image_resolution": 512, "disparity_space_sampling": False, "clamp_mode": "softplus",
+    "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
+    "c_gen_conditioning_zero": False, "gpc_reg_prob": 0.8, "c_scale": 1.0,
+    "superresolution_noise_mode": "none",
+    "density_reg": 0.25, "density_reg_p_dist": 0.004, "reg_type": "l1", "decoder_lr_mul": 1.0,
+    "sr_antialias": True, "depth_resolution": 48, "depth_resolution_importance": 48, "ray_start": 2.25,
+    "ray_end": 3.3, "box_warp": 1, "avg_camera_radius": 2.7, "avg_camera_pivot": [0, 0, 0.2],
+}  # fmt: skip
+FFHQ_512_INIT = {
+    "z_dim": 512, "c_dim": 25, "w_dim": 512, "img_resolution": 512, "img_channels": 3, "sr_num_fp16_res": 4,
+    "mapping_kwargs": {"num_layers": 2}, "rendering_kwargs": FFHQ_512_RENDERING,
+    "sr_kwargs": {"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"},
+    "channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only", "num_fp16_res": 0,
+    "conv_clamp": None,
+}  # fmt: skip
+
+
+def test_generator_from_checkpoint_reads_the_ffhq_512_128_kwargs():
+    """The kwargs and tensor shapes of ffhq(-fixed-triplane)512-128.pkl give the paper's generator."""
+    from talk3d_core.eg3d.checkpoint import EG3D_FFHQ512_128_G_SHAPES, EG3DCheckpoint
+
+    ckpt = EG3DCheckpoint(
+        path=Path("ffhq-fixed-triplane512-128.pkl"),
+        network="G_ema",
+        class_name="TriPlaneGenerator",
+        state_dict={name: torch.zeros(shape) for name, shape in EG3D_FFHQ512_128_G_SHAPES.items()},
+        init_args=(),
+        init_kwargs=FFHQ_512_INIT,
+        rendering_kwargs=FFHQ_512_RENDERING,
+        neural_rendering_resolution=128,
+        training_set_kwargs=None,
+    )
+    generator = generator_from_checkpoint(ckpt, plane_axes="fixed")
+    assert generator.config == GeneratorConfig.paper(plane_axes="fixed")
+    assert FFHQ_512_INIT["mapping_kwargs"] == {"num_layers": 2}  # the checkpoint's kwargs are not consumed
+
+
+def test_generator_from_checkpoint_needs_valid_plane_axes(tmp_path: Path):
+    path = write_snapshot(tmp_path / "tiny.pkl", random_generator())
+    with pytest.raises(CheckpointError, match="plane_axes='sideways'"):
+        generator_from_checkpoint(load_eg3d_checkpoint(path), plane_axes="sideways")
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole personalization on a teacher generator
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    data: SubjectData
+    angles: np.ndarray  # tracked (perturbed) head angles
+    landmarks: np.ndarray
+    true_cameras: torch.Tensor
+    snapshot: Path
+
+
+def teacher_scene(tmp_path: Path, n: int = 8, camera_noise_deg: float = 3.0) -> Scene:
+    """A random teacher renders a known identity with small per-frame offsets at known cameras; the
+    tracked cameras given to personalize are off by a few degrees of yaw and pitch."""
+    teacher = random_generator(seed=3)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        w_id = teacher.backbone.mapping.w_avg.reshape(1, 1, -1).repeat(1, teacher.num_ws, 1)
+        ws = w_id + 0.05 * torch.randn(n, teacher.num_ws, TINY.w_dim)
+    yaw, pitch, roll = np.linspace(-20, 20, n), rng.uniform(-8, 8, n), np.zeros(n)
+    true = torch.tensor(eg3d_camera(yaw, pitch, roll, radius=RADIUS, pivot=PIVOT, focal=FOCAL)).float()
+    images = render(teacher, ws, true)["image"]
+    noise = rng.normal(0, camera_noise_deg, (n, 2))
+    tracked = np.column_stack([yaw + noise[:, 0], pitch + noise[:, 1], roll])
+    cameras = torch.tensor(eg3d_camera(*tracked.T, radius=RADIUS, pivot=PIVOT, focal=FOCAL)).float()
+    data = SubjectData(
+        crops=((images.clamp(-1, 1) + 1) * 127.5).round().byte(),
+        face=torch.ones(n, 1, 32, 32, dtype=torch.bool),
+        cameras=cameras,
+        train=np.arange(n) < n - 2,
+    )
+    landmarks = synthetic_landmarks(rng.uniform(0.5, 3.0, n), rng.uniform(2.0, 3.5, n))
+    return Scene(data, tracked, landmarks, true, write_snapshot(tmp_path / "teacher.pkl", teacher))
+
+
+def rotation_error_deg(cameras: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+    def rotations(c: torch.Tensor) -> np.ndarray:
+        return c[:, :16].reshape(-1, 4, 4)[:, :3, :3].double().numpy()
+
+    return rotation_angle_deg(rotations(cameras), rotations(reference))
+
+
+def student(scene: Scene) -> TriPlaneGenerator:
+    return generator_from_checkpoint(load_eg3d_checkpoint(scene.snapshot), plane_axes="fixed")
+
+
+def test_personalize_recovers_cameras_of_a_teacher(tmp_path: Path):
+    scene = teacher_scene(tmp_path)
+    cfg = PretrainedConfig(
+        n_pivots=4, pivot_steps=60, tune_steps=10, frame_steps=40, frame_batch_size=4,
+        lr_latent=5e-3, lr_frame_offset=5e-3, lr_rotation=0.3, lr_translation=1e-3, jitter=False,
+        checkpoint_every=50,
+    )  # fmt: skip
+    generator = student(scene)
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+
+    prior, cameras, offsets = personalize(
+        scene.data, scene.angles, scene.landmarks, generator, tmp_path / "run",
+        pivot=PIVOT, cfg=cfg, image_losses=NO_EXTRA_LOSSES, device="cpu",
+    )  # fmt: skip
+
+    n, num_ws = len(scene.data.train), generator.num_ws
+    assert cameras.shape == (n, 25) and offsets.shape == (n, num_ws, TINY.w_dim)
+    assert prior.w_id.shape == (1, num_ws, TINY.w_dim) and prior.offsets.shape == (6, num_ws, TINY.w_dim)
+    torch.testing.assert_close(prior.offsets, offsets[:6])  # training frames in slot order
+    assert all(torch.equal(generator.state_dict()[k], v) for k, v in before.items())  # input untouched
+    tuned = prior.generator.state_dict()
+    assert any(not torch.equal(tuned[k], before[k]) for k in before)  # pivotal tuning changed weights
+
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in log] == list(range(1, 60 + 10 + 2 * 40 + 1))
+    pivots = [r["total"] for r in log if r["stage"] == "pivots"]
+    assert np.mean(pivots[-5:]) < 0.8 * np.mean(pivots[:5]), pivots
+    for batch in (0, 1):
+        frames = [r["total"] for r in log if r["stage"] == "frames"][batch * 40 : (batch + 1) * 40]
+        assert np.mean(frames[-5:]) < np.mean(frames[:5]), frames
+
+    error_tracked = rotation_error_deg(scene.data.cameras, scene.true_cameras).mean()
+    error_refined = rotation_error_deg(cameras, scene.true_cameras).mean()
+    assert error_refined < 0.5 * error_tracked, (error_tracked, error_refined)
+
+    # The scratch mode's evaluation works on the result, with the refined cameras.
+    metrics = evaluate_prior(prior, dataclasses.replace(scene.data, cameras=cameras))
+    assert metrics["n_train"] == 6 and np.isfinite(metrics["train_psnr"])
+
+
+# 4 + 3 + 2 batches x 3 = 13 steps, with random pivot batches and jittered rendering (seeded per step).
+TINY_RUN = PretrainedConfig(
+    n_pivots=3, pivot_steps=4, pivot_batch_size=2, tune_steps=3, tune_batch_size=2, frame_steps=3,
+    frame_batch_size=4, checkpoint_every=2,
+)  # fmt: skip
+
+
+def run(scene: Scene, out_dir: Path, **kwargs: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    kwargs = dict(pivot=PIVOT, cfg=TINY_RUN, image_losses=NO_EXTRA_LOSSES, device="cpu") | kwargs
+    return personalize(scene.data, scene.angles, scene.landmarks, student(scene), out_dir, **kwargs)
+
+
+def test_resume_is_exact(tmp_path: Path):
+    scene = teacher_scene(tmp_path, n=6)
+    straight = run(scene, tmp_path / "a")
+    # Stop inside pivotal tuning, then inside the first batch of frames, then run to the end.
+    for budget in (5, 4):
+        with pytest.raises(StepBudgetExhausted, match="run again to resume"):
+            run(scene, tmp_path / "b", max_steps=budget)
+    with open(tmp_path / "b" / "train_log.jsonl", "a") as fh:  # a line logged after the checkpoint
+        fh.write(json.dumps({"stage": "frames", "step": 9, "global_step": 99}) + "\n")
+    resumed = run(scene, tmp_path / "b")
+
+    (prior_a, cameras_a, offsets_a), (prior_b, cameras_b, offsets_b) = straight, resumed
+    for name, tensor in prior_a.state_dict().items():
+        assert torch.equal(tensor, prior_b.state_dict()[name]), name
+    assert torch.equal(cameras_a, cameras_b) and torch.equal(offsets_a, offsets_b)
+    log = [json.loads(r) for r in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in log] == list(range(1, 14))
+    assert [r["stage"] for r in log] == ["pivots"] * 4 + ["tune"] * 3 + ["frames"] * 6
+
+    # A finished run is read back, not repeated.
+    again = run(scene, tmp_path / "b")
+    assert torch.equal(again[1], cameras_a) and torch.equal(again[2], offsets_a)
+    assert len((tmp_path / "b" / "train_log.jsonl").read_text().splitlines()) == 13
+
+
+def test_checkpoint_of_other_settings_is_refused_or_set_aside(tmp_path: Path):
+    scene = teacher_scene(tmp_path, n=6)
+    with pytest.raises(StepBudgetExhausted):
+        run(scene, tmp_path / "c", max_steps=2)
+    with pytest.raises(ValueError, match="written with other settings"):
+        run(scene, tmp_path / "c", cfg=dataclasses.replace(TINY_RUN, lr_latent=0.02))
+    with pytest.raises(StepBudgetExhausted):
+        run(scene, tmp_path / "c", max_steps=1, run_id="new code", restart_on_mismatch=True)
+    assert (tmp_path / "c" / "checkpoint.stale.pt").is_file()
+    assert len((tmp_path / "c" / "train_log.jsonl").read_text().splitlines()) == 1
+
+
+def test_personalize_rejects_mismatched_inputs(tmp_path: Path):
+    scene = teacher_scene(tmp_path, n=6)
+    with pytest.raises(ValueError, match="landmarks must have shape"):
+        personalize(
+            scene.data, scene.angles, scene.landmarks[:5], student(scene), tmp_path / "d", pivot=PIVOT,
+            cfg=TINY_RUN, image_losses=NO_EXTRA_LOSSES,
+        )  # fmt: skip
+    small = dataclasses.replace(scene.data, crops=scene.data.crops[:, :, :16, :16])
+    with pytest.raises(ValueError, match="the generator makes 32 px"):
+        personalize(
+            small, scene.angles, scene.landmarks, student(scene), tmp_path / "d", pivot=PIVOT, cfg=TINY_RUN,
+            image_losses=NO_EXTRA_LOSSES,
+        )  # fmt: skip
