@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.head_proxy import RIGID_POINTS, HeadProxy, project_points
 from talk3d_core.image_metrics import psnr, ssim
 from talk3d_core.io import atomic_path
 
@@ -53,6 +54,13 @@ class PriorConfig:
     weight_l1_raw: float = 1.0
     weight_ssim: float = 0.5
     weight_offset: float = 1e-2
+    # Geometry prior (talk3d_core.head_proxy): rendered depth at the template's rigid landmarks
+    # (world units, L1), opacity vs the person mask, solid head core, empty space around the proxy.
+    weight_depth: float = 1.0
+    weight_opacity: float = 1.0
+    weight_solid: float = 0.5
+    weight_empty: float = 0.5
+    shape_points: int = 2048
     checkpoint_every: int = 200
     seed: int = 0
 
@@ -63,19 +71,26 @@ class SubjectData:
 
     crops (N, 3, S, S) uint8 at the generator's output size (kept as bytes: 0.75 MB a frame at 512,
     converted per batch by :func:`to_unit`); face (N, 1, S, S) bool face-region mask; cameras
-    (N, 25) float EG3D labels; train (N,) bool.
+    (N, 25) float EG3D labels; train (N,) bool; person (N, 1, S, S) bool foreground (every label
+    but background) when the background is painted out, else None; proxy: the head proxy placed
+    under these cameras (None: no geometry prior).
     """
 
     crops: torch.Tensor
     face: torch.Tensor
     cameras: torch.Tensor
     train: np.ndarray
+    person: torch.Tensor | None = None
+    proxy: HeadProxy | None = None
 
     def fingerprint(self) -> str:
         """sha256 of the training data, so a checkpoint is only resumed on the data it was fitted to."""
         digest = hashlib.sha256()
-        for array in (self.crops, self.face, self.cameras, torch.as_tensor(self.train)):
-            digest.update(array.contiguous().numpy().tobytes())
+        for array in (self.crops, self.face, self.cameras, torch.as_tensor(self.train), self.person):
+            if array is not None:
+                digest.update(array.contiguous().numpy().tobytes())
+        if self.proxy is not None:
+            digest.update(json.dumps(self.proxy.as_dict(), sort_keys=True).encode())
         return digest.hexdigest()[:16]
 
 
@@ -91,12 +106,16 @@ def load_subject(
     train: np.ndarray,
     size: int,
     *,
-    background: str = "keep",
+    background: str = "black",
+    proxy: HeadProxy | None = None,
 ) -> SubjectData:
     """Read crops and masks, resized to ``size`` (area for images, nearest for labels).
 
     ``background="black"`` paints the background label black, what the renderer shows where a ray
-    meets no density, so the tri-planes hold the person and not the studio behind them.
+    meets no density, so the tri-planes hold the person and not the studio behind them, and keeps
+    the person mask for the opacity and empty-space terms; ``"keep"`` fits the crops as they are
+    (the studio becomes part of the volume, so only the depth and solid-core terms apply).
+    ``proxy`` (from :func:`talk3d_core.head_proxy.fit_head_proxy`) enables the geometry prior.
     """
     if background not in ("keep", "black"):
         raise ValueError(f"background must be 'keep' or 'black', got {background!r}")
@@ -105,7 +124,7 @@ def load_subject(
             f"prior inputs disagree: {len(crop_paths)} crops, {len(mask_paths)} masks, "
             f"{len(cameras)} cameras, {len(train)} split flags"
         )
-    crops, faces = [], []
+    crops, faces, people = [], [], []
     for crop_path, mask_path in zip(crop_paths, mask_paths, strict=True):
         with Image.open(crop_path) as im:
             rgb = np.array(im.convert("RGB").resize((size, size), Image.Resampling.BOX))
@@ -115,11 +134,14 @@ def load_subject(
             rgb[labels == BACKGROUND_LABEL] = 0
         crops.append(rgb)
         faces.append(np.isin(labels, FACE_LABELS))
+        people.append(labels != BACKGROUND_LABEL)
     return SubjectData(
         crops=torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(),
         face=torch.from_numpy(np.stack(faces))[:, None],
         cameras=torch.as_tensor(np.asarray(cameras, np.float32)),
         train=np.asarray(train, bool),
+        person=torch.from_numpy(np.stack(people))[:, None] if background == "black" else None,
+        proxy=proxy,
     )
 
 
@@ -145,12 +167,25 @@ class ScratchPrior(torch.nn.Module):
 
     def forward(self, index: torch.Tensor | None, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
         """Render training frames ``index`` (their own latents), or with None the identity tri-plane
-        (computed once and shared by every camera)."""
+        (computed once and shared by every camera). The output also holds the ``planes`` rendered."""
         ws = self.ws(index)
         planes = self.generator.planes(ws)
         if index is None:
             ws, planes = ws.expand(len(cameras), -1, -1), planes.expand(len(cameras), -1, -1, -1, -1)
-        return self.generator.render(planes, cameras, ws)
+        return self.generator.render(planes, cameras, ws) | {"planes": planes}
+
+    def occupancy(self, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Opacity (B, M) of one coarse ray interval at world points (M, 3) of tri-planes (B, 3, C, R, R).
+
+        The density a ray sample sees, turned into the alpha of an interval of the coarse spacing
+        (ray length / depth_resolution), so "solid" and "empty" mean what they mean to the renderer.
+        """
+        cfg = self.generator.config
+        _, sigma = self.generator.renderer.decode(
+            planes, self.generator.decoder, points.expand(len(planes), -1, -1)
+        )
+        spacing = (cfg.ray_end - cfg.ray_start) / cfg.depth_resolution
+        return 1 - torch.exp(-F.softplus(sigma[..., 0] - 1) * spacing)
 
     @property
     def device(self) -> torch.device:
@@ -176,6 +211,48 @@ def reconstruction_losses(
         "offset": cfg.weight_offset,
     }
     terms["total"] = sum(weights[k] * v for k, v in terms.items())
+    return terms
+
+
+def geometry_losses(
+    model: ScratchPrior,
+    out: dict[str, torch.Tensor],
+    cameras: torch.Tensor,
+    person: torch.Tensor | None,
+    proxy: HeadProxy,
+    n_points: int,
+) -> dict[str, torch.Tensor]:
+    """Unweighted geometry-prior terms for a rendered batch (see :mod:`talk3d_core.head_proxy`).
+
+    depth: L1 (world units) between the rendered depth at the rigid template landmarks and their
+    distance from the camera; solid: mean missing opacity at random points inside the proxy's core
+    (uses the global torch RNG). With the background painted out (``person`` (B, 1, S, S) given),
+    also opacity: L1 between the rendered opacity and the person mask, and empty: mean opacity at
+    random points outside the proxy's margin (with the studio kept, it lives out there).
+    """
+    device = cameras.device
+    anchors = torch.as_tensor(proxy.landmarks()[RIGID_POINTS], dtype=cameras.dtype, device=device)
+    uv, distance = project_points(anchors, cameras)
+    grid = (uv * 2 - 1)[:, None]  # (B, 1, K, 2): grid_sample's [-1, 1] over pixel edges
+    depth = F.grid_sample(out["image_depth"], grid, mode="bilinear", align_corners=False)[:, 0, 0]
+    terms = {"depth": (depth - distance).abs().mean()}
+    if person is not None:
+        opacity = out["weights_sum"]
+        target = F.interpolate(person.float(), size=opacity.shape[-2:], mode="area")
+        terms["opacity"] = (opacity - target).abs().mean()
+    config = model.generator.config
+    solid = proxy.sample_solid(n_points)
+    if config.empty_outside_box:  # the shoulders reach below the box, where nothing can be solid
+        solid = solid[(solid.abs() <= config.box_warp / 2).all(dim=-1)]
+    # Rays run beyond the tri-plane box, where the planes' zero padding extrudes their content: unless
+    # the renderer already empties it (empty_outside_box), a cube 1.5 times the box covers that space.
+    empty = proxy.sample_empty(n_points, config.box_warp * (1.0 if config.empty_outside_box else 1.5))
+    if person is None:
+        empty = empty[:0]
+    occupancy = model.occupancy(out["planes"], torch.cat([solid, empty]).to(device)[None])
+    terms["solid"] = (1 - occupancy[:, : len(solid)]).mean()
+    if person is not None:
+        terms["empty"] = occupancy[:, len(solid) :].mean()
     return terms
 
 
@@ -278,15 +355,33 @@ def train_scratch_prior(
             pick = torch.randint(len(train_index), (batch_size,))
             frames = train_frames[pick]
             pick = pick.to(device)
-            out = model(pick, data.cameras[frames].to(device))
+            cameras = data.cameras[frames].to(device)
+            out = model(pick, cameras)
             terms = reconstruction_losses(
                 out, to_unit(data.crops[frames].to(device)), model.offsets[pick], cfg
             )
+            if data.proxy is not None:
+                person = None if data.person is None else data.person[frames].to(device)
+                geometry = geometry_losses(model, out, cameras, person, data.proxy, cfg.shape_points)
+                weights = {
+                    "depth": cfg.weight_depth,
+                    "opacity": cfg.weight_opacity,
+                    "solid": cfg.weight_solid,
+                    "empty": cfg.weight_empty,
+                }
+                terms["total"] = terms["total"] + sum(weights[k] * v for k, v in geometry.items())
+                terms.update(geometry)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
+            values = torch.stack([v.detach() for v in terms.values()]).tolist()  # one device sync
+            if not np.isfinite(values).all():
+                bad = [k for k, v in zip(terms, values, strict=True) if not np.isfinite(v)]
+                raise FloatingPointError(
+                    f"{out_dir}: prior training diverged at step {step + 1} (non-finite {', '.join(bad)});"
+                    f" {checkpoint} holds the last good state"
+                )
             optimizer.step()
             step += 1
-            values = torch.stack([v.detach() for v in terms.values()]).tolist()  # one device sync
             record = {"step": step, **{k: round(v, 6) for k, v in zip(terms, values, strict=True)}}
             record["seconds"] = round(time.perf_counter() - started, 4)
             log_file.write(json.dumps(record) + "\n")
@@ -354,9 +449,16 @@ def prior_sheet(
     radius: float,
     pivot: Sequence[float],
     focal: float,
+    proxy: HeadProxy | None = None,
 ) -> dict[str, Any]:
     """Renders of the identity tri-plane at yaw -30/0/+30 x pitch +20/0/-20 (head angles, degrees),
-    RGB grid on the left, depth grid (near = bright) on the right; returns the depth range used."""
+    RGB grid on the left, depth grid (near = bright) on the right.
+
+    Returns the depth range used and, per view, how solid the render is: ``semi_transparent`` =
+    fraction of pixels whose opacity is between 0.1 and 0.9 (fog is mostly that; a solid head only
+    at its outline) and, with a ``proxy``, ``landmark_depth_mm`` = mean distance (template mm)
+    between the rendered depth and the template's rigid landmarks that face the camera.
+    """
     from talk3d_core.camera import eg3d_camera
 
     yaw, pitch = np.meshgrid(SHEET_YAWS, SHEET_PITCHES)
@@ -368,6 +470,14 @@ def prior_sheet(
     model.eval()
     out = model(None, cams)
     out = {k: v.cpu() for k, v in out.items()}
+    views = []
+    for i, (y, p) in enumerate(zip(yaw.ravel(), pitch.ravel(), strict=True)):
+        opacity = out["weights_sum"][i]
+        view = {"yaw": float(y), "pitch": float(p)}
+        view["semi_transparent"] = float(((opacity > 0.1) & (opacity < 0.9)).float().mean())
+        if proxy is not None:
+            view["landmark_depth_mm"] = _landmark_depth_error(out["image_depth"][i], cams[i].cpu(), proxy, y)
+        views.append(view)
     rgb = [_to_uint8(img) for img in out["image"]]
     depth = F.interpolate(out["image_depth"], size=out["image"].shape[-2:], mode="nearest")
     near, far = float(depth.min()), float(depth.max())
@@ -375,7 +485,20 @@ def prior_sheet(
     rows = [np.concatenate(rgb[r * 3 : r * 3 + 3] + depth_tiles[r * 3 : r * 3 + 3], axis=1) for r in range(3)]
     with atomic_path(out_png) as tmp:
         Image.fromarray(np.concatenate(rows, axis=0)).save(tmp)
-    return {"yaw": list(SHEET_YAWS), "pitch": list(SHEET_PITCHES), "depth_range": [near, far]}
+    return {"depth_range": [near, far], "views": views}
+
+
+def _landmark_depth_error(depth: torch.Tensor, camera: torch.Tensor, proxy: HeadProxy, yaw: float) -> float:
+    """Mean |rendered depth - template distance| in template mm over the rigid landmarks on the
+    camera's side of the face (a turned head hides the far eye corner and brow)."""
+    points = proxy.landmarks()[RIGID_POINTS]
+    # Positive yaw puts the camera on the subject's right (world -x): keep the midline and that half
+    # (every point for a frontal view).
+    keep = (points[:, 0] - proxy.mideye[0]) * np.sign(yaw) <= 1e-9
+    anchors = torch.as_tensor(points[keep], dtype=torch.float32)
+    uv, distance = project_points(anchors, camera[None])
+    sampled = F.grid_sample(depth[None], (uv * 2 - 1)[:, None], mode="bilinear", align_corners=False)
+    return float((sampled[0, 0, 0] - distance[0]).abs().mean() / proxy.scale)
 
 
 def write_prior_outputs(
@@ -386,7 +509,8 @@ def write_prior_outputs(
     identity_pt: str | os.PathLike[str],
     frames_parquet: str | os.PathLike[str],
 ) -> None:
-    """Personalized generator (config + weights + w_id), P_ID (1, 3, C, R, R) and a per-frame table
+    """Personalized generator (config + weights + w_id + the head proxy's placement, so later stages
+    know where the head sits in the world), P_ID (1, 3, C, R, R) and a per-frame table
     (frame, split, offset_norm: L2 norm of the frame's latent offset, 0 for test; camera: the EG3D
     label used, tracked cameras in scratch mode)."""
     import pandas as pd
@@ -399,6 +523,7 @@ def write_prior_outputs(
                 "config": dataclasses.asdict(model.generator.config),
                 "generator": model.generator.state_dict(),
                 "w_id": model.w_id.data,
+                "head_proxy": None if data.proxy is None else data.proxy.as_dict(),
             },
             tmp,
         )

@@ -193,6 +193,21 @@ def test_rendering_a_slab_gives_its_depth_and_full_opacity():
     )
 
 
+def test_empty_outside_box_removes_the_extruded_slab():
+    """Planes are zero-padded outside the box, so a plane's content extends along its missing axis:
+    the dense XZ plane still has density above the box (y = 0.6 > box_warp / 2) by NVlabs' rule, and
+    none there with empty_outside_box."""
+    renderer = slab_renderer()
+    planes = slab_planes(0.0)
+    planes[0, 1, 0] = 1000.0  # dense everywhere on the XZ plane: the slab fills the box in z
+    points = torch.tensor([[[0.0, 0.6, 0.0], [0.0, 0.3, 0.0]]])  # above the box, inside it
+    _, sigma = renderer.decode(planes, SlabDecoder(), points)
+    assert sigma[0, 0, 0] > 100 and sigma[0, 1, 0] > 100
+    renderer.empty_outside_box = True
+    _, sigma = renderer.decode(planes, SlabDecoder(), points)
+    assert sigma[0, 0, 0] < -1000 and sigma[0, 1, 0] > 100
+
+
 def test_importance_samples_concentrate_near_the_surface():
     renderer = slab_renderer(coarse=24, fine=64)
     origins, directions = camera_rays(frontal_camera(), 8)

@@ -115,14 +115,16 @@ def test_load_subject_paints_the_background(tmp_path):
     Image.fromarray(crop).save(tmp_path / "c.png")
     Image.fromarray(labels).save(tmp_path / "m.png")
     cams = np.zeros((1, 25), np.float32)
-    kept = load_subject([tmp_path / "c.png"], [tmp_path / "m.png"], cams, np.array([True]), 8)
-    black = load_subject(
-        [tmp_path / "c.png"], [tmp_path / "m.png"], cams, np.array([True]), 8, background="black"
+    kept = load_subject(
+        [tmp_path / "c.png"], [tmp_path / "m.png"], cams, np.array([True]), 8, background="keep"
     )
+    black = load_subject([tmp_path / "c.png"], [tmp_path / "m.png"], cams, np.array([True]), 8)
     assert (kept.crops == 200).all() and kept.crops.dtype == torch.uint8
     assert (black.crops[0, :, 0, 0] == 0).all() and torch.equal(
         black.crops[0, :, 3, 3], kept.crops[0, :, 3, 3]
     )
     assert black.face.sum() == 16 and kept.fingerprint() != black.fingerprint()
+    # The person mask (for the opacity term) exists only when the background is painted out.
+    assert kept.person is None and black.person.sum() == 16
     with pytest.raises(ValueError, match="background must be"):
         load_subject([tmp_path / "c.png"], [tmp_path / "m.png"], cams, np.array([True]), 8, background="blue")

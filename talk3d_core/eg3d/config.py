@@ -64,6 +64,10 @@ class GeneratorConfig:
     ray_start: float = 2.25
     ray_end: float = 3.3
     box_warp: float = 1.0
+    # NVlabs' renderer lets points outside the tri-plane box through: the planes' zero padding then
+    # extrudes each plane's content along its missing axis (ghosts above and beside the head). Fitting
+    # from scratch, we can declare space outside the box empty; a released checkpoint keeps False.
+    empty_outside_box: bool = False
     white_back: bool = False
     disparity_space_sampling: bool = False
     plane_axes: str = "original"

@@ -49,6 +49,7 @@ class TriPlaneGenerator(nn.Module):
             ray_start=config.ray_start,
             ray_end=config.ray_end,
             box_warp=config.box_warp,
+            empty_outside_box=config.empty_outside_box,
             white_back=config.white_back,
             disparity_space_sampling=config.disparity_space_sampling,
         )

@@ -166,6 +166,7 @@ class ImportanceRenderer(nn.Module):
         ray_start: float,
         ray_end: float,
         box_warp: float,
+        empty_outside_box: bool = False,
         white_back: bool = False,
         disparity_space_sampling: bool = False,
     ) -> None:
@@ -175,6 +176,7 @@ class ImportanceRenderer(nn.Module):
         self.depth_resolution_importance = depth_resolution_importance
         self.ray_start, self.ray_end = ray_start, ray_end
         self.box_warp = box_warp
+        self.empty_outside_box = empty_outside_box
         self.white_back = white_back
         self.disparity_space_sampling = disparity_space_sampling
 
@@ -210,8 +212,17 @@ class ImportanceRenderer(nn.Module):
         raw densities (B, N, S, 1)."""
         batch, n_rays, steps, _ = depths.shape
         points = (origins.unsqueeze(2) + depths * directions.unsqueeze(2)).reshape(batch, -1, 3)
-        rgb, sigma = decoder(sample_triplane(planes, points, self.plane_axes, self.box_warp))
+        rgb, sigma = self.decode(planes, decoder, points)
         return rgb.reshape(batch, n_rays, steps, -1), sigma.reshape(batch, n_rays, steps, 1)
+
+    def decode(self, planes: Tensor, decoder: OSGDecoder, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Decoder outputs at world points (B, M, 3): colours (B, M, C) and raw densities (B, M, 1),
+        the latter forced empty outside the box when ``empty_outside_box``."""
+        rgb, sigma = decoder(sample_triplane(planes, points, self.plane_axes, self.box_warp))
+        if self.empty_outside_box:
+            outside = (points.abs() > self.box_warp / 2).any(dim=-1, keepdim=True)
+            sigma = sigma.masked_fill(outside, -1e4)  # softplus(-1e4 - 1) == 0: no density, no gradient
+        return rgb, sigma
 
     def forward(
         self,
