@@ -136,6 +136,27 @@ def test_reruns_only_what_changed(project):
     assert changed(third, fourth) == set(fourth) - training_state
 
 
+def test_pretrained_mode_personalizes_an_eg3d_pickle(project):
+    """prior.mode pretrained: a missing checkpoint stops before any job, naming the key and file; an
+    NVlabs-layout pickle (tiny random generator) is personalized and writes the stage's outputs."""
+    import json
+
+    from test_personalize import random_generator, write_snapshot
+
+    settings = {"mode": "pretrained", "checkpoint": "eg3d.pkl", "plane_axes": "fixed"}
+    with pytest.raises(Exception, match=r"prior\.checkpoint: eg3d\.pkl does not exist"):
+        run(project, ["results/clip/prior/P_id.pt"], config={"prior": settings})
+    assert not (project / "results").exists()
+    write_snapshot(project / "eg3d.pkl", random_generator())
+    tiny = {"n_pivots": 2, "pivot_steps": 2, "tune_steps": 2, "frame_steps": 1, "frame_batch_size": 40}
+    run(project, ["results/clip/prior/P_id.pt"], config={"prior": settings | {"pretrained": tiny}})
+    out = project / "results/clip/prior"
+    assert all((out / name).is_file() for name in PRIOR_FILES)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "pretrained" and len(metrics["views"]) == 9
+    assert "LPIPS unavailable" in (project / "results/clip/logs/prior.log").read_text()
+
+
 def test_unknown_config_key_stops_before_any_job(project):
     with pytest.raises(Exception, match=r"key 'ingest\.fsp'.*unknown key"):
         run(project, ALL, config={"ingest": {"fsp": 30}})

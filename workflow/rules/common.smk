@@ -52,3 +52,17 @@ def subject_targets(name):
 def core_hash(*modules):
     """Hash of the talk3d_core code a rule runs (this checkout's), for the rule's params."""
     return source_hash(*modules, package_dir=REPO_ROOT / "talk3d_core")
+
+
+def prior_checkpoint(wildcards):
+    """The EG3D pickle of mode pretrained (none for scratch), checked before any job runs."""
+    if config["prior"]["mode"] != "pretrained":
+        return []
+    path = config["prior"]["checkpoint"]
+    if not Path(path).is_file() and path.removeprefix(f"{WEIGHTS_DIR}/") not in WEIGHTS:
+        raise ValueError(
+            f"config prior.checkpoint: {path} does not exist. prior.mode 'pretrained' needs an NVlabs "
+            "EG3D pickle there (ffhqrebalanced512-128.pkl from NVIDIA NGC, model nvidia/research/eg3d, "
+            "with prior.plane_axes: original; or the fixed-triplane variant), or use prior.mode: scratch."
+        )
+    return path

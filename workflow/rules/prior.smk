@@ -2,11 +2,14 @@
 
 
 rule prior:
-    """Fit the tri-plane generator to the subject (scratch mode) and cache P_ID; resumable."""
+    """Fit the tri-plane generator to the subject (scratch) or personalize an EG3D checkpoint (pretrained,
+    VIVE3D); cache P_ID; resumable."""
     input:
         crops="results/{subject}/crops",
         masks="results/{subject}/masks",
         camera="results/{subject}/camera.parquet",
+        crop="results/{subject}/crop.parquet",
+        checkpoint=prior_checkpoint,
         features="results/{subject}/features.parquet",
     output:
         generator="results/{subject}/prior/generator.pt",
@@ -21,7 +24,10 @@ rule prior:
         ),
     params:
         prior=config["prior"],
-        code=core_hash("talk3d_core.prior"),
+        # Only the mode's own code keys the checkpoint: editing one mode does not restart the other.
+        code=core_hash(
+            "talk3d_core.personalize" if config["prior"]["mode"] == "pretrained" else "talk3d_core.prior"
+        ),
     threads: 2
     resources:
         mem_mb=8000,
