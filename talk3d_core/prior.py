@@ -508,11 +508,13 @@ def write_prior_outputs(
     generator_pt: str | os.PathLike[str],
     identity_pt: str | os.PathLike[str],
     frames_parquet: str | os.PathLike[str],
+    offsets: torch.Tensor | None = None,
 ) -> None:
     """Personalized generator (config + weights + w_id + the head proxy's placement, so later stages
     know where the head sits in the world), P_ID (1, 3, C, R, R) and a per-frame table
-    (frame, split, offset_norm: L2 norm of the frame's latent offset, 0 for test; camera: the EG3D
-    label used, tracked cameras in scratch mode)."""
+    (frame, split, offset_norm: L2 norm of the frame's latent offset, from ``offsets`` (N, num_ws,
+    w_dim) when given, else the model's training offsets with 0 for test frames; camera: the EG3D
+    label used, tracked cameras in scratch mode, refined ones in pretrained mode)."""
     import pandas as pd
 
     with torch.no_grad():
@@ -529,8 +531,11 @@ def write_prior_outputs(
         )
     with atomic_path(identity_pt) as tmp:
         torch.save({"planes": planes, "w_id": model.w_id.data}, tmp)
-    offset_norm = np.zeros(len(data.train), np.float32)
-    offset_norm[np.flatnonzero(data.train)] = model.offsets.detach().flatten(1).norm(dim=1).cpu().numpy()
+    if offsets is not None:  # every frame's offset (the pretrained mode inverts test frames too)
+        offset_norm = offsets.detach().flatten(1).norm(dim=1).cpu().numpy().astype(np.float32)
+    else:
+        offset_norm = np.zeros(len(data.train), np.float32)
+        offset_norm[np.flatnonzero(data.train)] = model.offsets.detach().flatten(1).norm(dim=1).cpu().numpy()
     table = pd.DataFrame(
         {
             "frame": np.arange(len(data.train), dtype=np.int32),

@@ -141,6 +141,7 @@ def test_pretrained_mode_personalizes_an_eg3d_pickle(project):
     NVlabs-layout pickle (tiny random generator) is personalized and writes the stage's outputs."""
     import json
 
+    import pandas as pd
     from test_personalize import random_generator, write_snapshot
 
     settings = {"mode": "pretrained", "checkpoint": "eg3d.pkl", "plane_axes": "fixed"}
@@ -154,6 +155,8 @@ def test_pretrained_mode_personalizes_an_eg3d_pickle(project):
     assert all((out / name).is_file() for name in PRIOR_FILES)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mode"] == "pretrained" and len(metrics["views"]) == 9
+    frames = pd.read_parquet(out / "frames.parquet")
+    assert (frames["offset_norm"][frames["split"] == "test"] > 0).all()  # test frames are inverted too
     assert "LPIPS unavailable" in (project / "results/clip/logs/prior.log").read_text()
 
 

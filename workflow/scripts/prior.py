@@ -54,13 +54,14 @@ with log_to(snakemake.log[0]) as log:
         gen_config.image_resolution, background=opts["background"], proxy=None if pretrained else proxy,
     )  # fmt: skip
     if pretrained:
-        model, refined, _ = personalize(
+        model, refined, offsets = personalize(
             data, cameras[["yaw", "pitch", "roll"]].to_numpy(), landmarks, generator, out_dir,
             pivot=camera["pivot"], cfg=PretrainedConfig(**opts["pretrained"]), run_id=snakemake.params.code,
             restart_on_mismatch=True,
         )  # fmt: skip
         data = dataclasses.replace(data, cameras=refined)
     else:
+        offsets = None  # the model's own training-frame offsets
         prior_config = PriorConfig(**{f.name: opts[f.name] for f in dataclasses.fields(PriorConfig)})
         model = train_scratch_prior(
             data, out_dir, gen_config=gen_config, prior_config=prior_config, run_id=snakemake.params.code,
@@ -68,7 +69,7 @@ with log_to(snakemake.log[0]) as log:
         )  # fmt: skip
     write_prior_outputs(
         model, data, generator_pt=snakemake.output.generator, identity_pt=snakemake.output.identity,
-        frames_parquet=snakemake.output.frames,
+        frames_parquet=snakemake.output.frames, offsets=offsets,
     )  # fmt: skip
     metrics = evaluate_prior(model, data)
     for split_name in ("train", "test"):
