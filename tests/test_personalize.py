@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
-import types
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+# The NVlabs persistence-layout pickler is shared with the loader's own tests.
+from test_eg3d_checkpoint import (
+    _EasyDict,
+    _ImportanceRenderer,
+    _NVlabsStylePickler,
+    _OSGDecoder,
+    _Persistent,
+    _plain,
+    _Sequential,
+    _Softplus,
+)
 
 from talk3d_core.camera import eg3d_camera, rotation_angle_deg
 from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
@@ -34,6 +44,13 @@ from talk3d_core.personalize import (
 )
 from talk3d_core.prior import SubjectData, evaluate_prior
 
+_PLAIN = {
+    "OSGDecoder": _OSGDecoder,
+    "Sequential": _Sequential,
+    "Softplus": _Softplus,
+    "ImportanceRenderer": _ImportanceRenderer,
+}
+
 TINY = GeneratorConfig.cpu(
     z_dim=32, w_dim=32, plane_resolution=16, plane_channels=8, channel_base=512, channel_max=32,
     decoder_hidden=16, decoder_output_dim=8, neural_rendering_resolution=16, depth_resolution=8,
@@ -46,67 +63,6 @@ NO_EXTRA_LOSSES = ImageLosses(lpips_reason="not in this test", identity_reason="
 
 # --------------------------------------------------------------------------------------------------
 # NVlabs-layout pickles of a generator (persistence records; plain modules pickled by reference)
-
-
-def _persistence_hook(meta: dict[str, Any]) -> Any:
-    raise AssertionError("the stand-in persistence hook must never be called")
-
-
-class _EasyDict(dict):
-    """Pickles as dnnlib.util.EasyDict."""
-
-
-class _PlainModule:
-    """A torch.nn.Module subclass that NVlabs pickles by reference (no persistence hook)."""
-
-
-_SPELLING: dict[Any, tuple[str, str]] = {
-    _persistence_hook: ("torch_utils.persistence", "_reconstruct_persistent_obj"),
-    _EasyDict: ("dnnlib.util", "EasyDict"),
-}
-
-
-def _plain_class(module: str, name: str) -> type:
-    cls = type(name, (_PlainModule,), {})
-    _SPELLING[cls] = (module, name)
-    return cls
-
-
-_PLAIN = {
-    "OSGDecoder": _plain_class("training.triplane", "OSGDecoder"),
-    "Sequential": _plain_class("torch.nn.modules.container", "Sequential"),
-    "Softplus": _plain_class("torch.nn.modules.activation", "Softplus"),
-    "ImportanceRenderer": _plain_class("training.volumetric_rendering.renderer", "ImportanceRenderer"),
-}
-
-
-class _NVlabsStylePickler(pickle._Pickler):  # the pure-Python pickler lets us spell globals
-    def save_global(self, obj: Any, name: str | None = None) -> None:
-        spelled = _SPELLING.get(obj)
-        if spelled is None:
-            super().save_global(obj, name)
-            return
-        self.save(spelled[0])
-        self.save(spelled[1])
-        self.write(pickle.STACK_GLOBAL)
-        self.memoize(obj)
-
-    dispatch = dict(pickle._Pickler.dispatch)
-    dispatch[types.FunctionType] = save_global
-
-
-class _Persistent:
-    def __init__(self, class_name: str, state: dict[str, Any]) -> None:
-        self.meta = dict(
-            type="class",
-            version=6,
-            module_src=f"class {class_name}: pass\n",
-            class_name=class_name,
-            state=state,
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_persistence_hook, (self.meta,))
 
 
 def _pickled_module(module: torch.nn.Module, **extra: Any) -> Any:
@@ -122,10 +78,8 @@ def _pickled_module(module: torch.nn.Module, **extra: Any) -> Any:
     )
     state.update(extra)
     name = type(module).__name__
-    if name in ("OSGDecoder", "Sequential", "Softplus", "ImportanceRenderer"):
-        obj = _PLAIN[name].__new__(_PLAIN[name])
-        obj.__dict__.update(state)
-        return obj
+    if name in _PLAIN:
+        return _plain(_PLAIN[name], state)
     return _Persistent(name, state)
 
 
