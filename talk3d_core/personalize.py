@@ -49,7 +49,7 @@ from talk3d_core.camera import EG3D_PIVOT
 from talk3d_core.eg3d import TriPlaneGenerator
 from talk3d_core.io import atomic_path
 from talk3d_core.perceptual import PairLoss, identity_loss, lpips_loss
-from talk3d_core.prior import ScratchPrior, SubjectData, to_unit
+from talk3d_core.prior import ScratchPrior, SubjectData, open_checkpoint, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -552,31 +552,6 @@ def _module_fingerprint(module: torch.nn.Module) -> str:
     return _fingerprint(*(state[k] for k in sorted(state)), names=sorted(state))
 
 
-def _open_checkpoint(
-    out_dir: Path, meta: dict[str, Any], restart_on_mismatch: bool, device: torch.device
-) -> dict[str, Any] | None:
-    """The checkpoint to resume (its meta must equal ``meta``), with later log lines dropped; else None."""
-    checkpoint, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
-    if not checkpoint.is_file():
-        log_path.unlink(missing_ok=True)
-        return None
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
-    if json.dumps(state["meta"], sort_keys=True) != json.dumps(meta, sort_keys=True):
-        if not restart_on_mismatch:
-            raise ValueError(f"{checkpoint}: written with other settings; delete it to start over")
-        log.info("%s was written with other settings or code: starting over", checkpoint)
-        os.replace(checkpoint, out_dir / "checkpoint.stale.pt")
-        log_path.unlink(missing_ok=True)
-        return None
-    log.info("resuming from %s: stage %s, step %d", checkpoint, state["stage"], state["global_step"])
-    if log_path.is_file():  # steps logged after the checkpoint are run again
-        lines = log_path.read_text().splitlines()
-        kept = [r for r in lines if json.loads(r)["global_step"] <= state["global_step"]]
-        if len(kept) < len(lines):
-            log_path.write_text("".join(r + "\n" for r in kept))
-    return state
-
-
 def personalize(
     data: SubjectData,
     head_angles: np.ndarray,
@@ -650,7 +625,7 @@ def personalize(
         "frames": frame_inversion_steps(n, cfg),
     }
     first_step = {s: sum(stage_steps[t] for t in STAGES[: STAGES.index(s)]) for s in STAGES}
-    saved = _open_checkpoint(out_dir, meta, restart_on_mismatch, device)
+    saved = open_checkpoint(out_dir, meta, restart_on_mismatch, device, step_key="global_step")
     saved = saved or {"stage": "pivots", "global_step": 0, "progress": None}
     log.info("pivot frames: %s", pivots.tolist())
 

@@ -214,15 +214,26 @@ def reconstruction_losses(
     return terms
 
 
+def landmark_depth_error(depth: torch.Tensor, cameras: torch.Tensor, points: np.ndarray) -> torch.Tensor:
+    """(B, K) |rendered depth - distance from the camera| (world units) at world points (K, 3)
+    projected through cameras (B, 25); depth (B, 1, H, W) as the renderer returns it."""
+    anchors = torch.as_tensor(points, dtype=depth.dtype, device=depth.device)
+    uv, distance = project_points(anchors, cameras)
+    grid = (uv * 2 - 1)[:, None]  # (B, 1, K, 2): grid_sample's [-1, 1] over pixel edges
+    sampled = F.grid_sample(depth, grid, mode="bilinear", align_corners=False)[:, 0, 0]
+    return (sampled - distance).abs()
+
+
 def geometry_losses(
     model: ScratchPrior,
     out: dict[str, torch.Tensor],
     cameras: torch.Tensor,
     person: torch.Tensor | None,
     proxy: HeadProxy,
-    n_points: int,
+    cfg: PriorConfig,
 ) -> dict[str, torch.Tensor]:
-    """Unweighted geometry-prior terms for a rendered batch (see :mod:`talk3d_core.head_proxy`).
+    """Geometry-prior terms for a rendered batch and their weighted ``total`` (see
+    :mod:`talk3d_core.head_proxy`); ``cfg.shape_points`` random points per volume term.
 
     depth: L1 (world units) between the rendered depth at the rigid template landmarks and their
     distance from the camera; solid: mean missing opacity at random points inside the proxy's core
@@ -231,29 +242,65 @@ def geometry_losses(
     random points outside the proxy's margin (with the studio kept, it lives out there).
     """
     device = cameras.device
-    anchors = torch.as_tensor(proxy.landmarks()[RIGID_POINTS], dtype=cameras.dtype, device=device)
-    uv, distance = project_points(anchors, cameras)
-    grid = (uv * 2 - 1)[:, None]  # (B, 1, K, 2): grid_sample's [-1, 1] over pixel edges
-    depth = F.grid_sample(out["image_depth"], grid, mode="bilinear", align_corners=False)[:, 0, 0]
-    terms = {"depth": (depth - distance).abs().mean()}
+    terms = {
+        "depth": landmark_depth_error(out["image_depth"], cameras, proxy.landmarks()[RIGID_POINTS]).mean()
+    }
     if person is not None:
         opacity = out["weights_sum"]
         target = F.interpolate(person.float(), size=opacity.shape[-2:], mode="area")
         terms["opacity"] = (opacity - target).abs().mean()
     config = model.generator.config
-    solid = proxy.sample_solid(n_points)
+    solid = proxy.sample_solid(cfg.shape_points)
     if config.empty_outside_box:  # the shoulders reach below the box, where nothing can be solid
         solid = solid[(solid.abs() <= config.box_warp / 2).all(dim=-1)]
     # Rays run beyond the tri-plane box, where the planes' zero padding extrudes their content: unless
     # the renderer already empties it (empty_outside_box), a cube 1.5 times the box covers that space.
-    empty = proxy.sample_empty(n_points, config.box_warp * (1.0 if config.empty_outside_box else 1.5))
+    empty = proxy.sample_empty(cfg.shape_points, config.box_warp * (1.0 if config.empty_outside_box else 1.5))
     if person is None:
         empty = empty[:0]
     occupancy = model.occupancy(out["planes"], torch.cat([solid, empty]).to(device)[None])
     terms["solid"] = (1 - occupancy[:, : len(solid)]).mean()
     if person is not None:
         terms["empty"] = occupancy[:, len(solid) :].mean()
+    weights = {
+        "depth": cfg.weight_depth,
+        "opacity": cfg.weight_opacity,
+        "solid": cfg.weight_solid,
+        "empty": cfg.weight_empty,
+    }
+    terms["total"] = sum(weights[k] * v for k, v in terms.items())
     return terms
+
+
+def open_checkpoint(
+    out_dir: Path, meta: dict[str, Any], restart_on_mismatch: bool, device: torch.device, *, step_key: str
+) -> dict[str, Any] | None:
+    """The state in ``out_dir/checkpoint.pt`` to resume from, or None to start over.
+
+    A checkpoint resumes only when its ``meta`` equals ``meta`` (settings, code, data); the lines of
+    ``train_log.jsonl`` past its ``state[step_key]`` are dropped, as those steps run again. Another
+    meta is an error, or with ``restart_on_mismatch`` the file is set aside as
+    ``checkpoint.stale.pt``. Without a checkpoint to resume, the log is deleted.
+    """
+    checkpoint, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
+    if not checkpoint.is_file():
+        log_path.unlink(missing_ok=True)
+        return None
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    if json.dumps(state["meta"], sort_keys=True) != json.dumps(meta, sort_keys=True):
+        if not restart_on_mismatch:
+            raise ValueError(f"{checkpoint}: written with other settings; delete it to start over")
+        log.info("%s was written with other settings or code: starting over", checkpoint)
+        os.replace(checkpoint, out_dir / "checkpoint.stale.pt")
+        log_path.unlink(missing_ok=True)
+        return None
+    log.info("resuming from %s at %s %d", checkpoint, step_key, state[step_key])
+    if log_path.is_file():
+        lines = log_path.read_text().splitlines()
+        kept = [r for r in lines if json.loads(r)[step_key] <= state[step_key]]
+        if len(kept) < len(lines):
+            log_path.write_text("".join(r + "\n" for r in kept))
+    return state
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -316,31 +363,13 @@ def train_scratch_prior(
         "run_id": run_id,
         "data": data.fingerprint(),
     }
-    checkpoint = out_dir / "checkpoint.pt"
+    checkpoint, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
     step = 0
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if json.dumps(state["meta"], sort_keys=True) == json.dumps(meta, sort_keys=True):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            step = state["step"]
-            log.info("resuming from %s at step %d", checkpoint, step)
-            # Steps logged after the checkpoint are run again: drop their lines.
-            log_path = out_dir / "train_log.jsonl"
-            if log_path.is_file():
-                lines = log_path.read_text().splitlines()
-                kept = [r for r in lines if json.loads(r)["step"] <= step]
-                if len(kept) < len(lines):
-                    log_path.write_text("".join(r + "\n" for r in kept))
-        elif restart_on_mismatch:
-            log.info("%s was written with other settings or code: starting over", checkpoint)
-            os.replace(checkpoint, out_dir / "checkpoint.stale.pt")
-            (out_dir / "train_log.jsonl").unlink(missing_ok=True)
-        else:
-            raise ValueError(f"{checkpoint}: written with other settings; delete it to start over")
-    log_path = out_dir / "train_log.jsonl"
-    if step == 0:
-        log_path.unlink(missing_ok=True)
+    state = open_checkpoint(out_dir, meta, restart_on_mismatch, device, step_key="step")
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
     model.train()
     train_frames = torch.as_tensor(train_index)
     batch_size = min(cfg.batch_size, len(train_index))
@@ -362,14 +391,8 @@ def train_scratch_prior(
             )
             if data.proxy is not None:
                 person = None if data.person is None else data.person[frames].to(device)
-                geometry = geometry_losses(model, out, cameras, person, data.proxy, cfg.shape_points)
-                weights = {
-                    "depth": cfg.weight_depth,
-                    "opacity": cfg.weight_opacity,
-                    "solid": cfg.weight_solid,
-                    "empty": cfg.weight_empty,
-                }
-                terms["total"] = terms["total"] + sum(weights[k] * v for k, v in geometry.items())
+                geometry = geometry_losses(model, out, cameras, person, data.proxy, cfg)
+                terms["total"] = terms["total"] + geometry.pop("total")
                 terms.update(geometry)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
@@ -495,10 +518,7 @@ def _landmark_depth_error(depth: torch.Tensor, camera: torch.Tensor, proxy: Head
     # Positive yaw puts the camera on the subject's right (world -x): keep the midline and that half
     # (every point for a frontal view).
     keep = (points[:, 0] - proxy.mideye[0]) * np.sign(yaw) <= 1e-9
-    anchors = torch.as_tensor(points[keep], dtype=torch.float32)
-    uv, distance = project_points(anchors, camera[None])
-    sampled = F.grid_sample(depth[None], (uv * 2 - 1)[:, None], mode="bilinear", align_corners=False)
-    return float((sampled[0, 0, 0] - distance[0]).abs().mean() / proxy.scale)
+    return float(landmark_depth_error(depth[None], camera[None], points[keep]).mean() / proxy.scale)
 
 
 def write_prior_outputs(

@@ -81,13 +81,15 @@ def test_geometry_terms_have_finite_gradients_on_an_empty_scene():
     cameras = torch.tensor(_cameras(2), dtype=torch.float32)
     out = model(torch.arange(2), cameras)
     person = torch.ones(2, 1, 32, 32, dtype=torch.bool)
-    terms = geometry_losses(model, out, cameras, person, PROXY, 64)
-    assert set(terms) == {"depth", "opacity", "solid", "empty"}
-    sum(terms.values()).backward()
+    terms = geometry_losses(model, out, cameras, person, PROXY, PriorConfig(shape_points=64))
+    assert set(terms) == {"depth", "opacity", "solid", "empty", "total"}
+    terms["total"].backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    no_matte = geometry_losses(model, model(torch.arange(2), cameras), cameras, None, PROXY, 64)
-    assert set(no_matte) == {"depth", "solid"}
+    no_matte = geometry_losses(
+        model, model(torch.arange(2), cameras), cameras, None, PROXY, PriorConfig(shape_points=64)
+    )
+    assert set(no_matte) == {"depth", "solid", "total"}
 
 
 def test_training_with_the_proxy_fills_its_core(tmp_path):
