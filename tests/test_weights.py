@@ -65,19 +65,19 @@ def server() -> Iterator[_Server]:
             state.requests.append((self.path, self.headers.get("Range")))
             body = state.files.get(self.path)
             if body is None:
-                self.send_error(404)
                 state.bytes_sent.append(0)
+                self.send_error(404)
                 return
             start = 0
             rng = self.headers.get("Range")
             if rng and state.honour_range:
                 start = int(rng.removeprefix("bytes=").split("-")[0])
                 if start >= len(body):
+                    state.bytes_sent.append(0)
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(body)}")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
-                    state.bytes_sent.append(0)
                     return
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
@@ -90,8 +90,10 @@ def server() -> Iterator[_Server]:
                 state.truncate_first -= 1
                 chunk = chunk[: state.truncate_at]
                 self.close_connection = True
-            self.wfile.write(chunk)
+            # Recorded before the write: the client may finish reading (and the test assert) before
+            # this handler thread runs again after the last byte leaves.
             state.bytes_sent.append(len(chunk))
+            self.wfile.write(chunk)
 
         def log_message(self, *args: object) -> None:  # keep pytest output clean
             pass
