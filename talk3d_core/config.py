@@ -72,6 +72,26 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any], *, sou
     return filled
 
 
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested mappings merged key by key; anything else in ``over`` replaces ``base``'s value."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def subject_config(config: Mapping[str, Any], name: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with ``overrides[name]`` merged in (e.g. a smaller step budget for the demo),
+    validated again so an override with an unknown key or a wrong type fails naming it."""
+    over = config.get("overrides", {}).get(name)
+    if not over:
+        return dict(config)
+    return validate_config(_merge(config, over), schema, source=f"config overrides.{name}")
+
+
 @dataclass(frozen=True)
 class Subject:
     """One row of the subjects table; paths as written in the table."""

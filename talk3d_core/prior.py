@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # Region labels (talk3d_core.masks.LABELS) that make up the face for PSNR: skin, lips, mouth, eyes.
 FACE_LABELS = (1, 2, 3, 4)
+MOUTH_LABELS = (2, 3)  # lips and the mouth's inside: the deltaplane stage's mouth loss
 BACKGROUND_LABEL = 0
 
 
@@ -73,7 +74,8 @@ class SubjectData:
     converted per batch by :func:`to_unit`); face (N, 1, S, S) bool face-region mask; cameras
     (N, 25) float EG3D labels; train (N,) bool; person (N, 1, S, S) bool foreground (every label
     but background) when the background is painted out, else None; proxy: the head proxy placed
-    under these cameras (None: no geometry prior).
+    under these cameras (None: no geometry prior); mouth (N, 1, S, S) bool lips and mouth (used by
+    the deltaplane stage only, so not part of the prior's fingerprint).
     """
 
     crops: torch.Tensor
@@ -82,6 +84,7 @@ class SubjectData:
     train: np.ndarray
     person: torch.Tensor | None = None
     proxy: HeadProxy | None = None
+    mouth: torch.Tensor | None = None
 
     def fingerprint(self) -> str:
         """sha256 of the training data, so a checkpoint is only resumed on the data it was fitted to."""
@@ -124,7 +127,7 @@ def load_subject(
             f"prior inputs disagree: {len(crop_paths)} crops, {len(mask_paths)} masks, "
             f"{len(cameras)} cameras, {len(train)} split flags"
         )
-    crops, faces, people = [], [], []
+    crops, faces, people, mouths = [], [], [], []
     for crop_path, mask_path in zip(crop_paths, mask_paths, strict=True):
         with Image.open(crop_path) as im:
             rgb = np.array(im.convert("RGB").resize((size, size), Image.Resampling.BOX))
@@ -135,6 +138,7 @@ def load_subject(
         crops.append(rgb)
         faces.append(np.isin(labels, FACE_LABELS))
         people.append(labels != BACKGROUND_LABEL)
+        mouths.append(np.isin(labels, MOUTH_LABELS))
     return SubjectData(
         crops=torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(),
         face=torch.from_numpy(np.stack(faces))[:, None],
@@ -142,6 +146,7 @@ def load_subject(
         train=np.asarray(train, bool),
         person=torch.from_numpy(np.stack(people))[:, None] if background == "black" else None,
         proxy=proxy,
+        mouth=torch.from_numpy(np.stack(mouths))[:, None],
     )
 
 
@@ -303,7 +308,9 @@ def open_checkpoint(
     return state
 
 
-def _step_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int) -> int:
+    """The torch seed of one training step: batches and jitter are functions of (seed, step) only,
+    so a resumed run repeats the steps an uninterrupted one would have taken."""
     return (seed * 1_000_003 + step) % (2**63)
 
 
@@ -380,7 +387,7 @@ def train_scratch_prior(
         while step < cfg.steps:
             started = time.perf_counter()
             # Batch and renderer jitter depend on (seed, step) only: resumed runs repeat them exactly.
-            torch.manual_seed(_step_seed(cfg.seed, step))
+            torch.manual_seed(step_seed(cfg.seed, step))
             pick = torch.randint(len(train_index), (batch_size,))
             frames = train_frames[pick]
             pick = pick.to(device)

@@ -41,7 +41,9 @@ def project(tmp_path, monkeypatch):
     shutil.copy(ROOT / "environment.yml", tmp_path)  # workflow/envs/core.yaml links to it
     # A few prior steps are enough to exercise the stage; the real step budget is for real runs.
     config_yaml = tmp_path / "config/config.yaml"
-    config_yaml.write_text(config_yaml.read_text().replace("  steps: 1500\n", "  steps: 6\n"))
+    text = config_yaml.read_text().replace("  steps: 1500\n", "  steps: 6\n")
+    text = text.replace("  steps: 4000\n", "  steps: 4\n").replace("  sr_steps: 300\n", "  sr_steps: 2\n")
+    config_yaml.write_text(text)
     (tmp_path / "resources/weights").mkdir(parents=True)
     shutil.copy(ROOT / "resources/weights/manifest.yaml", tmp_path / "resources/weights/manifest.yaml")
     # A short synthetic talking face (the demo generator) so every preprocessing stage has a face.
@@ -85,6 +87,7 @@ def changed(before: dict[str, int], after: dict[str, int]) -> set[str]:
 
 ALL = ["all"]
 PRIOR_FILES = ["generator.pt", "P_id.pt", "frames.parquet", "metrics.json", "prior_sheet.png"]
+TRAIN_FILES = ["deltaplane.pt", "loss_curves.png", "ablation.json", "ablation_sheet.png"]
 
 
 def outputs(files: dict[str, int], *stages: str) -> set[str]:
@@ -97,8 +100,9 @@ def test_reruns_only_what_changed(project):
     out = project / "results/clip"
     for path in ["frames/000000.png", "crops/000000.png", "masks/000000.png", "drive/voice/features.parquet",
                  "landmarks.parquet", "crop.parquet", "camera.parquet", "preprocess_sheet.png",
-                 "features.parquet", "prior/P_id.pt", "prior/prior_sheet.png", "logs/ingest.log",
-                 "benchmarks/ingest.tsv"]:  # fmt: skip
+                 "features.parquet", "prior/P_id.pt", "prior/prior_sheet.png", "train/deltaplane.pt",
+                 "train/loss_curves.png", "train/ablation.json", "train/samples/step_000006.png",
+                 "logs/ingest.log", "benchmarks/ingest.tsv"]:  # fmt: skip
         assert (out / path).is_file(), path
     first = mtimes(project)
 
@@ -114,6 +118,7 @@ def test_reruns_only_what_changed(project):
         "features.parquet",
         "drive/voice/features.parquet",
         "prior/",
+        "train/",
     )
 
     # Editing the masks module re-runs masks and what shows them, nothing upstream.
@@ -121,18 +126,26 @@ def test_reruns_only_what_changed(project):
         fh.write("\n# edited\n")
     run(project, ALL, config={"camera": {"sigma_frames": 1.0}})
     third = mtimes(project)
-    # The prior reads the masks, so it re-runs too; the masks are unchanged in content, so it resumes
-    # from its finished checkpoint instead of training again (checkpoint and log stay untouched).
+    # The prior and the deltaplane stage read the masks, so they re-run too; the masks are unchanged in
+    # content, so they resume from their finished checkpoints instead of training again (checkpoints,
+    # logs and samples stay untouched).
     prior_outputs = {f"results/clip/prior/{f}" for f in PRIOR_FILES}
-    assert changed(second, third) == outputs(third, "masks/", "preprocess_sheet.png") | prior_outputs
+    train_outputs = {f"results/clip/train/{f}" for f in TRAIN_FILES}
+    assert (
+        changed(second, third)
+        == outputs(third, "masks/", "preprocess_sheet.png") | prior_outputs | train_outputs
+    )
 
     # Editing ingest re-runs everything downstream of it.
     with open(project / "talk3d_core/ingest.py", "a") as fh:
         fh.write("\n# edited\n")
     run(project, ALL, config={"camera": {"sigma_frames": 1.0}})
     fourth = mtimes(project)
-    # Re-ingesting gives identical frames, so the prior resumes its finished checkpoint untouched.
-    training_state = outputs(fourth, "prior/checkpoint", "prior/train_log")
+    # Re-ingesting gives identical frames, so both trainings resume their finished checkpoints untouched.
+    training_state = outputs(
+        fourth, "prior/checkpoint", "prior/train_log", "train/checkpoint", "train/train_log",
+        "train/samples/", "train/tensorboard/",
+    )  # fmt: skip
     assert changed(third, fourth) == set(fourth) - training_state
 
 

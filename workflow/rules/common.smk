@@ -9,18 +9,28 @@ REPO_ROOT = Path(workflow.basedir).parent
 # scripts folder on their path).
 sys.path.insert(0, str(REPO_ROOT))
 
-from talk3d_core.config import load_schema, load_subjects, validate_config
+from talk3d_core.config import load_schema, load_subjects, subject_config, validate_config
 from talk3d_core.provenance import source_hash
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
+CONFIG_SCHEMA = load_schema(SCHEMAS / "config.schema.yaml")
 # Validate before anything is planned: unknown keys and wrong types stop the run here, naming the key.
-config.update(validate_config(config, load_schema(SCHEMAS / "config.schema.yaml")))
+config.update(validate_config(config, CONFIG_SCHEMA))
 
 # The demo clip is produced by the demo_clip rule, so it need not exist yet.
 DEMO_CLIP = "resources/demo/astronaut.mp4"
 SUBJECTS = load_subjects(
     config["subjects"], load_schema(SCHEMAS / "subjects.schema.yaml"), generated=[DEMO_CLIP]
 )
+
+
+# Each subject's settings: the config with its overrides.<name> merged in (validated here too).
+SUBJECT_CONFIG = {name: subject_config(config, name, CONFIG_SCHEMA) for name in SUBJECTS}
+
+
+def settings(section):
+    """Input/params function: the subject's settings of one config section."""
+    return lambda wildcards: SUBJECT_CONFIG[wildcards.subject][section]
 
 
 wildcard_constraints:
@@ -45,6 +55,8 @@ def subject_targets(name):
         f"results/{name}/preprocess_sheet.png",
         f"results/{name}/features.parquet",
         f"results/{name}/prior/P_id.pt",
+        f"results/{name}/train/deltaplane.pt",
+        f"results/{name}/train/ablation.json",
     ] + [f"results/{name}/drive/{audio}/features.parquet" for audio in s.drive]
 
 
@@ -56,9 +68,10 @@ def core_hash(*modules):
 
 def prior_checkpoint(wildcards):
     """The EG3D pickle of mode pretrained (none for scratch), checked before any job runs."""
-    if config["prior"]["mode"] != "pretrained":
+    prior = SUBJECT_CONFIG[wildcards.subject]["prior"]
+    if prior["mode"] != "pretrained":
         return []
-    path = config["prior"]["checkpoint"]
+    path = prior["checkpoint"]
     if not Path(path).is_file() and path.removeprefix(f"{WEIGHTS_DIR}/") not in WEIGHTS:
         raise ValueError(
             f"config prior.checkpoint: {path} does not exist. prior.mode 'pretrained' needs an NVlabs "

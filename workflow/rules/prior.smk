@@ -23,10 +23,12 @@ rule prior:
             subcategory="{subject}",
         ),
     params:
-        prior=config["prior"],
+        prior=settings("prior"),
         # Only the mode's own code keys the checkpoint: editing one mode does not restart the other.
-        code=core_hash(
-            "talk3d_core.personalize" if config["prior"]["mode"] == "pretrained" else "talk3d_core.prior"
+        code=lambda wildcards: core_hash(
+            "talk3d_core.personalize"
+            if SUBJECT_CONFIG[wildcards.subject]["prior"]["mode"] == "pretrained"
+            else "talk3d_core.prior"
         ),
     threads: 2
     resources:

@@ -1,0 +1,139 @@
+"""Deltaplane training speed: steps/s and peak memory of one training step, CPU and paper sizes.
+
+    python bench/train.py [--sizes cpu,paper] [--repeat N] [--devices cpu,cuda] [--threads T] [--batch B]
+
+A training step as rule train runs it (train mode, renderer jitter, the U-Net forward, rendering of
+P_ID + dP, L1 + raw L1 + mouth losses, backward through the U-Net, Adam), on a random generator and
+random crops (speed only; weights do not change the cost). Also the U-Net's share: its forward +
+backward alone. Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the growth of the
+process's peak RSS during the size's steps (sizes run smallest first, so each figure is an upper bound
+for that size). Median of ``--repeat`` steps after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from talk3d_core.camera import eg3d_camera
+from talk3d_core.deltaplane import DeltaplaneConfig
+from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.train import LossModels, TalkingHead, TrainConfig, deltaplane_losses
+
+PRESETS = {
+    "cpu": (GeneratorConfig.cpu, DeltaplaneConfig.cpu),
+    "paper": (lambda: GeneratorConfig.paper(plane_axes="fixed"), DeltaplaneConfig.paper),
+}
+AUDIO_DIM, AUDIO_WINDOW = 44, 8  # wav2vec2 CTC logits over 8 frames, the paper's features
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench(size: str, device: torch.device, repeat: int, batch: int) -> None:
+    gen_preset, net_preset = PRESETS[size]
+    gen_cfg, net_cfg = gen_preset(), net_preset()
+    torch.manual_seed(0)
+    generator = TriPlaneGenerator(gen_cfg)
+    with torch.no_grad():
+        w = generator.mapping(torch.randn(1, gen_cfg.z_dim), torch.zeros(1, 25))
+        planes = generator.planes(w, noise_mode="const")
+    head = TalkingHead(generator, planes, w, net_cfg, audio_dim=AUDIO_DIM, audio_window=AUDIO_WINDOW).to(
+        device
+    )
+    head.train()
+    optimizer = torch.optim.Adam(head.net.parameters(), lr=5e-4)
+    cfg = TrainConfig(weight_lpips=0, weight_identity=0, weight_sync=0)
+    s = gen_cfg.image_resolution
+    cond = {
+        "audio": torch.randn(batch, net_cfg.audio_frames, AUDIO_WINDOW, AUDIO_DIM, device=device),
+        "eye": torch.rand(batch, device=device),
+        "rotation": torch.randn(batch, 3, device=device),
+        "ldm": torch.rand(batch, 6, device=device) * 2 - 1,
+    }
+    yaw = np.linspace(-5, 5, batch)
+    cams = torch.tensor(
+        eg3d_camera(yaw, np.zeros(batch), np.zeros(batch)), dtype=torch.float32, device=device
+    )
+    target = torch.rand(batch, 3, s, s, device=device) * 2 - 1
+    face = torch.ones(batch, 1, s, s, dtype=torch.bool, device=device)
+    mouth = torch.zeros_like(face)
+    mouth[:, :, s * 5 // 8 : s * 3 // 4, s * 3 // 8 : s * 5 // 8] = True
+
+    def step() -> None:
+        out = head(cond, cams, jitter=True)
+        loss = deltaplane_losses(out, target, face, mouth, cfg, LossModels())["total"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def unet_only() -> None:
+        delta = head.deltaplanes(cond)
+        optimizer.zero_grad(set_to_none=True)
+        delta.square().mean().backward()
+
+    rss_before = peak_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t_step = median_seconds(step, device, repeat)
+    t_unet = median_seconds(unet_only, device, repeat)
+    if device.type == "cuda":
+        memory = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB (CUDA peak allocated)"
+    else:
+        memory = f"{peak_rss_mb() - rss_before:.0f} MB (growth of peak RSS)"
+    n_params = sum(p.numel() for p in head.net.parameters())
+    print(
+        f"{size:5s} {device.type:4s} batch {batch}: "
+        f"planes 3x{gen_cfg.plane_channels}x{gen_cfg.plane_resolution}^2, "
+        f"U-Net {n_params / 1e6:.2f} M params, output {s} px"
+    )
+    print(
+        f"    step {t_step * 1000:8.1f} ms = {1 / t_step:6.2f} steps/s = {batch / t_step:6.2f} frames/s; "
+        f"U-Net fwd+bwd {t_unet * 1000:8.1f} ms ({100 * t_unet / t_step:.0f}% of the step); peak {memory}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="cpu,paper")
+    parser.add_argument("--devices", default="cpu" + (",cuda" if torch.cuda.is_available() else ""))
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    for device in args.devices.split(","):
+        for size in args.sizes.split(","):
+            repeat = args.repeat if (device == "cuda" or size == "cpu") else max(1, args.repeat // 5)
+            bench(size, torch.device(device), repeat, args.batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Deltaplane training: losses, the lr schedule, a tiny overfit, exact resume, stages and outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_prior import TINY
+
+from talk3d_core.camera import eg3d_camera
+from talk3d_core.deltaplane import DeltaplaneConfig
+from talk3d_core.eg3d import TriPlaneGenerator
+from talk3d_core.prior import SubjectData
+from talk3d_core.train import (
+    FrameConditions,
+    LossModels,
+    TrainConfig,
+    deltaplane_losses,
+    learning_rate,
+    load_talking_head,
+    mouth_boxes,
+    train_deltaplane,
+)
+
+NET = DeltaplaneConfig.cpu(
+    widths=(8, 16, 32), heads=2, head_dim=8, token_dim=16, attention_blocks=1, audio_frames=3
+)
+NO_EXTRAS = dict(weight_lpips=0.0, weight_identity=0.0, weight_sync=0.0)
+
+
+def talking_disc(n: int = 12) -> tuple[SubjectData, FrameConditions]:
+    """A bright disc ('face') whose dark 'mouth' opens with the first audio feature of the frame."""
+    yy, xx = np.mgrid[:32, :32]
+    disc = (xx - 16) ** 2 + (yy - 16) ** 2 < 100
+    opening = (np.sin(np.arange(n) * 1.3) + 1) / 2  # 0..1
+    crops, mouths = [], []
+    for o in opening:
+        mouth = ((xx - 16) / 5.0) ** 2 + ((yy - 21) / (0.5 + 2.5 * o)) ** 2 < 1
+        rgb = np.where(disc, 200, 20) * np.where(mouth, 0.2, 1.0)
+        crops.append(np.stack([rgb, rgb * 0.8, rgb * 0.6]).astype(np.uint8))
+        mouths.append(mouth[None])
+    cams = eg3d_camera(np.zeros(n), np.zeros(n), np.zeros(n), radius=2.7, pivot=(0, 0.05, 0.2), focal=3.6)
+    data = SubjectData(
+        crops=torch.tensor(np.stack(crops)),
+        face=torch.tensor(np.repeat(disc[None, None], n, axis=0)),
+        cameras=torch.tensor(cams, dtype=torch.float32),
+        train=np.arange(n) < n - 3,
+        mouth=torch.tensor(np.stack(mouths)),
+    )
+    audio = np.zeros((n, 2, 4), np.float32)
+    audio[:, :, 0] = opening[:, None] * 2 - 1
+    conditions = FrameConditions(
+        audio=audio,
+        eye=np.zeros(n, np.float32),
+        rotation=np.zeros((n, 3), np.float32),
+        ldm=np.zeros((n, 6), np.float32),
+    )
+    return data, conditions
+
+
+def tiny_prior(seed: int = 0) -> tuple[TriPlaneGenerator, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    generator = TriPlaneGenerator(TINY).eval()
+    with torch.no_grad():
+        w = generator.mapping(torch.randn(1, TINY.z_dim), torch.zeros(1, 25))
+        planes = generator.planes(w, noise_mode="const")
+    return generator, planes, w
+
+
+def _log(path) -> list[dict]:
+    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_learning_rate_steps_down_every_two_epochs():
+    cfg = TrainConfig(lr=1e-3, lr_decay=0.5, decay_every_epochs=2)
+    # 10 steps per epoch: rate halves at steps 20, 40, ...
+    assert [learning_rate(cfg, s, 10.0) for s in (0, 19, 20, 39, 40)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+
+
+def test_mouth_boxes_cover_the_mouth_and_stay_inside():
+    mask = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    mask[0, 0, 20:24, 12:20] = True  # 4 x 8 mouth
+    boxes = mouth_boxes(mask, pad=0.25)
+    top, left, side = boxes[0]
+    assert top <= 20 and left <= 12 and top + side >= 24 and left + side >= 20 and side == 12
+    assert boxes[1] == (16, 8, 16)  # no mouth: the lower centre
+    mask[0, 0] = False
+    mask[0, 0, 28:32, 0:30] = True  # near the corner: the box is shifted inside the image
+    top, left, side = mouth_boxes(mask)[0]
+    assert 0 <= top and top + side <= 32 and 0 <= left and left + side <= 32
+
+
+def test_losses_weigh_the_mouth_by_its_own_pixels():
+    data, _ = talking_disc(2)
+    target = data.crops[:2].float() / 127.5 - 1
+    out = {
+        "image": target.clone(),
+        "image_raw": torch.nn.functional.interpolate(target, size=16, mode="area"),
+    }
+    cfg = TrainConfig(**NO_EXTRAS)
+    terms = deltaplane_losses(out, target, data.face[:2], data.mouth[:2], cfg, LossModels())
+    assert float(terms["total"]) == 0.0 and set(terms) == {"l1", "l1_raw", "mouth", "total"}
+    wrong = out | {"image": target + data.mouth[:2].float() * 0.5}  # error only inside the mouth
+    terms = deltaplane_losses(wrong, target, data.face[:2], data.mouth[:2], cfg, LossModels())
+    assert float(terms["mouth"]) == pytest.approx(0.25)
+
+
+def test_tiny_overfit_loss_falls_and_both_stages_log(tmp_path):
+    data, conditions = talking_disc()
+    cfg = TrainConfig(steps=40, sr_steps=6, lr=3e-3, checkpoint_every=20, sample_every=20, **NO_EXTRAS)
+    head = train_deltaplane(data, conditions, tiny_prior(), tmp_path, net_config=NET, train_config=cfg)
+    log = _log(tmp_path)
+    assert [r["step"] for r in log] == list(range(1, 47))
+    assert [r["stage"] for r in log] == ["main"] * 40 + ["sr"] * 6
+    first, last = np.mean([r["total"] for r in log[:8]]), np.mean([r["total"] for r in log[32:40]])
+    assert last < 0.8 * first, (first, last)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "step_000020.png",
+        "step_000040.png",
+        "step_000046.png",
+    ]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # The saved model renders what the trained one renders.
+    torch.save(head.to_dict(), tmp_path / "deltaplane.pt")
+    again = load_talking_head(tmp_path / "deltaplane.pt")
+    cond = conditions.gather([10, 11], NET.audio_frames, torch.device("cpu"))
+    a = head.eval()(cond, data.cameras[10:12], jitter=False)["image"]
+    b = again(cond, data.cameras[10:12], jitter=False)["image"]
+    assert torch.equal(a, b)
+
+
+def test_sr_stage_changes_only_the_super_resolution(tmp_path):
+    data, conditions = talking_disc()
+    cfg = TrainConfig(steps=4, sr_steps=3, checkpoint_every=100, sample_every=100, **NO_EXTRAS)
+    prior = tiny_prior()
+    decoder_before = {k: v.clone() for k, v in prior[0].decoder.state_dict().items()}
+    sr_before = {k: v.clone() for k, v in prior[0].superresolution.state_dict().items()}
+    head = train_deltaplane(data, conditions, prior, tmp_path, net_config=NET, train_config=cfg)
+    assert all(torch.equal(v, head.generator.decoder.state_dict()[k]) for k, v in decoder_before.items())
+    changed = [
+        not torch.equal(v, head.generator.superresolution.state_dict()[k]) for k, v in sr_before.items()
+    ]
+    assert any(changed)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the n+1-th optimiser step from now raise, as a kill between two steps would."""
+    calls = {"n": 0}
+    real = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise _Killed
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+def test_resume_after_a_kill_gives_the_same_weights(tmp_path, monkeypatch):
+    data, conditions = talking_disc()
+    cfg = TrainConfig(steps=10, sr_steps=4, checkpoint_every=3, sample_every=100, **NO_EXTRAS)
+    whole = train_deltaplane(
+        data, conditions, tiny_prior(), tmp_path / "whole", net_config=NET, train_config=cfg
+    )
+    # Killed after 5 steps (last checkpoint: 3), then again inside the sr stage, then left to finish.
+    part = tmp_path / "part"
+    for allowed in (5, 9, None):
+        if allowed is not None:
+            _kill_after(monkeypatch, allowed)
+        else:
+            monkeypatch.undo()
+        try:
+            resumed = train_deltaplane(data, conditions, tiny_prior(), part, net_config=NET, train_config=cfg)
+        except _Killed:
+            continue
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    def without_time(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+    assert without_time(_log(part)) == without_time(_log(tmp_path / "whole"))
+
+
+def test_other_settings_are_not_resumed_silently(tmp_path):
+    data, conditions = talking_disc()
+    cfg = TrainConfig(steps=2, sr_steps=0, **NO_EXTRAS)
+    train_deltaplane(data, conditions, tiny_prior(), tmp_path, net_config=NET, train_config=cfg)
+    other = TrainConfig(steps=2, sr_steps=0, lr=1e-2, **NO_EXTRAS)
+    with pytest.raises(ValueError, match="other settings"):
+        train_deltaplane(data, conditions, tiny_prior(), tmp_path, net_config=NET, train_config=other)
+
+
+def test_missing_loss_models_are_logged_once_each(caplog):
+    caplog.set_level("INFO")
+    cfg = TrainConfig(weight_sync=0.01)
+    models = LossModels.available(torch.device("cpu"), cfg, sync_weights="/nonexistent/lipsync_expert.pth")
+    assert models.lpips is None and models.identity is None and models.sync is None
+    assert set(models.reasons) == {"lpips", "identity", "sync"}
+    lines = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(lines) == 3 and any("/nonexistent/lipsync_expert.pth" in line for line in lines)
+
+
+def test_gather_centres_the_audio_window_and_clamps_at_the_ends():
+    _, conditions = talking_disc(6)
+    conditions.audio[:, :, 1] = np.arange(6)[:, None]  # frame index in feature 1
+    cond = conditions.gather([0, 5], 3, torch.device("cpu"))
+    assert cond["audio"].shape == (2, 3, 2, 4)
+    assert cond["audio"][0, :, 0, 1].tolist() == [0, 0, 1]
+    assert cond["audio"][1, :, 0, 1].tolist() == [4, 5, 5]

@@ -1,0 +1,76 @@
+# Stage 8, train: the audio-guided deltaplane U-Net on top of the prior, then the super-resolution fine-tune.
+
+
+rule train:
+    """Train the deltaplane predictor F(P_ID, t_n) on the training frames; resumable."""
+    input:
+        generator="results/{subject}/prior/generator.pt",
+        identity="results/{subject}/prior/P_id.pt",
+        prior_frames="results/{subject}/prior/frames.parquet",
+        features="results/{subject}/features.parquet",
+        crops="results/{subject}/crops",
+        masks="results/{subject}/masks",
+        audio="results/{subject}/audio.wav",
+    output:
+        # train_log.jsonl, checkpoint.pt, samples/ and tensorboard/ sit beside it, undeclared: Snakemake
+        # deletes declared outputs before a job runs, and a resumed run needs them.
+        model="results/{subject}/train/deltaplane.pt",
+        curves=report(
+            "results/{subject}/train/loss_curves.png",
+            caption="../report/loss_curves.rst",
+            category="Training",
+            subcategory="{subject}",
+        ),
+    params:
+        train=settings("train"),
+        fps=config["fps"],
+        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
+        code=core_hash("talk3d_core.train"),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=480,
+        gpu=1,
+    log:
+        "results/{subject}/logs/train.log",
+    benchmark:
+        "results/{subject}/benchmarks/train.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule ablation:
+    """Held-out frames rendered from P_ID alone, with the audio token zeroed, and in full; face PSNR and
+    mouth metrics of each (does the audio drive the mouth?)."""
+    input:
+        model="results/{subject}/train/deltaplane.pt",
+        prior_frames="results/{subject}/prior/frames.parquet",
+        features="results/{subject}/features.parquet",
+        crops="results/{subject}/crops",
+        masks="results/{subject}/masks",
+    output:
+        metrics="results/{subject}/train/ablation.json",
+        sheet=report(
+            "results/{subject}/train/ablation_sheet.png",
+            caption="../report/ablation_sheet.rst",
+            category="Training",
+            subcategory="{subject}",
+        ),
+    params:
+        ablation=config["ablation"],
+        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
+        code=core_hash("talk3d_core.ablation"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        "results/{subject}/logs/ablation.log",
+    benchmark:
+        "results/{subject}/benchmarks/ablation.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/ablation.py"

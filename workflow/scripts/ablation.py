@@ -1,0 +1,25 @@
+"""Adapter: rule ablation -> talk3d_core.ablation (P_ID alone vs audio token zeroed vs full model)."""
+
+from talk3d_core.ablation import audio_ablation
+from talk3d_core.io import write_json
+from talk3d_core.logs import log_to
+from talk3d_core.train import load_talking_head, load_training_data
+
+with log_to(snakemake.log[0]) as log:
+    head = load_talking_head(snakemake.input.model)
+    data, conditions = load_training_data(
+        snakemake.input.crops, snakemake.input.masks, snakemake.input.prior_frames, snakemake.input.features,
+        head.generator.config.image_resolution, background=snakemake.params.background,
+    )  # fmt: skip
+    results = audio_ablation(
+        head, data, conditions, landmark_backend=snakemake.params.ablation["landmark_backend"],
+        sheet_png=snakemake.output.sheet,
+    )  # fmt: skip
+    log.info("held-out frames: %d (landmarks found on %.0f%% of ground truth)",
+             results["frames"], 100 * results["ground_truth"]["detected"])  # fmt: skip
+    for name, s in results["settings"].items():
+        log.info(
+            "%-9s face PSNR %.2f dB, SSIM %.3f, LMD %.2f px, mouth-opening r %.3f, landmarks on %.0f%%",
+            name, s["face_psnr"], s["face_ssim"], s["lmd"], s["opening_correlation"], 100 * s["detected"],
+        )  # fmt: skip
+    write_json(snakemake.output.metrics, results)
