@@ -17,9 +17,13 @@ with log_to(snakemake.log[0]) as log:
     )  # fmt: skip
     log.info("held-out frames: %d (landmarks found on %.0f%% of ground truth)",
              results["frames"], 100 * results["ground_truth"]["detected"])  # fmt: skip
+    def shown(value, fmt):  # None: the metric could not be computed (e.g. a mouth that never moves)
+        return "n/a" if value is None else format(value, fmt)
+
     for name, s in results["settings"].items():
         log.info(
-            "%-9s face PSNR %.2f dB, SSIM %.3f, LMD %.2f px, mouth-opening r %.3f, landmarks on %.0f%%",
-            name, s["face_psnr"], s["face_ssim"], s["lmd"], s["opening_correlation"], 100 * s["detected"],
+            "%-9s face PSNR %.2f dB, SSIM %.3f, LMD %s px, mouth-opening r %s, landmarks on %.0f%%",
+            name, s["face_psnr"], s["face_ssim"], shown(s["lmd"], ".2f"),
+            shown(s["opening_correlation"], ".3f"), 100 * s["detected"],
         )  # fmt: skip
     write_json(snakemake.output.metrics, results)
