@@ -215,3 +215,25 @@ def test_gather_centres_the_audio_window_and_clamps_at_the_ends():
     assert cond["audio"].shape == (2, 3, 2, 4)
     assert cond["audio"][0, :, 0, 1].tolist() == [0, 0, 1]
     assert cond["audio"][1, :, 0, 1].tolist() == [4, 5, 5]
+
+
+def test_lip_sync_expert_term_joins_after_the_warm_up(tmp_path):
+    from talk3d_core.syncnet import SyncNetColor
+
+    torch.manual_seed(0)
+    weights = tmp_path / "lipsync_expert.pth"
+    torch.save({"state_dict": SyncNetColor().state_dict()}, weights)  # random weights, Wav2Lip's layout
+    data, conditions = talking_disc()
+    steps_per_epoch = int(data.train.sum()) / 2
+    cfg = TrainConfig(
+        steps=4, sr_steps=0, weight_lpips=0.0, weight_identity=0.0, weight_sync=0.5,
+        sync_warmup_epochs=2 / steps_per_epoch,  # the term joins at step 2 (0-based)
+    )  # fmt: skip
+    mel = np.full((80, 60), -4.0, np.float32)
+    train_deltaplane(
+        data, conditions, tiny_prior(), tmp_path / "run", net_config=NET, train_config=cfg,
+        sync_audio=(mel, 25.0), sync_weights=str(weights),
+    )  # fmt: skip
+    log = _log(tmp_path / "run")
+    assert ["sync" in r for r in log] == [False, False, True, True]
+    assert all(np.isfinite(r["sync"]) and r["sync"] > 0 for r in log[2:])
