@@ -17,6 +17,7 @@ with log_to(snakemake.log[0]) as log:
     )  # fmt: skip
     log.info("held-out frames: %d (landmarks found on %.0f%% of ground truth)",
              results["frames"], 100 * results["ground_truth"]["detected"])  # fmt: skip
+
     def shown(value, fmt):  # None: the metric could not be computed (e.g. a mouth that never moves)
         return "n/a" if value is None else format(value, fmt)
 
