@@ -5,7 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
-DEMO_TARGETS := results/demo/ingest_preview.png results/demo/preprocess_sheet.png results/demo/features.parquet
+DEMO_TARGETS := results/demo/ingest_preview.png results/demo/preprocess_sheet.png results/demo/features.parquet \
+                results/demo/prior/prior_sheet.png results/demo/train/deltaplane.pt results/demo/train/ablation.json
 
 .PHONY: demo test install install-dev lint clean-demo
 
@@ -17,6 +18,9 @@ demo: install
 	@echo "  landmarks.parquet crops/ crop.parquet camera.parquet masks/"
 	@echo "                                      face preprocessing;  preprocess_sheet.png"
 	@echo "  features.parquet                    audio windows, blink, pose and landmark tokens"
+	@echo "  prior/                              personalized tri-plane generator, P_id.pt;  prior_sheet.png"
+	@echo "  train/                              deltaplane U-Net (deltaplane.pt), loss_curves.png, samples/,"
+	@echo "                                      ablation.json + ablation_sheet.png (does audio drive the mouth?)"
 	@echo "  logs/ benchmarks/                   per-stage logs and timings"
 	@echo "Report: .venv/bin/snakemake --report results/report.html"
 
