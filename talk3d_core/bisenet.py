@@ -56,6 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from talk3d_core.weights import state_dict_problems
+
 #: Manifest entry name of the face-parsing weights and where the entry should install them.
 WEIGHTS_NAME = "face_parsing_bisenet"
 WEIGHTS_DEST = "face_parsing/79999_iter.pth"
@@ -218,11 +220,6 @@ class BiSeNet(nn.Module):
 # ------------------------------------------------------------------------------------------ loading
 
 
-def _describe(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_bisenet(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> BiSeNet:
     """A :class:`BiSeNet` in eval mode with the weights of ``path`` (a ``79999_iter.pth``-style state dict).
 
@@ -248,20 +245,7 @@ def load_bisenet(path: str | os.PathLike[str], *, device: str | torch.device = "
     model = BiSeNet()
     expected = model.state_dict()
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
-    missing = sorted(k for k in expected if k not in state and k not in optional)
-    unexpected = sorted(k for k in state if k not in expected)
-    wrong = sorted(
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {_describe(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s): {_describe(unexpected)}")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatch(es): {_describe(wrong)}")
+    problems = state_dict_problems(state, expected, optional=optional)
     if problems:
         raise ValueError(f"{path}: not a BiSeNet face-parsing checkpoint: " + "; ".join(problems))
     full = {k: state.get(k, expected[k]) for k in expected}

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from talk3d_core.perceptual import DEFAULT_WEIGHTS_DIR
+from talk3d_core.weights import state_dict_problems
 
 SyncLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -314,32 +315,13 @@ def load_sync_expert(path: str | os.PathLike[str], device: str | torch.device = 
     state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
     model = SyncNetColor()
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
-    if wrong_shape:
-        problems.append(f"{len(wrong_shape)} shape mismatch(es): {_first(wrong_shape)}")
+    problems = state_dict_problems(state, model.state_dict())
     if problems:
         raise ValueError(f"{path} is not a Wav2Lip SyncNet_color checkpoint: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()
     model.requires_grad_(False)
     return model
-
-
-def _first(items: list[str], n: int = 4) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
@@ -578,3 +578,33 @@ def _unpack(entry: WeightEntry, archive: Path, into: Path, file_name: str) -> No
             raise WeightsError(f"{entry.name}: unknown extract method {entry.extract!r}")
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as err:
         raise WeightsError(f"{where}: cannot unpack as {entry.extract}: {err}") from err
+
+
+def state_dict_problems(
+    state: Mapping[str, Any], expected: Mapping[str, Any], *, optional: Iterable[str] = (), shown: int = 4
+) -> list[str]:
+    """Why a loaded state dict does not fit a module: one sentence per kind of mismatch (missing keys,
+    unexpected keys, shape mismatches, each with its first ``shown`` names), or [] when it fits.
+
+    state, expected: name -> tensor (anything with ``.shape``); ``optional`` keys may be missing.
+    """
+
+    def first(items: list[str]) -> str:
+        return ", ".join(items[:shown]) + (f", ... ({len(items) - shown} more)" if len(items) > shown else "")
+
+    optional = set(optional)
+    missing = sorted(k for k in expected if k not in state and k not in optional)
+    unexpected = sorted(k for k in state if k not in expected)
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {first(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {first(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): {first(wrong)}")
+    return problems
