@@ -20,19 +20,14 @@ from PIL import Image
 from talk3d_core.image_metrics import psnr, ssim
 from talk3d_core.io import atomic_path
 from talk3d_core.mouth import landmarks_of_images, mouth_scores
-from talk3d_core.prior import SubjectData, to_unit
-from talk3d_core.train import FrameConditions, TalkingHead
+from talk3d_core.prior import SubjectData, to_uint8, to_unit
+from talk3d_core.train import FrameConditions, TalkingHead, mouth_boxes
 
 SETTINGS = {
     "identity": {"identity_only": True},
     "no_audio": {"drop": ("audio",)},
     "full": {},
 }
-
-
-def _uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -79,7 +74,7 @@ def audio_ablation(
     target = to_unit(data.crops[frames])
     face = data.face[frames].float()
     size = target.shape[-1]
-    truth_lm = landmarks_of_images(_uint8(target), backend=landmark_backend)
+    truth_lm = landmarks_of_images(to_uint8(target), backend=landmark_backend)
     results: dict[str, Any] = {
         "frames": len(frames),
         "landmark_backend": landmark_backend,
@@ -90,7 +85,7 @@ def audio_ablation(
     for name, setting in SETTINGS.items():
         images = render_frames(head, data, conditions, frames, **setting)
         renders[name] = images
-        scores = mouth_scores(landmarks_of_images(_uint8(images), backend=landmark_backend), truth_lm, size)
+        scores = mouth_scores(landmarks_of_images(to_uint8(images), backend=landmark_backend), truth_lm, size)
         results["settings"][name] = {
             "face_psnr": float(psnr(images, target, face).mean()),
             "face_ssim": float(ssim(images, target, face).mean()),
@@ -108,8 +103,6 @@ def _ablation_sheet(
     n: int = 6,
 ) -> None:
     """Rows: ground truth, then each setting; per frame the crop and its mouth box enlarged beside it."""
-    from talk3d_core.train import mouth_boxes
-
     pick = np.linspace(0, len(target) - 1, min(n, len(target))).round().astype(int)
     size = target.shape[-1]
     boxes = mouth_boxes(mouth[pick])
@@ -117,7 +110,7 @@ def _ablation_sheet(
     for images in [target, *renders.values()]:
         tiles = []
         for (top, left, side), i in zip(boxes, pick, strict=True):
-            full = _uint8(images[i : i + 1])[0]
+            full = to_uint8(images[i : i + 1])[0]
             zoom = np.asarray(
                 Image.fromarray(full[top : top + side, left : left + side]).resize(
                     (size, size), Image.Resampling.NEAREST

@@ -102,6 +102,11 @@ def to_unit(crops: torch.Tensor) -> torch.Tensor:
     return crops.float() / 127.5 - 1.0
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images (..., 3, H, W) in [-1, 1] (clamped) -> (..., H, W, 3) uint8, for saving and detectors."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
+
+
 def load_subject(
     crop_paths: Sequence[str | os.PathLike[str]],
     mask_paths: Sequence[str | os.PathLike[str]],
@@ -460,11 +465,6 @@ SHEET_YAWS = (-30.0, 0.0, 30.0)
 SHEET_PITCHES = (20.0, 0.0, -20.0)
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-
-
 def _depth_to_uint8(depth: torch.Tensor, near: float, far: float) -> np.ndarray:
     """(1, H, W) depth -> (H, W, 3) grey, near bright, far dark, over the [near, far] range."""
     d = ((far - depth[0]) / (far - near)).clamp(0, 1)
@@ -508,7 +508,7 @@ def prior_sheet(
         if proxy is not None:
             view["landmark_depth_mm"] = _landmark_depth_error(out["image_depth"][i], cams[i].cpu(), proxy, y)
         views.append(view)
-    rgb = [_to_uint8(img) for img in out["image"]]
+    rgb = list(to_uint8(out["image"]))
     depth = F.interpolate(out["image_depth"], size=out["image"].shape[-2:], mode="nearest")
     near, far = float(depth.min()), float(depth.max())
     depth_tiles = [_depth_to_uint8(d, near, far) for d in depth]

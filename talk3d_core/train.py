@@ -41,7 +41,7 @@ from talk3d_core.deltaplane import DeltaplaneConfig, DeltaplaneNet
 from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
 from talk3d_core.features import FeatureTable
 from talk3d_core.io import atomic_path
-from talk3d_core.prior import SubjectData, open_checkpoint, step_seed, to_unit
+from talk3d_core.prior import SubjectData, open_checkpoint, step_seed, to_uint8, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -416,11 +416,6 @@ def _save(
         )
 
 
-def _to_uint8(image: Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
 @torch.no_grad()
 def sample_sheet(
     head: TalkingHead,
@@ -435,9 +430,9 @@ def sample_sheet(
     cond = conditions.gather(frames, head.net_config.audio_frames, head.device)
     out = head(cond, data.cameras[list(frames)].to(head.device), jitter=False)
     head.train(was_training)
-    top = [_to_uint8(to_unit(data.crops[f])) for f in frames]
-    bottom = [_to_uint8(img) for img in out["image"]]
-    sheet = np.concatenate([np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)], axis=0)
+    top = data.crops[list(frames)].permute(0, 2, 3, 1).numpy()
+    bottom = to_uint8(out["image"])
+    sheet = np.concatenate([np.concatenate(list(top), axis=1), np.concatenate(list(bottom), axis=1)], axis=0)
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_png) as tmp:
         Image.fromarray(sheet).save(tmp)
@@ -569,15 +564,7 @@ def train_deltaplane(
                     terms["total"] = terms["total"] + cfg.weight_sync * terms["sync"]
             else:
                 lr = cfg.lr_sr
-                with torch.no_grad():
-                    delta = head.deltaplanes(cond)
-                batch = len(cameras)
-                out = head.generator.render(
-                    head.identity_planes.expand(batch, -1, -1, -1, -1) + delta,
-                    cameras,
-                    head.w_id.expand(batch, -1, -1),
-                    jitter=True,
-                )
+                out = head(cond, cameras, jitter=True)  # the U-Net is frozen in this stage
                 terms = {"l1": F.l1_loss(out["image"], target)}
                 terms["total"] = cfg.weight_l1 * terms["l1"]
             optimizer.zero_grad(set_to_none=True)

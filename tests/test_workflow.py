@@ -213,6 +213,7 @@ def test_slurm_profile_plans():
         "--profile",
         "workflow/profiles/slurm",
         "-n",
+        "--forceall",  # plan every job even where this checkout already has results/demo
         "results/demo/ingest_preview.png",
         "results/demo/prior/P_id.pt",
     )
