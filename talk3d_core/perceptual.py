@@ -4,8 +4,9 @@ Both need third-party code and pretrained weights that the default install does 
 ``lpips`` package and ``facexlib`` import torchvision, and their backbones are ImageNet / MS1M
 weights). Each factory therefore returns ``(loss, reason)``: the loss callable when everything is
 present, else ``None`` and a sentence saying what is missing, so that callers can log it and go on
-with the terms they have. Nothing is downloaded: weights must already be on disk, and packages are
-imported only inside the factories.
+with the terms they have (:func:`arcface_embedder` hands out the ArcFace embedding itself the same
+way, for the identity-similarity metric). Nothing is downloaded: weights must already be on disk,
+and packages are imported only inside the factories.
 
 A loss callable takes two image batches ``(B, 3, H, W)`` in [-1, 1] (the generator's range), the
 first usually a render that needs gradients, and returns one value per image, shape ``(B,)``.
@@ -112,18 +113,19 @@ def lpips_loss(
     return loss, ""
 
 
-def identity_loss(
+def arcface_embedder(
     device: str | torch.device = "cpu",
     *,
     weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
     manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
-) -> tuple[PairLoss | None, str]:
-    """ArcFace identity loss ``1 - cos(emb(a), emb(b))`` or ``(None, reason)``.
+) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
+    """ArcFace identity embedding ``embed(x) -> (B, 512)`` unit vectors, or ``(None, reason)``.
 
     The network is facexlib's IR-SE50 ArcFace; its weights are the manifest entry
     :data:`ARCFACE_WEIGHTS` installed under ``weights_dir`` (found with
-    :func:`talk3d_core.weights.require`, which never downloads). Inputs are face crops in [-1, 1];
-    the central face region is cut out as pSp/PTI do and resized to 112^2.
+    :func:`talk3d_core.weights.require`, which never downloads). Inputs ``x`` are aligned face crops
+    (B, 3, H, W) in [-1, 1]; the central face region is cut out as pSp/PTI do and resized to 112^2.
+    ``embed`` keeps the autograd graph (the identity loss back-propagates through it).
     """
     from talk3d_core.weights import WeightsError, require
 
@@ -152,6 +154,24 @@ def identity_loss(
         face = x[:, :, top:bottom, left:right]
         face = F.interpolate(face, size=(112, 112), mode="area" if face.shape[-1] > 112 else "bilinear")
         return F.normalize(model(face), dim=1)
+
+    return embed, ""
+
+
+def identity_loss(
+    device: str | torch.device = "cpu",
+    *,
+    weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
+    manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
+) -> tuple[PairLoss | None, str]:
+    """ArcFace identity loss ``1 - cos(emb(a), emb(b))`` or ``(None, reason)``.
+
+    The embedding is :func:`arcface_embedder`'s (same weights lookup, same face crop); inputs are face
+    crops in [-1, 1].
+    """
+    embed, reason = arcface_embedder(device, weights_dir=weights_dir, manifest=manifest)
+    if embed is None:
+        return None, reason
 
     def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
