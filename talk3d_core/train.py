@@ -38,7 +38,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from talk3d_core.deltaplane import DeltaplaneConfig, DeltaplaneNet
-from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator, camera_rays
 from talk3d_core.features import FeatureTable
 from talk3d_core.io import atomic_path
 from talk3d_core.prior import SubjectData, open_checkpoint, step_seed, to_uint8, to_unit
@@ -69,6 +69,8 @@ class TrainConfig:
     weight_identity: float = 1.0
     weight_sync: float = 0.01
     sync_warmup_epochs: float = 20.0
+    weight_mouth_zoom: float = 0.0
+    mouth_zoom: int = 32
     sr_steps: int = 1000
     lr_sr: float = 1e-4
     checkpoint_every: int = 200
@@ -80,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"need steps >= 0, sr_steps >= 0, batch_size >= 1; got {self}")
         if self.checkpoint_every < 1 or self.sample_every < 1:
             raise ValueError("checkpoint_every and sample_every must be >= 1")
+        if self.mouth_zoom < 4:
+            raise ValueError(f"mouth_zoom must be >= 4 rays a side, got {self.mouth_zoom}")
 
 
 # --------------------------------------------------------------------------------------- conditions
@@ -134,10 +138,12 @@ def load_training_data(
     size: int,
     *,
     background: str = "black",
+    mouth_zoom: int = 0,
 ) -> tuple[SubjectData, FrameConditions]:
     """Crops and masks (resized to ``size``, background as the prior saw it), the prior's frame cameras
     (``prior/frames.parquet``: tracked, or refined by the pretrained prior), the features stage's split
-    and each frame's conditioning."""
+    and each frame's conditioning. ``mouth_zoom`` > 0 also reads each crop's mouth box at the crop's
+    full resolution (``data.mouth_patch``, ``data.mouth_box``, see :func:`mouth_patches`)."""
     import pandas as pd
 
     from talk3d_core.features import read_features
@@ -153,10 +159,53 @@ def load_training_data(
     if not np.array_equal(frames["split"].to_numpy(str), table.split.astype(str)):
         raise ValueError(f"{prior_frames}: its train/test split differs from {features}; re-run the prior")
     cameras = np.stack(frames["camera"].to_numpy()).astype(np.float32)
-    data = load_subject(
-        list_frames(crops), list_frames(masks), cameras, table.split == "train", size, background=background
-    )
+    crop_paths, mask_paths = list_frames(crops), list_frames(masks)
+    data = load_subject(crop_paths, mask_paths, cameras, table.split == "train", size, background=background)
+    if mouth_zoom:
+        data.mouth_patch, data.mouth_box = mouth_patches(crop_paths, mask_paths, mouth_zoom, background)
     return data, FrameConditions.from_features(table)
+
+
+def mouth_patches(
+    crop_paths: Sequence[str | os.PathLike[str]],
+    mask_paths: Sequence[str | os.PathLike[str]],
+    zoom: int,
+    background: str = "black",
+) -> tuple[Tensor, Tensor]:
+    """The mouth box of each crop at the crop's own resolution, resampled to ``zoom``^2 pixels.
+
+    Returns patches (N, 3, zoom, zoom) uint8 and boxes (N, 3) float: top, left and side as fractions
+    of the crop side (the box of :func:`mouth_boxes`), for :func:`zoom_cameras`.
+    """
+    from talk3d_core.prior import BACKGROUND_LABEL, MOUTH_LABELS
+
+    patches, boxes = [], []
+    for crop_path, mask_path in zip(crop_paths, mask_paths, strict=True):
+        with Image.open(crop_path) as im:
+            rgb = np.array(im.convert("RGB"))
+        with Image.open(mask_path) as im:
+            labels = np.asarray(im.resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
+        if background == "black":
+            rgb[labels == BACKGROUND_LABEL] = 0
+        mouth = torch.from_numpy(np.isin(labels, MOUTH_LABELS))[None, None]
+        ((top, left, side),) = mouth_boxes(mouth)
+        patch = Image.fromarray(rgb[top : top + side, left : left + side])
+        patches.append(np.asarray(patch.resize((zoom, zoom), Image.Resampling.BOX)))
+        boxes.append(np.array([top, left, side], np.float32) / rgb.shape[0])
+    patch_tensor = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous()
+    return patch_tensor, torch.from_numpy(np.stack(boxes))
+
+
+def zoom_cameras(cameras: Tensor, boxes: Tensor) -> Tensor:
+    """Cameras (B, 25) whose image is the box (B, 3: top, left, side as fractions of the image side) of
+    the given cameras' images: same pose, intrinsics scaled by 1/side and shifted to the box's corner."""
+    out = cameras.clone()
+    k = out[:, 16:25].view(-1, 3, 3)
+    top, left, side = (boxes[:, i].to(out) for i in range(3))
+    k[:, 0, 2] = (k[:, 0, 2] - left) / side
+    k[:, 1, 2] = (k[:, 1, 2] - top) / side
+    k[:, :2, :2] = k[:, :2, :2] / side[:, None, None]
+    return out
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -216,6 +265,16 @@ class TalkingHead(nn.Module):
             planes = planes + delta
         out = self.generator.render(planes, cameras, self.w_id.expand(batch, -1, -1), jitter=jitter)
         return out | {"deltaplanes": delta}
+
+    def render_raw(
+        self, planes: Tensor, cameras: Tensor, resolution: int, jitter: bool | None = None
+    ) -> Tensor:
+        """Volume-rendered RGB (B, 3, resolution, resolution) of tri-planes (B, 3, C, R, R), without the
+        super-resolution (e.g. a zoomed camera on the mouth, see :func:`zoom_cameras`)."""
+        gen = self.generator
+        origins, directions = camera_rays(cameras.to(planes.dtype), resolution)
+        features, _, _ = gen.renderer(planes, gen.decoder, origins, directions, jitter)
+        return features[..., :3].transpose(1, 2).reshape(len(planes), 3, resolution, resolution)
 
     @property
     def device(self) -> torch.device:
@@ -481,6 +540,12 @@ def train_deltaplane(
         raise ValueError(f"{out_dir}: {len(conditions)} frames of conditions for {len(data.train)} frames")
     if data.mouth is None:
         raise ValueError(f"{out_dir}: the training data has no mouth masks")
+    patch = data.mouth_patch
+    if cfg.weight_mouth_zoom > 0 and (patch is None or patch.shape[-1] != cfg.mouth_zoom):
+        raise ValueError(
+            f"{out_dir}: weight_mouth_zoom needs mouth patches of {cfg.mouth_zoom} px "
+            "(load_training_data(..., mouth_zoom=...))"
+        )
     train_index = np.flatnonzero(data.train)
     if len(train_index) == 0:
         raise ValueError(f"{out_dir}: no training frames")
@@ -509,7 +574,7 @@ def train_deltaplane(
         },
         "net_config": dataclasses.asdict(net_config),
         "run_id": run_id,
-        "data": _fingerprint(data.crops, data.face, data.mouth, data.cameras, data.train),
+        "data": _fingerprint(data.crops, data.face, data.mouth, data.cameras, data.train, data.mouth_patch),
         "conditions": _fingerprint(conditions.audio, conditions.eye, conditions.rotation, conditions.ldm),
         "prior": _fingerprint(planes, w_id),
         "losses": sorted(k for k in ("lpips", "identity", "sync") if getattr(models, k) is not None),
@@ -557,6 +622,13 @@ def train_deltaplane(
                 terms = deltaplane_losses(
                     out, target, data.face[frames].to(device), data.mouth[frames].to(device), cfg, models
                 )
+                if cfg.weight_mouth_zoom > 0:
+                    planes = head.identity_planes + out["deltaplanes"]
+                    zoomed = zoom_cameras(cameras, data.mouth_box[frames].to(device))
+                    raw = head.render_raw(planes, zoomed, cfg.mouth_zoom, jitter=True)
+                    truth = to_unit(data.mouth_patch[frames].to(device))
+                    terms["mouth_zoom"] = F.l1_loss(raw, truth)
+                    terms["total"] = terms["total"] + cfg.weight_mouth_zoom * terms["mouth_zoom"]
                 if models.sync is not None and step >= sync_after:
                     terms["sync"] = _sync_term(
                         head, data, conditions, train_index, sync_audio, models.sync, device

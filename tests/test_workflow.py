@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import (
@@ -43,6 +44,10 @@ def project(tmp_path, monkeypatch):
     config_yaml = tmp_path / "config/config.yaml"
     text = config_yaml.read_text().replace("  steps: 1500\n", "  steps: 6\n")
     text = text.replace("  steps: 4000\n", "  steps: 4\n").replace("  sr_steps: 300\n", "  sr_steps: 2\n")
+    # One novel view and a small FID reference set exercise the render and evaluation stages.
+    text = text.replace("    yaw: [-30, -15, 15, 30]\n", "    yaw: [30]\n")
+    text = text.replace("    pitch: [-20, -10, 10, 20]\n", "    pitch: [-20]\n")
+    text = text.replace("  fid_reference_frames: 500\n", "  fid_reference_frames: 8\n")
     config_yaml.write_text(text)
     (tmp_path / "resources/weights").mkdir(parents=True)
     shutil.copy(ROOT / "resources/weights/manifest.yaml", tmp_path / "resources/weights/manifest.yaml")
@@ -88,6 +93,9 @@ def changed(before: dict[str, int], after: dict[str, int]) -> set[str]:
 ALL = ["all"]
 PRIOR_FILES = ["generator.pt", "P_id.pt", "frames.parquet", "metrics.json", "prior_sheet.png"]
 TRAIN_FILES = ["deltaplane.pt", "loss_curves.png", "ablation.json", "ablation_sheet.png"]
+# What the render and evaluation stages make of a trained model (with the fixture's one view).
+RESULT_FILES = ["video.mp4", "depth.mp4", "drive/voice.mp4", "views/30_-20.mp4", "metrics.parquet",
+                "metrics_views.png", "videos.html"]  # fmt: skip
 
 
 def outputs(files: dict[str, int], *stages: str) -> set[str]:
@@ -102,8 +110,13 @@ def test_reruns_only_what_changed(project):
                  "landmarks.parquet", "crop.parquet", "camera.parquet", "preprocess_sheet.png",
                  "features.parquet", "prior/P_id.pt", "prior/prior_sheet.png", "train/deltaplane.pt",
                  "train/loss_curves.png", "train/ablation.json", "train/samples/step_000006.png",
-                 "logs/ingest.log", "benchmarks/ingest.tsv"]:  # fmt: skip
+                 "logs/ingest.log", "benchmarks/ingest.tsv", *RESULT_FILES]:  # fmt: skip
         assert (out / path).is_file(), path
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert {"self", "ground_truth", "drive:voice", "view:30_-20"} <= set(metrics.setting)
+    assert {"psnr", "ssim", "lpips", "lmd", "aue", "idsim", "fid", "lse_c", "lse_d"} <= set(metrics.metric)
+    missing = metrics[metrics.status != "ok"]
+    assert (missing.reason != "").all() and missing.value.isna().all()
     first = mtimes(project)
 
     run(project, ALL)  # nothing changed: nothing runs
@@ -119,6 +132,7 @@ def test_reruns_only_what_changed(project):
         "drive/voice/features.parquet",
         "prior/",
         "train/",
+        *RESULT_FILES,
     )
 
     # Editing the masks module re-runs masks and what shows them, nothing upstream.
@@ -131,9 +145,10 @@ def test_reruns_only_what_changed(project):
     # logs and samples stay untouched).
     prior_outputs = {f"results/clip/prior/{f}" for f in PRIOR_FILES}
     train_outputs = {f"results/clip/train/{f}" for f in TRAIN_FILES}
+    result_outputs = {f"results/clip/{f}" for f in RESULT_FILES}
     assert (
         changed(second, third)
-        == outputs(third, "masks/", "preprocess_sheet.png") | prior_outputs | train_outputs
+        == outputs(third, "masks/", "preprocess_sheet.png") | prior_outputs | train_outputs | result_outputs
     )
 
     # Editing ingest re-runs everything downstream of it.

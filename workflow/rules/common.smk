@@ -17,11 +17,14 @@ CONFIG_SCHEMA = load_schema(SCHEMAS / "config.schema.yaml")
 # Validate before anything is planned: unknown keys and wrong types stop the run here, naming the key.
 config.update(validate_config(config, CONFIG_SCHEMA))
 
-# The demo clip is produced by the demo_clip rule, so it need not exist yet.
+# The demo clip and its driving speech are produced by rules demo_clip and demo_speech, so they need
+# not exist yet.
 DEMO_CLIP = "resources/demo/astronaut.mp4"
+DEMO_SPEECH = "resources/demo/speech.wav"
 SUBJECTS = load_subjects(
-    config["subjects"], load_schema(SCHEMAS / "subjects.schema.yaml"), generated=[DEMO_CLIP]
+    config["subjects"], load_schema(SCHEMAS / "subjects.schema.yaml"), generated=[DEMO_CLIP, DEMO_SPEECH]
 )
+AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".mp4")
 
 
 # Each subject's settings: the config with its overrides.<name> merged in (validated here too).
@@ -36,6 +39,7 @@ def settings(section):
 wildcard_constraints:
     subject="|".join(SUBJECTS) or "(?!)",
     audio=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    view=r"-?[0-9]+_-?[0-9]+",
 
 
 def ingest_inputs(wildcards):
@@ -44,8 +48,30 @@ def ingest_inputs(wildcards):
     return {"video": s.video, **({"audio": s.audio} if s.audio else {})}
 
 
+def drive_audio_source(wildcards):
+    """A driving audio file: listed in the subject's drive column, else <drive_audio_dir>/<audio>.<ext>."""
+    listed = SUBJECTS[wildcards.subject].drive
+    if wildcards.audio in listed:
+        return listed[wildcards.audio]
+    folder = Path(config["drive_audio_dir"])
+    for suffix in AUDIO_SUFFIXES:
+        if (folder / f"{wildcards.audio}{suffix}").is_file():
+            return str(folder / f"{wildcards.audio}{suffix}")
+    raise ValueError(
+        f"no driving audio '{wildcards.audio}' for subject '{wildcards.subject}': it is not in the drive "
+        f"column of {config['subjects']} ({', '.join(listed) or 'none listed'}) and there is no "
+        f"{folder}/{wildcards.audio}{{{','.join(AUDIO_SUFFIXES)}}}"
+    )
+
+
+def view_names():
+    """The novel-view grid as view ids '<yaw>_<pitch>' (degrees), every yaw with every pitch."""
+    views = config["render"]["views"]
+    return [f"{yaw}_{pitch}" for yaw in views["yaw"] for pitch in views["pitch"]]
+
+
 def subject_targets(name):
-    """Everything the implemented stages produce for one subject."""
+    """Everything the workflow produces for one subject."""
     s = SUBJECTS[name]
     return [
         f"results/{name}/meta.json",
@@ -57,7 +83,13 @@ def subject_targets(name):
         f"results/{name}/prior/P_id.pt",
         f"results/{name}/train/deltaplane.pt",
         f"results/{name}/train/ablation.json",
-    ] + [f"results/{name}/drive/{audio}/features.parquet" for audio in s.drive]
+        f"results/{name}/video.mp4",
+        f"results/{name}/depth.mp4",
+        f"results/{name}/metrics.parquet",
+        f"results/{name}/videos.html",
+    ] + [f"results/{name}/drive/{audio}.mp4" for audio in s.drive] + [
+        f"results/{name}/views/{view}.mp4" for view in view_names()
+    ]
 
 
 @functools.cache  # several rules share modules; one parse reads each closure once

@@ -18,6 +18,21 @@ rule demo_clip:
         "../scripts/demo_clip.py"
 
 
+rule demo_speech:
+    """Synthetic speech for re-driving the demo subject (another seed than the clip's own audio)."""
+    output:
+        DEMO_SPEECH,
+    params:
+        seed=config["demo"]["seed"] + 1,
+        code=core_hash("talk3d_core.demo"),
+    log:
+        "results/logs/demo_speech.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/demo_speech.py"
+
+
 rule ingest:
     """Decode the subject's clip: frames/ (0-based PNGs), audio.wav, meta.json."""
     input:
@@ -47,7 +62,7 @@ rule ingest:
 rule ingest_drive_audio:
     """A driving audio file (wav, mp3, m4a, flac, or a video's audio) -> 16 kHz mono WAV."""
     input:
-        lambda wc: SUBJECTS[wc.subject].drive[wc.audio],
+        drive_audio_source,
     output:
         "results/{subject}/drive/{audio}/audio.wav",
     params:

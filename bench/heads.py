@@ -1,0 +1,49 @@
+"""Randomly initialised talking heads at the CPU and paper sizes, shared by the benchmarks (the
+weights do not change the cost)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from talk3d_core.camera import eg3d_camera
+from talk3d_core.deltaplane import DeltaplaneConfig
+from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.train import TalkingHead
+
+PRESETS = {
+    "cpu": (GeneratorConfig.cpu, DeltaplaneConfig.cpu),
+    "paper": (lambda: GeneratorConfig.paper(plane_axes="fixed"), DeltaplaneConfig.paper),
+}
+AUDIO_DIM, AUDIO_WINDOW = 44, 8  # wav2vec2 CTC logits over 8 frames, the paper's features
+
+
+def random_head(size: str, device: torch.device) -> TalkingHead:
+    """A TalkingHead of preset ``size`` ("cpu" or "paper") with a random generator and identity."""
+    gen_preset, net_preset = PRESETS[size]
+    gen_cfg, net_cfg = gen_preset(), net_preset()
+    torch.manual_seed(0)
+    generator = TriPlaneGenerator(gen_cfg)
+    with torch.no_grad():
+        w = generator.mapping(torch.randn(1, gen_cfg.z_dim), torch.zeros(1, 25))
+        planes = generator.planes(w, noise_mode="const")
+    head = TalkingHead(generator, planes, w, net_cfg, audio_dim=AUDIO_DIM, audio_window=AUDIO_WINDOW)
+    return head.to(device)
+
+
+def random_conditions(batch: int, audio_frames: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Conditioning tokens of ``batch`` frames as FrameConditions.gather gives them."""
+    return {
+        "audio": torch.randn(batch, audio_frames, AUDIO_WINDOW, AUDIO_DIM, device=device),
+        "eye": torch.rand(batch, device=device),
+        "rotation": torch.randn(batch, 3, device=device),
+        "ldm": torch.rand(batch, 6, device=device) * 2 - 1,
+    }
+
+
+def frontal_cameras(batch: int, device: torch.device) -> torch.Tensor:
+    """(batch, 25) cameras a few degrees of yaw apart."""
+    yaw = np.linspace(-5, 5, batch)
+    return torch.tensor(
+        eg3d_camera(yaw, np.zeros(batch), np.zeros(batch)), dtype=torch.float32, device=device
+    )

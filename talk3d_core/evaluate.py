@@ -1,0 +1,495 @@
+"""Stage 10, evaluate: the paper's metric suite on renders of the trained model.
+
+Three settings, as in the paper:
+
+- ``self``: the held-out frames re-rendered from their tracked cameras and their own audio, against
+  the ground-truth crops: PSNR and SSIM on the face region, LPIPS (face region), LMD (mouth
+  landmarks), mouth-opening correlation, AUE (AU45 from the eye aspect ratio), IDSIM (identity
+  embedding of render vs crop, per frame), FID (against the training crops) and Sync (SyncNet LSE-C /
+  LSE-D). The ground truth's own Sync and mouth-motion figures are reported as ``ground_truth``.
+- ``drive:<audio>``: the subject driven by other audio. No ground truth exists, so: Sync, IDSIM
+  against the subject's mean training embedding, FID, and mouth motion against the audio (correlation
+  of the mouth opening with the audio energy, whether the mouth is closed in silences).
+- ``view:<yaw>_<pitch>``: the held-out frames seen from a novel view: FID and IDSIM (against the mean
+  training embedding).
+
+Every metric row names the backend that computed it. A backend whose model is missing gives rows with
+status ``unavailable`` and the reason, never a number. Renders are made here at the model's resolution
+(not decoded from the videos), so compression does not enter the scores; ground truth is the crops at
+that resolution, with the background as the model was trained to show it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from talk3d_core.image_metrics import psnr, ssim
+from talk3d_core.io import atomic_path
+from talk3d_core.mouth import REFERENCE_SIZE, landmarks_of_images, mouth_opening, mouth_scores
+from talk3d_core.prior import SubjectData, to_uint8, to_unit
+from talk3d_core.render import (
+    drive_conditions,
+    fixed_cameras,
+    parse_view,
+    ping_pong,
+    render_batches,
+    view_cameras,
+)
+from talk3d_core.train import FrameConditions, TalkingHead
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("setting", "metric", "backend", "value", "unit", "frames", "status", "reason")
+SELF, GROUND_TRUTH = "self", "ground_truth"
+# Frames of the clip the Sync score needs at least (SyncNet looks at 5-frame windows).
+MIN_SYNC_FRAMES = 6
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of metrics.parquet: ``value`` is None when ``status`` is "unavailable" (see ``reason``)."""
+
+    setting: str
+    metric: str
+    backend: str
+    value: float | None
+    unit: str = ""
+    frames: int = 0
+    status: str = "ok"
+    reason: str = ""
+
+
+def _ok(setting: str, metric: str, backend: str, value: float | None, unit: str, frames: int) -> Metric:
+    """A computed metric; a value that could not be computed (NaN, None) becomes an unavailable row."""
+    if value is None or not math.isfinite(float(value)):
+        return Metric(
+            setting, metric, backend, None, unit, frames, "unavailable", "not computable on these frames"
+        )
+    return Metric(setting, metric, backend, float(value), unit, frames)
+
+
+def _missing(
+    setting: str, metrics: Sequence[str], backend: str, reason: str, frames: int = 0
+) -> list[Metric]:
+    return [Metric(setting, m, backend, None, "", frames, "unavailable", reason) for m in metrics]
+
+
+@dataclass
+class Backends:
+    """The models behind the metrics, each None with a reason when it cannot be loaded."""
+
+    landmark: str = "mediapipe"
+    lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+    fid: Any = None
+    sync: Any = None
+    au45_calibration: dict[str, Any] | None = None
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        landmark: str = "mediapipe",
+        identity_backends: Sequence[str] = ("dlib", "arcface"),
+        sync_weights: str | None = None,
+        au45_calibration: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Backends:
+        """Load every backend that is installed; log one line for each that is not."""
+        from talk3d_core.fid import fid_model
+        from talk3d_core.identity import identity_embedder
+        from talk3d_core.lse import sync_scorer
+        from talk3d_core.perceptual import lpips_loss
+
+        b = cls(landmark=landmark, au45_calibration=au45_calibration)
+        b.lpips, b.reasons["lpips"] = lpips_loss(device)
+        for name in identity_backends:
+            b.identity[name], b.reasons[f"identity:{name}"] = identity_embedder(name, device=device)
+        b.fid, b.reasons["fid"] = fid_model(device=device)
+        b.sync, b.reasons["sync"] = sync_scorer(sync_weights, device=device)
+        if au45_calibration is None:
+            b.reasons["aue"] = "the subject's features carry no AU45 calibration of the ear backend"
+        for key, model in [("lpips", b.lpips), ("fid", b.fid), ("sync", b.sync)] + [
+            (f"identity:{k}", v) for k, v in b.identity.items()
+        ]:
+            if model is None:
+                log.info("%s unavailable: %s", key, b.reasons[key])
+        return b
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def face_metrics(
+    setting: str, render: np.ndarray, truth: np.ndarray, face: np.ndarray, b: Backends
+) -> list[Metric]:
+    """PSNR (dB), SSIM and LPIPS over the face region of renders vs ground truth, all (N, S, S, 3) uint8
+    with face masks (N, S, S) bool."""
+    a, t = _to_tensor(render), _to_tensor(truth)
+    m = torch.from_numpy(np.asarray(face, bool))[:, None].float()
+    n = len(render)
+    rows = [
+        _ok(setting, "psnr", "face-region", float(psnr(a, t, m).mean()), "dB", n),
+        _ok(setting, "ssim", "face-region", float(ssim(a, t, m).mean()), "", n),
+    ]
+    if b.lpips is None:
+        rows += _missing(setting, ["lpips"], "lpips-alex", b.reasons["lpips"], n)
+    else:
+        with torch.no_grad():
+            value = torch.cat(
+                [b.lpips(a[i : i + 8] * m[i : i + 8], t[i : i + 8] * m[i : i + 8]) for i in range(0, n, 8)]
+            )
+        rows.append(_ok(setting, "lpips", "lpips-alex (face region)", float(value.mean()), "", n))
+    return rows
+
+
+def mouth_metrics(
+    setting: str, render_lm: np.ndarray, truth_lm: np.ndarray, size: int, backend: str
+) -> list[Metric]:
+    """LMD, mouth-opening correlation and error of landmarks (N, 68, 2) on renders vs ground truth, in
+    pixels of a 256 px crop (:func:`talk3d_core.mouth.mouth_scores`)."""
+    s = mouth_scores(render_lm, truth_lm, size)
+    n = len(render_lm)
+    return [
+        _ok(setting, "lmd", backend, s.lmd, f"px@{REFERENCE_SIZE}", n),
+        _ok(setting, "mouth_opening_r", backend, s.opening_correlation, "", n),
+        _ok(setting, "mouth_opening_mae", backend, s.opening_mae, f"px@{REFERENCE_SIZE}", n),
+        _ok(setting, "landmarks_found", backend, s.detected, "fraction", n),
+    ]
+
+
+def au45(lm68: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """AU45 (N,) on OpenFace's scale (0 open .. 2 closed) from landmarks, NaN where there are none."""
+    from talk3d_core.blink import au45_from_ear, eye_aspect_ratio
+
+    out = np.full(len(lm68), np.nan)
+    found = np.isfinite(lm68).all(axis=(1, 2))
+    if found.sum() >= 1:
+        out[found] = au45_from_ear(eye_aspect_ratio(lm68[found]), calibration)
+    return out
+
+
+def aue_metric(setting: str, render_lm: np.ndarray, truth_lm: np.ndarray, b: Backends) -> list[Metric]:
+    """AUE: mean |AU45(render) - AU45(truth)|; the eye-aspect-ratio backend gives AU45 only."""
+    backend = f"ear-au45 ({b.landmark})"
+    if b.au45_calibration is None:
+        return _missing(setting, ["aue"], backend, b.reasons["aue"], len(render_lm))
+    error = np.abs(au45(render_lm, b.au45_calibration) - au45(truth_lm, b.au45_calibration))
+    both = np.isfinite(error)
+    return [
+        _ok(
+            setting,
+            "aue",
+            backend,
+            float(error[both].mean()) if both.any() else None,
+            "AU45",
+            int(both.sum()),
+        )
+    ]
+
+
+def identity_metrics(
+    setting: str,
+    render: np.ndarray,
+    b: Backends,
+    *,
+    truth: np.ndarray | None = None,
+    reference: dict | None = None,
+) -> list[Metric]:
+    """IDSIM per identity backend: cosine of each render's embedding with its ground truth's (``truth``)
+    or with the subject's mean training embedding (``reference``: backend name -> (D,))."""
+    from talk3d_core.identity import identity_similarity
+
+    rows = []
+    for name, embedder in b.identity.items():
+        if embedder is None:
+            rows += _missing(setting, ["idsim"], name, b.reasons[f"identity:{name}"], len(render))
+            continue
+        emb = embedder.embed(render)
+        if truth is not None:
+            other = embedder.embed(truth)
+        else:
+            other = np.broadcast_to(reference[name], emb.shape)
+        sim = identity_similarity(emb, other)
+        found = np.isfinite(sim)
+        value = float(sim[found].mean()) if found.any() else None
+        rows.append(_ok(setting, "idsim", embedder.name, value, "cosine", int(found.sum())))
+    return rows
+
+
+def fid_metric(
+    setting: str, render: np.ndarray, reference_features: np.ndarray | None, b: Backends
+) -> list[Metric]:
+    """FID of renders against the training crops' Inception features."""
+    from talk3d_core.fid import fid
+
+    if b.fid is None or reference_features is None:
+        return _missing(setting, ["fid"], "inception", b.reasons["fid"], len(render))
+    if len(render) < 2:
+        return _missing(setting, ["fid"], b.fid.name, "fewer than 2 frames", len(render))
+    return [_ok(setting, "fid", b.fid.name, fid(b.fid.features(render), reference_features), "", len(render))]
+
+
+def sync_metrics(setting: str, frames: np.ndarray, audio: np.ndarray, rate: int, b: Backends) -> list[Metric]:
+    """SyncNet LSE-C (higher is better), LSE-D (lower is better) and the A/V offset in frames."""
+    names = ["lse_c", "lse_d", "sync_offset"]
+    if b.sync is None:
+        return _missing(setting, names, "syncnet-v2", b.reasons["sync"], len(frames))
+    if len(frames) < MIN_SYNC_FRAMES:
+        return _missing(setting, names, b.sync.name, f"fewer than {MIN_SYNC_FRAMES} frames", len(frames))
+    s = b.sync.score(frames, audio, rate=rate)
+    n = int(s["frames"])
+    return [
+        _ok(setting, "lse_c", b.sync.name, s["lse_c"], "", n),
+        _ok(setting, "lse_d", b.sync.name, s["lse_d"], "", n),
+        _ok(setting, "sync_offset", b.sync.name, s["offset"], "frames", n),
+    ]
+
+
+def motion_metrics(
+    setting: str, lm68: np.ndarray, size: int, audio: np.ndarray, rate: int, fps: float, backend: str
+) -> list[Metric]:
+    """Mouth motion against the audio, no ground truth needed: correlation of the inner-lip opening with
+    the audio energy (best lag, frames), and the mouth's opening in silence vs speech."""
+    from talk3d_core.lse import audio_energy, mouth_motion_stats, speech_mask
+
+    opening = mouth_opening(lm68) * (REFERENCE_SIZE / size)
+    energy = audio_energy(audio, rate, len(lm68), fps)
+    stats = mouth_motion_stats(opening, energy, speech_mask(energy))
+    name = f"{backend} + rms energy"
+    n = len(lm68)
+    return [
+        _ok(setting, "mouth_energy_r", name, stats["energy_r"], "", n),
+        _ok(setting, "mouth_energy_lag", name, stats["energy_lag"], "frames", n),
+        _ok(
+            setting,
+            "opening_speech",
+            name,
+            stats["opening_speech"],
+            f"px@{REFERENCE_SIZE}",
+            stats["frames_speech"],
+        ),
+        _ok(
+            setting,
+            "opening_silence",
+            name,
+            stats["opening_silence"],
+            f"px@{REFERENCE_SIZE}",
+            stats["frames_silence"],
+        ),
+        _ok(
+            setting,
+            "silence_closed_fraction",
+            name,
+            stats["silence_closed_fraction"],
+            "fraction",
+            stats["frames_silence"],
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------- the stage
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return to_unit(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+
+
+def render_uint8(
+    head: TalkingHead,
+    conditions: FrameConditions,
+    cameras: np.ndarray,
+    frames: Sequence[int],
+    batch_size: int,
+) -> np.ndarray:
+    """Renders (N, S, S, 3) uint8 of clip ``frames`` (deterministic), see :func:`render_batches`."""
+    return np.concatenate(
+        [
+            to_uint8(out["image"])
+            for _, out in render_batches(head, conditions, cameras, frames, batch_size=batch_size)
+        ]
+    )
+
+
+def _segment(wav: np.ndarray, rate: int, first_frame: int, n_frames: int, fps: float) -> np.ndarray:
+    start = int(round(first_frame / fps * rate))
+    return wav[start : start + int(round(n_frames / fps * rate))]
+
+
+@dataclass
+class DriveInput:
+    """A driving audio: its features (M, W, D) (normalised with the subject's statistics) and waveform."""
+
+    audio_features: np.ndarray
+    wav: np.ndarray
+    rate: int
+
+
+def evaluate_subject(
+    head: TalkingHead,
+    data: SubjectData,
+    conditions: FrameConditions,
+    wav: np.ndarray,
+    rate: int,
+    backends: Backends,
+    *,
+    drives: dict[str, DriveInput] | None = None,
+    views: Sequence[str] = (),
+    camera: dict[str, Any],
+    drive_camera: str = "tracked",
+    fps: float = 25.0,
+    fid_reference_frames: int = 500,
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """All metrics of one subject as a table with :data:`COLUMNS` (one row per setting x metric x backend).
+
+    data/conditions: every frame of the clip (the held-out ones, ``~data.train``, are evaluated); wav
+    (samples,) float mono at ``rate`` Hz, the clip's audio; drives: driving audio by name; views: view
+    names "{yaw}_{pitch}"; camera: the camera stage's settings (focal, radius, pivot) for the frontal
+    and novel-view cameras; drive_camera: "tracked" (held-out cameras played forward and back) or
+    "fixed" (frontal).
+    """
+    test = np.flatnonzero(~data.train)
+    if len(test) < 2:
+        raise ValueError(f"evaluation needs at least 2 held-out frames, the split has {len(test)}")
+    size = data.crops.shape[-1]
+    geometry = {k: camera[k] for k in ("focal", "radius", "pivot")}
+    cameras = data.cameras.numpy()
+    rows: list[Metric] = []
+
+    def landmarks(images: np.ndarray) -> np.ndarray:
+        return landmarks_of_images(images, backend=backends.landmark)
+
+    # Reference statistics of the training crops: FID features and mean identity embeddings.
+    train = np.flatnonzero(data.train)
+    pick = train[np.linspace(0, len(train) - 1, min(fid_reference_frames, len(train))).round().astype(int)]
+    reference_images = to_uint8(to_unit(data.crops[pick]))
+    reference_features = backends.fid.features(reference_images) if backends.fid is not None else None
+    reference_identity = {}
+    if any(e is not None for e in backends.identity.values()):
+        from talk3d_core.identity import mean_identity
+
+        for name, embedder in backends.identity.items():
+            if embedder is not None:
+                reference_identity[name] = mean_identity(
+                    embedder.embed(reference_images[:: max(1, len(pick) // 100)])
+                )
+    log.info("reference: %d training crops", len(pick))
+
+    # Self-driven: the held-out frames.
+    truth = to_uint8(to_unit(data.crops[test]))
+    render = render_uint8(head, conditions, cameras, test, batch_size)
+    render_lm, truth_lm = landmarks(render), landmarks(truth)
+    audio = _segment(wav, rate, int(test[0]), len(test), fps)
+    rows += face_metrics(SELF, render, truth, data.face[test, 0].numpy(), backends)
+    rows += mouth_metrics(SELF, render_lm, truth_lm, size, backends.landmark)
+    rows += aue_metric(SELF, render_lm, truth_lm, backends)
+    rows += identity_metrics(SELF, render, backends, truth=truth)
+    rows += fid_metric(SELF, render, reference_features, backends)
+    rows += sync_metrics(SELF, render, audio, rate, backends)
+    rows += motion_metrics(SELF, render_lm, size, audio, rate, fps, backends.landmark)
+    rows += sync_metrics(GROUND_TRUTH, truth, audio, rate, backends)
+    rows += motion_metrics(GROUND_TRUTH, truth_lm, size, audio, rate, fps, backends.landmark)
+    log.info("self-driven: %d held-out frames", len(test))
+
+    # Cross-driven: other audio, eye/pose tokens (and tracked cameras) of the held-out frames.
+    for name, drive in (drives or {}).items():
+        setting = f"drive:{name}"
+        cond = drive_conditions(conditions, drive.audio_features, test)
+        n = len(cond)
+        if drive_camera == "tracked":
+            cams = cameras[ping_pong(test, n)]
+        else:
+            cams = fixed_cameras(n, **geometry)
+        images = render_uint8(head, cond, cams, np.arange(n), batch_size)
+        lm = landmarks(images)
+        rows += sync_metrics(setting, images, drive.wav, drive.rate, backends)
+        rows += motion_metrics(setting, lm, size, drive.wav, drive.rate, fps, backends.landmark)
+        rows += identity_metrics(setting, images, backends, reference=reference_identity)
+        rows += fid_metric(setting, images, reference_features, backends)
+        log.info("%s: %d frames", setting, n)
+
+    # Novel views of the held-out frames.
+    for view in views:
+        parse_view(view)  # a clear error for a malformed name
+        yaw, pitch = parse_view(view)
+        cams = cameras.copy()
+        cams[test] = view_cameras(yaw, pitch, len(test), **geometry)
+        images = render_uint8(head, conditions, cams, test, batch_size)
+        setting = f"view:{view}"
+        rows += fid_metric(setting, images, reference_features, backends)
+        rows += identity_metrics(setting, images, backends, reference=reference_identity)
+    if views:
+        log.info("novel views: %d", len(views))
+    return pd.DataFrame([asdict(r) for r in rows], columns=list(COLUMNS))
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def write_metrics(table: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """metrics.parquet, atomically."""
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+
+
+def metrics_text(table: pd.DataFrame) -> str:
+    """The table as aligned plain text, one line per row; an unavailable row points to its reason,
+    listed once below the table."""
+    reasons: dict[str, int] = {}
+    lines = [f"{'setting':<16} {'metric':<24} {'value':>14} {'unit':<9} {'frames':>6}  backend"]
+    for r in table.itertuples(index=False):
+        if r.status == "ok":
+            value = f"{r.value:.4g}"
+        else:
+            value = f"unavailable [{reasons.setdefault(r.reason, len(reasons) + 1)}]"
+        lines.append(f"{r.setting:<16} {r.metric:<24} {value:>14} {r.unit:<9} {r.frames:>6}  {r.backend}")
+    lines += [f"[{n}] {reason}" for reason, n in reasons.items()]
+    return "\n".join(lines)
+
+
+def plot_view_metrics(table: pd.DataFrame, out_png: str | os.PathLike[str]) -> None:
+    """Heat maps of FID and IDSIM over the novel-view grid (yaw x pitch), one panel per metric/backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    views = table[table.setting.str.startswith("view:") & (table.status == "ok")].copy()
+    panels = sorted({(m, b) for m, b in zip(views.metric, views.backend, strict=True)})
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
+    if not panels:
+        axes[0, 0].text(0.5, 0.5, "no novel-view metric available", ha="center", va="center")
+        axes[0, 0].set_axis_off()
+    for ax, (metric, backend) in zip(axes[0], panels, strict=False):
+        sel = views[(views.metric == metric) & (views.backend == backend)]
+        angles = [parse_view(s.removeprefix("view:")) for s in sel.setting]
+        yaws = sorted({a[0] for a in angles})
+        pitches = sorted({a[1] for a in angles})
+        grid = np.full((len(pitches), len(yaws)), np.nan)
+        for (yaw, pitch), value in zip(angles, sel.value, strict=True):
+            grid[pitches.index(pitch), yaws.index(yaw)] = value
+        im = ax.imshow(grid, cmap="viridis_r" if metric == "fid" else "viridis", origin="lower")
+        ax.set_xticks(range(len(yaws)), [f"{y:g}" for y in yaws])
+        ax.set_yticks(range(len(pitches)), [f"{p:g}" for p in pitches])
+        ax.set_xlabel("yaw (degrees)")
+        ax.set_ylabel("pitch (degrees)")
+        ax.set_title(f"{metric.upper()} ({backend})", fontsize=9)
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.3g}", ha="center", va="center", color="w", fontsize=8)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,69 @@
+# Stage 10, evaluate: the paper's metrics (self-driven, cross-driven, novel views) and the report pages.
+
+
+rule evaluate:
+    """Every metric of the paper, each with the backend that computed it or the reason it is unavailable."""
+    input:
+        model="results/{subject}/train/deltaplane.pt",
+        prior_frames="results/{subject}/prior/frames.parquet",
+        features="results/{subject}/features.parquet",
+        crops="results/{subject}/crops",
+        masks="results/{subject}/masks",
+        audio="results/{subject}/audio.wav",
+        drive_features=lambda wc: [
+            f"results/{wc.subject}/drive/{a}/features.parquet" for a in SUBJECTS[wc.subject].drive
+        ],
+        drive_audio=lambda wc: [f"results/{wc.subject}/drive/{a}/audio.wav" for a in SUBJECTS[wc.subject].drive],
+    output:
+        metrics="results/{subject}/metrics.parquet",
+        views=report(
+            "results/{subject}/metrics_views.png",
+            caption="../report/metrics_views.rst",
+            category="Evaluation",
+            subcategory="{subject}",
+        ),
+    params:
+        evaluate=config["evaluate"],
+        render=config["render"],
+        camera=config["camera"],
+        fps=config["fps"],
+        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
+        code=core_hash("talk3d_core.evaluate"),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    log:
+        "results/{subject}/logs/evaluate.log",
+    benchmark:
+        "results/{subject}/benchmarks/evaluate.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule video_page:
+    """One page with the subject's videos (embedded so they play in the report) and its metric table."""
+    input:
+        video="results/{subject}/video.mp4",
+        depth="results/{subject}/depth.mp4",
+        drive=lambda wc: [f"results/{wc.subject}/drive/{a}.mp4" for a in SUBJECTS[wc.subject].drive],
+        views=expand("results/{{subject}}/views/{view}.mp4", view=view_names()),
+        metrics="results/{subject}/metrics.parquet",
+    output:
+        report(
+            "results/{subject}/videos.html",
+            caption="../report/videos.rst",
+            category="Videos",
+            subcategory="{subject}",
+        ),
+    params:
+        code=core_hash("talk3d_core.report_page"),
+    log:
+        "results/{subject}/logs/video_page.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/video_page.py"

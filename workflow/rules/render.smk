@@ -1,0 +1,94 @@
+# Stage 9, render: videos of the trained model (self-driven, driven by other audio, novel views, depth).
+
+
+rule render_video:
+    """The held-out part of the clip re-rendered from its tracked cameras and audio, and its depth."""
+    input:
+        model="results/{subject}/train/deltaplane.pt",
+        prior_frames="results/{subject}/prior/frames.parquet",
+        features="results/{subject}/features.parquet",
+        audio="results/{subject}/audio.wav",
+        frames="results/{subject}/frames",
+        crop_table="results/{subject}/crop.parquet",
+    output:
+        video="results/{subject}/video.mp4",
+        depth="results/{subject}/depth.mp4",
+    params:
+        render=config["render"],
+        fps=config["fps"],
+        camera=config["camera"],
+        code=core_hash("talk3d_core.render"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    log:
+        "results/{subject}/logs/render_video.log",
+    benchmark:
+        "results/{subject}/benchmarks/render_video.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/render.py"
+
+
+rule render_drive:
+    """The subject driven by another audio file (tracked or frontal camera, see render.drive_camera)."""
+    input:
+        model="results/{subject}/train/deltaplane.pt",
+        prior_frames="results/{subject}/prior/frames.parquet",
+        features="results/{subject}/features.parquet",
+        drive_features="results/{subject}/drive/{audio}/features.parquet",
+        audio="results/{subject}/drive/{audio}/audio.wav",
+        frames="results/{subject}/frames",
+        crop_table="results/{subject}/crop.parquet",
+    output:
+        video="results/{subject}/drive/{audio}.mp4",
+    params:
+        render=config["render"],
+        fps=config["fps"],
+        camera=config["camera"],
+        code=core_hash("talk3d_core.render"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    log:
+        "results/{subject}/logs/render_drive_{audio}.log",
+    benchmark:
+        "results/{subject}/benchmarks/render_drive_{audio}.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/render.py"
+
+
+rule render_view:
+    """The held-out part of the clip seen from a novel view, yaw_pitch in degrees (e.g. views/-30_20.mp4)."""
+    input:
+        model="results/{subject}/train/deltaplane.pt",
+        prior_frames="results/{subject}/prior/frames.parquet",
+        features="results/{subject}/features.parquet",
+        audio="results/{subject}/audio.wav",
+    output:
+        video="results/{subject}/views/{view}.mp4",
+    params:
+        render=config["render"],
+        fps=config["fps"],
+        camera=config["camera"],
+        code=core_hash("talk3d_core.render"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    log:
+        "results/{subject}/logs/render_view_{view}.log",
+    benchmark:
+        "results/{subject}/benchmarks/render_view_{view}.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/render.py"
