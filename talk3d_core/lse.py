@@ -71,7 +71,7 @@ from torch import nn
 from talk3d_core.crop import TEMPLATE_EYE_DISTANCE, TEMPLATE_EYE_HEIGHT
 from talk3d_core.mouth import correlation
 from talk3d_core.perceptual import DEFAULT_WEIGHTS_DIR
-from talk3d_core.weights import state_dict_problems
+from talk3d_core.weights import read_state_dict, state_dict_problems
 
 #: Video frame rate SyncNet was trained at (frames per second).
 SYNCNET_FPS = 25
@@ -214,18 +214,9 @@ def load_syncnet_v2(
     ``num_batches_tracked`` counters may be absent (files saved before PyTorch 0.4.1 have none, and
     eval mode never reads them). A missing file raises :class:`FileNotFoundError`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SyncNet v2 weights not found: {path}; {_WEIGHTS_SOURCE}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types; all mean "not a usable file"
-        raise ValueError(f"{path}: cannot read as a torch checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
-            f"{path}: expected a state dict of tensors (syncnet_python's syncnet_v2.model layout)"
-        )
-
+    state = read_state_dict(
+        path, what="SyncNet v2 (syncnet_python's syncnet_v2.model)", source=_WEIGHTS_SOURCE
+    )
     model = SyncNetV2()
     expected = model.state_dict()
     counters = [k for k in expected if k.endswith(".num_batches_tracked")]

@@ -34,6 +34,7 @@ from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
 from talk3d_core.head_proxy import RIGID_POINTS, HeadProxy, project_points
 from talk3d_core.image_metrics import psnr, ssim
 from talk3d_core.io import atomic_path
+from talk3d_core.pictures import depth_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -506,8 +507,6 @@ def prior_sheet(
         if proxy is not None:
             view["landmark_depth_mm"] = _landmark_depth_error(out["image_depth"][i], cams[i].cpu(), proxy, y)
         views.append(view)
-    from talk3d_core.render import depth_to_uint8  # the render stage imports this module
-
     rgb = list(to_uint8(out["image"]))
     depth = F.interpolate(out["image_depth"], size=out["image"].shape[-2:], mode="nearest")
     near, far = float(depth.min()), float(depth.max())

@@ -46,6 +46,7 @@ from talk3d_core.crop import paste_back, read_crop_table
 from talk3d_core.io import atomic_path, list_frames, read_rgb
 from talk3d_core.masks import LABELS, read_mask
 from talk3d_core.media import MediaError, ffmpeg_exe, file_url, probe, run_ffmpeg
+from talk3d_core.pictures import depth_to_uint8
 from talk3d_core.prior import to_uint8
 from talk3d_core.train import FrameConditions, TalkingHead
 
@@ -57,7 +58,6 @@ PAPER_PITCHES = (-20, -10, 10, 20)
 MAX_VIEW_YAW = 90.0  # beyond it the camera sees the back of a head it never saw
 MAX_VIEW_PITCH = 89.0  # look_at_cam2world's limit (the camera's up vector degenerates at the poles)
 
-DEPTH_COLORMAPS = ("grey", "turbo")
 _STDERR_TAIL_LINES = 8
 
 
@@ -558,38 +558,6 @@ class PasteBack:
 
 
 # ------------------------------------------------------------------------------------------- depth
-
-
-def depth_to_uint8(
-    depth: np.ndarray | Tensor,
-    near: float,
-    far: float,
-    *,
-    opacity: np.ndarray | Tensor | None = None,
-    colormap: str = "grey",
-) -> np.ndarray:
-    """Depth maps (..., 1, H, W) or (..., H, W) in world units -> (..., H, W, 3) uint8 pictures over
-    [near, far]: near bright, far dark (``"grey"``), or near red, far blue (``"turbo"``). ``opacity``
-    (same shape as ``depth``, 0..1: the render's accumulated weights) fades empty space to black."""
-    if colormap not in DEPTH_COLORMAPS:
-        raise ValueError(f"depth colormap must be one of {DEPTH_COLORMAPS}, got {colormap!r}")
-    if not far > near:
-        raise ValueError(f"depth range needs far > near, got near={near}, far={far}")
-    d = np.asarray(depth.detach().cpu() if isinstance(depth, Tensor) else depth, dtype=np.float32)
-    if d.ndim >= 3 and d.shape[-3] == 1:
-        d = d[..., 0, :, :]
-    value = np.clip((far - d) / (far - near), 0.0, 1.0)
-    grey = np.round(value * 255).astype(np.uint8)
-    if colormap == "grey":
-        rgb = np.repeat(grey[..., None], 3, axis=-1)
-    else:
-        flat = grey.reshape(-1, grey.shape[-1])
-        rgb = cv2.applyColorMap(flat, cv2.COLORMAP_TURBO)[..., ::-1].reshape(*grey.shape, 3)
-    if opacity is not None:
-        alpha = np.asarray(opacity.detach().cpu() if isinstance(opacity, Tensor) else opacity, np.float32)
-        alpha = np.clip(alpha.reshape(d.shape), 0.0, 1.0)[..., None]
-        rgb = np.round(rgb * alpha).astype(np.uint8)
-    return np.ascontiguousarray(rgb)
 
 
 def depth_range_of(depth: Tensor, opacity: Tensor, fallback: tuple[float, float]) -> tuple[float, float]:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from talk3d_core.perceptual import DEFAULT_WEIGHTS_DIR
-from talk3d_core.weights import state_dict_problems
+from talk3d_core.weights import read_state_dict, state_dict_problems
 
 SyncLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -297,23 +297,7 @@ def load_sync_expert(path: str | os.PathLike[str], device: str | torch.device = 
     ``syncnet.eval()`` (its expert normalises with batch statistics); here every window is scored on
     its own, so a loss value does not depend on what else is in the batch (Talk3D's batch is 2).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"lip-sync expert checkpoint not found: {path}; {_WEIGHTS_SOURCE}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types; all mean "not a usable file"
-        raise ValueError(f"{path}: cannot read as a torch checkpoint ({type(exc).__name__}: {exc})") from exc
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
-        state = checkpoint["state_dict"]
-    else:
-        state = checkpoint
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
-            f"{path}: expected a dict with a 'state_dict' of tensors (Wav2Lip's checkpoint layout)"
-        )
-    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
-
+    state = read_state_dict(path, what="Wav2Lip SyncNet_color lip-sync expert", source=_WEIGHTS_SOURCE)
     model = SyncNetColor()
     problems = state_dict_problems(state, model.state_dict())
     if problems:

@@ -608,3 +608,25 @@ def state_dict_problems(
     if wrong:
         problems.append(f"{len(wrong)} shape mismatch(es): {first(wrong)}")
     return problems
+
+
+def read_state_dict(path: str | os.PathLike[str], *, what: str, source: str) -> dict[str, Any]:
+    """The tensors of a PyTorch checkpoint, read safely (``torch.load(weights_only=True)``).
+
+    Accepts a bare state dict or a dict whose ``"state_dict"`` holds one, with keys optionally prefixed
+    ``module.`` (a DataParallel save). ``what`` names the network in errors, ``source`` says where users
+    get the file. Raises FileNotFoundError (missing file, with ``source``) or ValueError naming ``path``.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} weights not found: {path}; {source}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types; all mean "not a usable file"
+        raise ValueError(f"{path}: cannot read as a torch checkpoint ({type(exc).__name__}: {exc})") from exc
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors ({what})")
+    return {k.removeprefix("module."): v for k, v in state.items()}

@@ -165,3 +165,19 @@ def talking_face(tmp_path_factory) -> TalkingFace:
     )
     track = detect_landmarks(root / "frames", what="synthetic talking face")
     return TalkingFace(root, truth, root / "frames", root / "audio.wav", track)
+
+
+def write_arcface_manifest(folder: Path, dest: str) -> Path:
+    """A weights manifest with one ArcFace entry (a placeholder URL and checksum) installed at ``dest``."""
+    from talk3d_core.perceptual import ARCFACE_WEIGHTS
+
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(
+        "weights:\n"
+        f"  - name: {ARCFACE_WEIGHTS}\n"
+        "    url: https://example.org/arcface.pth\n"
+        f'    sha256: "{"0" * 64}"\n'
+        "    license: test entry\n"
+        f"    dest: {dest}\n"
+    )
+    return manifest

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_arcface_manifest
 
 from talk3d_core.identity import (
     BACKENDS,
@@ -165,15 +166,7 @@ def test_arcface_without_weights_says_why(tmp_path: Path):
     embedder, reason = identity_embedder("arcface")  # the repository's manifest has no ArcFace entry
     assert embedder is None and f"no weights entry named {ARCFACE_WEIGHTS!r}" in reason
 
-    manifest = tmp_path / "manifest.yaml"
-    manifest.write_text(
-        "weights:\n"
-        f"  - name: {ARCFACE_WEIGHTS}\n"
-        "    url: https://example.org/arcface.pth\n"
-        f'    sha256: "{"0" * 64}"\n'
-        "    license: test entry\n"
-        "    dest: arcface/model_ir_se50.pth\n"
-    )
+    manifest = write_arcface_manifest(tmp_path, "arcface/model_ir_se50.pth")
     embedder, reason = identity_embedder("arcface", weights_dir=tmp_path / "weights", manifest=manifest)
     assert embedder is None
     assert str(Path("weights") / "arcface" / "model_ir_se50.pth") in reason and "snakemake" in reason

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_arcface_manifest
 
 from talk3d_core.perceptual import (
     _LPIPS_SLICES,
@@ -69,15 +70,7 @@ def test_identity_loss_without_manifest_entry_or_package_says_why(monkeypatch: p
 
 
 def test_identity_loss_names_the_command_that_fetches_missing_weights(tmp_path: Path):
-    manifest = tmp_path / "manifest.yaml"
-    manifest.write_text(
-        "weights:\n"
-        f"  - name: {ARCFACE_WEIGHTS}\n"
-        "    url: https://example.org/arcface.pth\n"
-        f'    sha256: "{"0" * 64}"\n'
-        "    license: test entry\n"
-        "    dest: arcface/arcface.pth\n"
-    )
+    manifest = write_arcface_manifest(tmp_path, "arcface/arcface.pth")
     loss, reason = identity_loss("cpu", weights_dir=tmp_path / "weights", manifest=manifest)
 
     assert loss is None

@@ -16,11 +16,11 @@ from talk3d_core.crop import CropTable, read_crop_table, write_crop_table
 from talk3d_core.deltaplane import DeltaplaneConfig
 from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
 from talk3d_core.media import MediaError, ffmpeg_exe, probe, write_wav
+from talk3d_core.pictures import depth_to_uint8
 from talk3d_core.render import (
     PasteBack,
     VideoWriter,
     camera_path,
-    depth_to_uint8,
     drive_conditions,
     fixed_cameras,
     paper_views,
