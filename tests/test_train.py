@@ -16,12 +16,14 @@ from talk3d_core.prior import SubjectData
 from talk3d_core.train import (
     FrameConditions,
     LossModels,
+    TalkingHead,
     TrainConfig,
     deltaplane_losses,
     learning_rate,
     load_talking_head,
     mouth_boxes,
     train_deltaplane,
+    zoom_cameras,
 )
 
 NET = DeltaplaneConfig.cpu(
@@ -237,3 +239,39 @@ def test_lip_sync_expert_term_joins_after_the_warm_up(tmp_path):
     log = _log(tmp_path / "run")
     assert ["sync" in r for r in log] == [False, False, True, True]
     assert all(np.isfinite(r["sync"]) and r["sync"] > 0 for r in log[2:])
+
+
+def test_zoom_cameras_render_the_box_of_the_full_view():
+    generator, planes, w = tiny_prior()
+    head = TalkingHead(generator, planes, w, NET, audio_dim=4, audio_window=2).eval()
+    cams = eg3d_camera(
+        np.array([0.0, 10.0]), np.zeros(2), np.zeros(2), radius=2.7, pivot=(0, 0.05, 0.2), focal=3.6
+    )
+    cams = torch.tensor(cams, dtype=torch.float32)
+    whole = torch.tensor([[0.0, 0.0, 1.0]] * 2)
+    assert torch.equal(zoom_cameras(cams, whole), cams)  # the whole image: the same camera
+    with torch.no_grad():
+        full = head.render_raw(head.identity_planes.expand(2, -1, -1, -1, -1), cams, 16, jitter=False)
+        # The lower-right quarter seen at 8 rays a side is that quarter of the 16-ray image.
+        quarter = zoom_cameras(cams, torch.tensor([[0.5, 0.5, 0.5]] * 2))
+        zoomed = head.render_raw(head.identity_planes.expand(2, -1, -1, -1, -1), quarter, 8, jitter=False)
+    torch.testing.assert_close(zoomed, full[:, :, 8:, 8:], atol=1e-4, rtol=1e-4)
+
+
+def test_zoomed_mouth_loss_trains(tmp_path):
+    data, conditions = talking_disc()
+    # The disc's mouth box, resampled from the crops themselves (the real stage reads full-size crops).
+    boxes = torch.tensor(
+        [[t / 32, x / 32, s / 32] for t, x, s in mouth_boxes(data.mouth)], dtype=torch.float32
+    )
+    patches = [
+        torch.nn.functional.interpolate(c[None, :, t : t + s, x : x + s].float(), size=8, mode="area")
+        for c, (t, x, s) in zip(data.crops, mouth_boxes(data.mouth), strict=True)
+    ]
+    data.mouth_patch, data.mouth_box = torch.cat(patches).round().byte(), boxes
+    cfg = TrainConfig(steps=6, sr_steps=0, weight_mouth_zoom=16.0, mouth_zoom=8, **NO_EXTRAS)
+    train_deltaplane(data, conditions, tiny_prior(), tmp_path, net_config=NET, train_config=cfg)
+    assert all("mouth_zoom" in r and np.isfinite(r["mouth_zoom"]) for r in _log(tmp_path))
+    with pytest.raises(ValueError, match="mouth patches of 16 px"):
+        bad = TrainConfig(steps=1, sr_steps=0, weight_mouth_zoom=1.0, mouth_zoom=16, **NO_EXTRAS)
+        train_deltaplane(data, conditions, tiny_prior(), tmp_path / "b", net_config=NET, train_config=bad)
