@@ -469,7 +469,10 @@ class PasteBack:
     ``crop_size`` crops (crop.parquet); masks: optional N label images (``masks/``) of those crops,
     of which the ``labels`` regions are pasted (default: all but the background); None pastes the
     whole crop square. feather_px: seam width in ``crop_size`` crop pixels (None: paste_back's
-    default). Entry i is used for clip frame i; :meth:`select` re-indexes (e.g. by :func:`ping_pong`).
+    default). use_opacity: paste only where the render is opaque (its accumulated ray weights), for
+    models trained with the background painted black, whose crops are the person on black: without it
+    the black square would be pasted too. Entry i is used for clip frame i; :meth:`select` re-indexes
+    (e.g. by :func:`ping_pong`).
     """
 
     frames: tuple[Path, ...]
@@ -478,6 +481,7 @@ class PasteBack:
     masks: tuple[Path, ...] | None = None
     labels: tuple[int, ...] = tuple(v for k, v in LABELS.items() if k != "background")
     feather_px: float | None = None
+    use_opacity: bool = False
 
     def __post_init__(self) -> None:
         affines = np.asarray(self.affines, dtype=np.float64)
@@ -536,9 +540,10 @@ class PasteBack:
             masks=None if self.masks is None else tuple(self.masks[i] for i in idx),
         )
 
-    def composite(self, index: int, render: np.ndarray) -> np.ndarray:
+    def composite(self, index: int, render: np.ndarray, opacity: np.ndarray | None = None) -> np.ndarray:
         """Clip frame ``index``'s full source frame (H, W, 3) uint8 with ``render`` (R, R, 3) uint8
-        (the crop at any side R) blended in over its crop region (mask, feathered seam)."""
+        (the crop at any side R) blended in over its crop region (mask, feathered seam). ``opacity``:
+        the render's (h, h) opacity 0..1 at any resolution, used as its region when ``use_opacity``."""
         side = render.shape[0]
         frame = read_rgb(self.frames[index])
         affine = scale_affine(self.affines[index], self.crop_size, side)
@@ -553,6 +558,11 @@ class PasteBack:
             mask = np.isin(labels, self.labels).astype(np.float32)
             if side != self.crop_size:
                 mask = cv2.resize(mask, (side, side), interpolation=cv2.INTER_LINEAR)
+        if self.use_opacity:
+            if opacity is None:
+                raise ValueError("PasteBack(use_opacity=True).composite needs the render's opacity")
+            alpha = cv2.resize(np.asarray(opacity, np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+            mask = np.clip(alpha, 0.0, 1.0) if mask is None else mask * np.clip(alpha, 0.0, 1.0)
         feather = None if self.feather_px is None else self.feather_px * side / self.crop_size
         return paste_back(render, frame, affine, mask, feather)
 
@@ -705,9 +715,10 @@ def render_video(
                 break
             chunk, out = batch
             images = to_uint8(out["image"])
+            opacity = out["weights_sum"][:, 0].numpy()
             for j, i in enumerate(chunk):
                 crop = resize_square(images[j], side)
-                video.write(crop if paste is None else paste.composite(int(i), crop))
+                video.write(crop if paste is None else paste.composite(int(i), crop, opacity[j]))
             if depth_video is not None:
                 if depth_range is None:
                     depth_range = depth_range_of(

@@ -344,6 +344,15 @@ def test_paste_back_composite_keeps_the_frame_outside_the_crop(tmp_path):
     masked = PasteBack.from_files(frames_dir, crop_parquet, masks_dir, feather_px=0).composite(1, white)
     np.testing.assert_array_equal(masked[outside], frame[outside])
     assert (masked[22:38, 22:38] > 250).all() and np.array_equal(masked[12:18, 12:48], frame[12:18, 12:48])
+    # A model drawn on black: only where the render is opaque is pasted (here its centre quarter).
+    by_opacity = PasteBack.from_files(frames_dir, crop_parquet, feather_px=0, use_opacity=True)
+    opacity = np.zeros((8, 8), np.float32)
+    opacity[2:6, 2:6] = 1.0
+    centre = by_opacity.composite(1, white, opacity)
+    np.testing.assert_array_equal(centre[outside], frame[outside])
+    assert (centre[25:35, 25:35] > 250).all() and np.array_equal(centre[10:16, 10:50], frame[10:16, 10:50])
+    with pytest.raises(ValueError, match="needs the render's opacity"):
+        by_opacity.composite(1, white)
     picked = square.select([2, 0, 0, 1])
     assert len(picked) == 4 and picked.frames[0].name == "000002.png"
     table = read_crop_table(crop_parquet)

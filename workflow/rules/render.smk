@@ -17,6 +17,7 @@ rule render_video:
         render=config["render"],
         fps=config["fps"],
         camera=config["camera"],
+        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
         code=core_hash("talk3d_core.render"),
     threads: 2
     resources:
@@ -49,6 +50,7 @@ rule render_drive:
         render=config["render"],
         fps=config["fps"],
         camera=config["camera"],
+        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
         code=core_hash("talk3d_core.render"),
     threads: 2
     resources:
@@ -78,6 +80,7 @@ rule render_view:
         render=config["render"],
         fps=config["fps"],
         camera=config["camera"],
+        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
         code=core_hash("talk3d_core.render"),
     threads: 2
     resources:

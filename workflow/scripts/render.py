@@ -11,7 +11,10 @@ with log_to(snakemake.log[0]) as log:
     clip = SubjectClip.from_files(inp.features, inp.prior_frames)
     paste = None
     if opts["paste_back"] and "frames" in inp.keys():
-        paste = PasteBack.from_files(inp.frames, inp.crop_table, feather_px=opts["feather_px"])
+        paste = PasteBack.from_files(
+            inp.frames, inp.crop_table, feather_px=opts["feather_px"],
+            use_opacity=snakemake.params.background == "black",  # the model draws the person on black
+        )  # fmt: skip
     drive = read_features(inp.drive_features, kind="drive").audio if "drive_features" in inp.keys() else None
     summary = render_target(
         head, clip, out.video, camera=snakemake.params.camera, view=snakemake.wildcards.get("view"),
