@@ -349,6 +349,7 @@ def evaluate_subject(
     drive_camera: str = "tracked",
     fps: float = 25.0,
     fid_reference_frames: int = 500,
+    max_drive_frames: int = 1500,
     batch_size: int = 8,
 ) -> pd.DataFrame:
     """All metrics of one subject as a table with :data:`COLUMNS` (one row per setting x metric x backend).
@@ -357,7 +358,8 @@ def evaluate_subject(
     (samples,) float mono at ``rate`` Hz, the clip's audio; drives: driving audio by name; views: view
     names "{yaw}_{pitch}"; camera: the camera stage's settings (focal, radius, pivot) for the frontal
     and novel-view cameras; drive_camera: "tracked" (held-out cameras played forward and back) or
-    "fixed" (frontal).
+    "fixed" (frontal). A driving clip is scored on its first ``max_drive_frames`` frames (the renders
+    are held in memory for SyncNet; the rows' ``frames`` say how many were used).
     """
     test = np.flatnonzero(~data.train)
     if len(test) < 2:
@@ -406,15 +408,16 @@ def evaluate_subject(
     for name, drive in (drives or {}).items():
         setting = f"drive:{name}"
         cond = drive_conditions(conditions, drive.audio_features, test)
-        n = len(cond)
+        n = min(len(cond), max_drive_frames)
         if drive_camera == "tracked":
-            cams = cameras[ping_pong(test, n)]
+            cams = cameras[ping_pong(test, len(cond))]
         else:
-            cams = fixed_cameras(n, **geometry)
+            cams = fixed_cameras(len(cond), **geometry)
         images = render_uint8(head, cond, cams, np.arange(n), batch_size)
         lm = landmarks(images)
-        rows += sync_metrics(setting, images, drive.wav, drive.rate, backends)
-        rows += motion_metrics(setting, lm, size, drive.wav, drive.rate, fps, backends.landmark)
+        wav = _segment(drive.wav, drive.rate, 0, n, fps)
+        rows += sync_metrics(setting, images, wav, drive.rate, backends)
+        rows += motion_metrics(setting, lm, size, wav, drive.rate, fps, backends.landmark)
         rows += identity_metrics(setting, images, backends, reference=reference_identity)
         rows += fid_metric(setting, images, reference_features, backends)
         log.info("%s: %d frames", setting, n)

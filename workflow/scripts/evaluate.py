@@ -39,6 +39,7 @@ with log_to(snakemake.log[0]) as log:
         head, data, conditions, wav, rate, backends, drives=drives, views=views,
         camera=snakemake.params.camera, drive_camera=snakemake.params.render["drive_camera"],
         fps=snakemake.params.fps, fid_reference_frames=opts["fid_reference_frames"],
+        max_drive_frames=opts["max_drive_frames"],
         batch_size=opts["batch_size"],
     )  # fmt: skip
     log.info("metrics of %s:\n%s", snakemake.wildcards.subject, metrics_text(table))
