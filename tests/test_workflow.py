@@ -274,3 +274,11 @@ def test_clip_without_a_face_fails_clearly_and_keeps_ingest(project):
     assert "no face found in any of the 99 frames" in log  # the stage's own message, in its log
     assert (project / "results/scenery/meta.json").is_file()  # the finished ingest is kept
     assert not (project / "results/scenery/landmarks.parquet").exists()
+
+
+def test_unlisted_driving_audio_comes_from_the_drive_audio_folder(project):
+    (project / "resources/audio").mkdir(parents=True)
+    shutil.copy(project / "voice.mp3", project / "resources/audio/news.mp3")
+    run(project, ["results/clip/drive/news.mp4"], dryrun=True)  # planned from resources/audio/news.mp3
+    with pytest.raises(Exception, match="no driving audio 'absent'.*resources/audio/absent"):
+        run(project, ["results/clip/drive/absent.mp4"], dryrun=True)
