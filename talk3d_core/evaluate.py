@@ -36,14 +36,7 @@ from talk3d_core.image_metrics import psnr, ssim
 from talk3d_core.io import atomic_path
 from talk3d_core.mouth import REFERENCE_SIZE, landmarks_of_images, mouth_opening, mouth_scores
 from talk3d_core.prior import SubjectData, to_uint8, to_unit
-from talk3d_core.render import (
-    drive_conditions,
-    fixed_cameras,
-    parse_view,
-    ping_pong,
-    render_batches,
-    view_cameras,
-)
+from talk3d_core.render import SubjectClip, parse_view, render_batches
 from talk3d_core.train import FrameConditions, TalkingHead
 
 log = logging.getLogger(__name__)
@@ -365,8 +358,8 @@ def evaluate_subject(
     if len(test) < 2:
         raise ValueError(f"evaluation needs at least 2 held-out frames, the split has {len(test)}")
     size = data.crops.shape[-1]
-    geometry = {k: camera[k] for k in ("focal", "radius", "pivot")}
     cameras = data.cameras.numpy()
+    clip = SubjectClip(conditions, cameras, test)
     rows: list[Metric] = []
 
     def landmarks(images: np.ndarray) -> np.ndarray:
@@ -407,12 +400,8 @@ def evaluate_subject(
     # Cross-driven: other audio, eye/pose tokens (and tracked cameras) of the held-out frames.
     for name, drive in (drives or {}).items():
         setting = f"drive:{name}"
-        cond = drive_conditions(conditions, drive.audio_features, test)
+        cond, cams, _ = clip.drive(drive.audio_features, camera, drive_camera)
         n = min(len(cond), max_drive_frames)
-        if drive_camera == "tracked":
-            cams = cameras[ping_pong(test, len(cond))]
-        else:
-            cams = fixed_cameras(len(cond), **geometry)
         images = render_uint8(head, cond, cams, np.arange(n), batch_size)
         lm = landmarks(images)
         wav = _segment(drive.wav, drive.rate, 0, n, fps)
@@ -424,11 +413,7 @@ def evaluate_subject(
 
     # Novel views of the held-out frames.
     for view in views:
-        parse_view(view)  # a clear error for a malformed name
-        yaw, pitch = parse_view(view)
-        cams = cameras.copy()
-        cams[test] = view_cameras(yaw, pitch, len(test), **geometry)
-        images = render_uint8(head, conditions, cams, test, batch_size)
+        images = render_uint8(head, conditions, clip.view(view, camera), test, batch_size)
         setting = f"view:{view}"
         rows += fid_metric(setting, images, reference_features, backends)
         rows += identity_metrics(setting, images, backends, reference=reference_identity)

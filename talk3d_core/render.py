@@ -785,6 +785,28 @@ class SubjectClip:
             raise ValueError(f"{features_parquet}: no held-out (test) frames to render")
         return cls(FrameConditions.from_features(table), cameras, test)
 
+    def view(self, name: str, camera: dict[str, Any]) -> np.ndarray:
+        """Every frame's camera (N, 25), the held-out ones replaced by the novel view ``name``
+        ("{yaw}_{pitch}"); camera: the camera stage's settings (focal, radius, pivot)."""
+        cams = self.cameras.copy()
+        cams[self.test] = camera_path(name, len(self.test), **_geometry(camera))
+        return cams
+
+    def drive(
+        self, audio_features: np.ndarray, camera: dict[str, Any], drive_camera: str = "tracked"
+    ) -> tuple[FrameConditions, np.ndarray, np.ndarray]:
+        """A driving clip of M frames: its conditions (:func:`drive_conditions` over the held-out
+        frames), cameras (M, 25) ("tracked": the held-out frames' in :func:`ping_pong` order, "fixed":
+        frontal) and the source frame of each (M,), for paste-back."""
+        cond = drive_conditions(self.conditions, audio_features, self.test)
+        order = ping_pong(self.test, len(cond))
+        tracked = self.cameras[order] if drive_camera == "tracked" else None
+        return cond, camera_path(drive_camera, len(cond), tracked=tracked, **_geometry(camera)), order
+
+
+def _geometry(camera: dict[str, Any]) -> dict[str, Any]:
+    return {k: camera[k] for k in ("focal", "radius", "pivot")}
+
 
 def render_target(
     head: TalkingHead,
@@ -814,20 +836,15 @@ def render_target(
     camera: the camera stage's settings (focal, radius, pivot); ``options``: :func:`render_video`'s
     batch_size, output_size, crf, progress. Returns :func:`render_video`'s summary.
     """
-    geometry = {k: camera[k] for k in ("focal", "radius", "pivot")}
     if drive_audio_features is not None:
-        cond = drive_conditions(clip.conditions, drive_audio_features, clip.test)
-        order = ping_pong(clip.test, len(cond))
-        tracked = clip.cameras[order] if drive_camera == "tracked" else None
-        cams = camera_path(drive_camera, len(cond), tracked=tracked, **geometry)
+        cond, cams, order = clip.drive(drive_audio_features, camera, drive_camera)
         return render_video(
             head, cond, cams, out_mp4, audio=audio, paste=None if paste is None else paste.select(order),
             fps=fps, **options,
         )  # fmt: skip
     cams = clip.cameras
     if view is not None:
-        cams = cams.copy()
-        cams[clip.test] = camera_path(view, len(clip.test), **geometry)
+        cams = clip.view(view, camera)
         paste = depth_mp4 = None
     return render_video(
         head, clip.conditions, cams, out_mp4, frames=clip.test, audio=audio,

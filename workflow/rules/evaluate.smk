@@ -24,7 +24,8 @@ rule evaluate:
         ),
     params:
         evaluate=config["evaluate"],
-        render=config["render"],
+        drive_camera=config["render"]["drive_camera"],
+        views=view_names(),
         camera=config["camera"],
         fps=config["fps"],
         background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],

@@ -13,7 +13,6 @@ from talk3d_core.evaluate import (
 from talk3d_core.features import read_features, read_features_meta
 from talk3d_core.logs import log_to
 from talk3d_core.media import read_wav_float
-from talk3d_core.render import view_name
 from talk3d_core.train import load_talking_head, load_training_data
 
 with log_to(snakemake.log[0]) as log:
@@ -33,11 +32,9 @@ with log_to(snakemake.log[0]) as log:
         wav, rate = read_wav_float(audio)
         drives[Path(audio).parent.name] = DriveInput(read_features(features, kind="drive").audio, wav, rate)
     wav, rate = read_wav_float(inp.audio)
-    grid = snakemake.params.render["views"]
-    views = [view_name(yaw, pitch) for yaw in grid["yaw"] for pitch in grid["pitch"]]
     table = evaluate_subject(
-        head, data, conditions, wav, rate, backends, drives=drives, views=views,
-        camera=snakemake.params.camera, drive_camera=snakemake.params.render["drive_camera"],
+        head, data, conditions, wav, rate, backends, drives=drives, views=snakemake.params.views,
+        camera=snakemake.params.camera, drive_camera=snakemake.params.drive_camera,
         fps=snakemake.params.fps, fid_reference_frames=opts["fid_reference_frames"],
         max_drive_frames=opts["max_drive_frames"],
         batch_size=opts["batch_size"],
