@@ -9,6 +9,10 @@ Downloads stream into ``<dest>.part`` while hashing, resume with an HTTP Range r
 interruption, and are renamed onto ``dest`` only once the checksum matches. Archives (``extract``) are
 downloaded to ``<weights_dir>/.downloads/`` and unpacked into ``dest``; a hidden stamp file
 ``.<dest name>.sha256`` beside ``dest`` records which archive the unpacked tree came from.
+
+An entry whose publisher states no checksum has ``sha256: null``: its first download is installed
+with a warning naming the digest it had, which the same stamp file records, and later runs check
+the file against that record (trust on first use, until someone pins the digest in the manifest).
 """
 
 from __future__ import annotations
@@ -60,13 +64,14 @@ class WeightsError(RuntimeError):
 class WeightEntry:
     """One model file of the manifest (see workflow/schemas/weights_manifest.schema.yaml).
 
-    ``sha256`` is lower-case hex of the downloaded bytes (of the archive when ``extract`` is set);
+    ``sha256`` is lower-case hex of the downloaded bytes (of the archive when ``extract`` is set), or
+    None where the publisher states none (the first download's digest is recorded instead);
     ``dest`` is relative to the weights directory and names the installed file or unpacked tree.
     """
 
     name: str
     url: str
-    sha256: str
+    sha256: str | None
     license: str
     dest: str
     size_bytes: int | None = None
@@ -76,7 +81,8 @@ class WeightEntry:
 
     def __post_init__(self) -> None:
         # Hex digests compare in lower case everywhere, whoever built the entry.
-        object.__setattr__(self, "sha256", self.sha256.lower())
+        if self.sha256 is not None:
+            object.__setattr__(self, "sha256", self.sha256.lower())
 
     def path_in(self, weights_dir: str | os.PathLike[str]) -> Path:
         """Where this entry is installed under ``weights_dir``."""
@@ -302,20 +308,37 @@ def _stamp_path(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.sha256"
 
 
+def _recorded_sha256(dest: Path) -> str | None:
+    """The digest the stamp beside ``dest`` records (None without a stamp)."""
+    stamp = _stamp_path(dest)
+    return stamp.read_text().strip() if stamp.is_file() else None
+
+
 def _is_installed(entry: WeightEntry, dest: Path) -> bool:
-    """True when ``dest`` holds exactly what the manifest describes (hashing it if it is a file)."""
+    """True when ``dest`` holds exactly what the manifest describes (hashing it if it is a file).
+
+    Without a published checksum the expected digest is the one recorded at the first download; a
+    file placed by hand before any download is taken as it is, with a warning.
+    """
+    expected = entry.sha256 or _recorded_sha256(dest)
     if entry.extract is None:
         if not dest.is_file():
             return False
+        if expected is None:
+            logger.warning(
+                "%s: %s was placed by hand and the manifest has no checksum for it; using it unverified",
+                entry.name,
+                dest,
+            )
+            return True
         actual = sha256_file(dest)
-        if actual == entry.sha256:
+        if actual == expected:
             return True
         logger.warning(
-            "%s: %s has sha256 %s, expected %s; fetching it again", entry.name, dest, actual, entry.sha256
+            "%s: %s has sha256 %s, expected %s; fetching it again", entry.name, dest, actual, expected
         )
         return False
-    stamp = _stamp_path(dest)
-    return dest.exists() and stamp.is_file() and stamp.read_text().strip() == entry.sha256
+    return dest.exists() and expected is not None and _recorded_sha256(dest) == expected
 
 
 def fetch(
@@ -351,26 +374,36 @@ def fetch(
         download = weights_dir / ".downloads" / f"{entry.name}{_ARCHIVE_SUFFIX[entry.extract]}"
     download.parent.mkdir(parents=True, exist_ok=True)
 
-    if download.is_file() and entry.extract is not None and sha256_file(download) == entry.sha256:
+    if (
+        download.is_file()
+        and entry.extract is not None
+        and entry.sha256 is not None
+        and sha256_file(download) == entry.sha256
+    ):
         logger.info("%s: verified archive %s already downloaded", entry.name, download)
+        digest = entry.sha256
     else:
         part = download.with_name(download.name + ".part")
-        _download_verified(
+        digest = _download_verified(
             entry, part, retries=retries, timeout_s=timeout_s, progress=progress, backoff_s=backoff_s
         )
         os.replace(part, download)
 
     if entry.extract is not None:
-        _install_archive(entry, download, dest)
+        _install_archive(entry, download, dest, digest)
         download.unlink()
+    elif entry.sha256 is None:
+        with atomic_path(_stamp_path(dest)) as stamp_tmp:
+            stamp_tmp.write_text(digest + "\n")
     logger.info("%s: installed %s", entry.name, dest)
     return dest
 
 
 def _download_verified(
     entry: WeightEntry, part: Path, *, retries: int, timeout_s: float, progress: bool, backoff_s: float
-) -> None:
-    """Download into ``part`` (resuming it) with retries, then check size and checksum."""
+) -> str:
+    """Download into ``part`` (resuming it) with retries, then check size and checksum; return the
+    sha256 (an entry without a published checksum is checked for its size only, and warned about)."""
     if entry.size_bytes is not None and part.is_file() and part.stat().st_size > entry.size_bytes:
         logger.info(
             "%s: %s is larger than the expected %d bytes; restarting", entry.name, part, entry.size_bytes
@@ -387,15 +420,28 @@ def _download_verified(
         )
 
     size = part.stat().st_size
-    if digest != entry.sha256 or (entry.size_bytes is not None and size != entry.size_bytes):
+    mismatch = entry.sha256 is not None and digest != entry.sha256
+    if mismatch or (entry.size_bytes is not None and size != entry.size_bytes):
         part.unlink()
-        expected_size = f", {entry.size_bytes} bytes" if entry.size_bytes is not None else ""
+        expected = [f"sha256 {entry.sha256}"] if entry.sha256 is not None else []
+        expected += [f"{entry.size_bytes} bytes"] if entry.size_bytes is not None else []
         raise WeightsError(
-            f"{entry.name}: checksum mismatch for {entry.url}: "
-            f"expected sha256 {entry.sha256}{expected_size}, got sha256 {digest}, {size} bytes; "
+            f"{entry.name}: {'checksum' if mismatch else 'size'} mismatch for {entry.url}: "
+            f"expected {', '.join(expected)}, got sha256 {digest}, {size} bytes; "
             "the download was deleted (is the URL or the manifest's sha256 out of date?)"
         )
-    logger.info("%s: sha256 verified (%d bytes)", entry.name, size)
+    if entry.sha256 is None:
+        logger.warning(
+            "%s: the publisher states no checksum for %s; this download (%d bytes) has sha256 %s, recorded"
+            " beside the file and checked on later runs; pin it in the manifest once confirmed",
+            entry.name,
+            entry.url,
+            size,
+            digest,
+        )
+    else:
+        logger.info("%s: sha256 verified (%d bytes)", entry.name, size)
+    return digest
 
 
 def _download_with_retries(
@@ -529,8 +575,9 @@ def _content_range_start(headers: Any) -> int | None:
 # ------------------------------------------------------------------------------------------ archives
 
 
-def _install_archive(entry: WeightEntry, archive: Path, dest: Path) -> None:
-    """Unpack ``archive`` beside ``dest``, then move it onto ``dest`` and write the stamp.
+def _install_archive(entry: WeightEntry, archive: Path, dest: Path, digest: str) -> None:
+    """Unpack ``archive`` (whose sha256 is ``digest``) beside ``dest``, then move it onto ``dest`` and
+    write the stamp.
 
     Lone entries are descended into: an archive holding one file (at any depth) installs that file as
     ``dest``; one holding a single top-level folder installs that folder's contents.
@@ -550,7 +597,7 @@ def _install_archive(entry: WeightEntry, archive: Path, dest: Path) -> None:
             dest.unlink()
         os.replace(node, dest)
         with atomic_path(_stamp_path(dest)) as stamp_tmp:
-            stamp_tmp.write_text(entry.sha256 + "\n")
+            stamp_tmp.write_text(digest + "\n")
         logger.info("%s: unpacked %s archive into %s", entry.name, entry.extract, dest)
     finally:
         if tmp.exists():

@@ -6,6 +6,7 @@ import bz2
 import hashlib
 import http.server
 import io
+import logging
 import tarfile
 import threading
 import zipfile
@@ -161,6 +162,42 @@ def test_present_file_with_wrong_checksum_is_replaced(tmp_path: Path, server: _S
     fetch(_entry(f"{server.base_url}/m.bin"), tmp_path, progress=False)
     assert dest.read_bytes() == PAYLOAD
     assert len(server.requests) == 1
+
+
+def test_unpublished_checksum_is_recorded_at_first_download_and_checked_after(
+    tmp_path: Path, server: _Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.files["/m.bin"] = PAYLOAD
+    entry = _entry(f"{server.base_url}/m.bin", sha256=None)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="talk3d_core.weights"):
+        out = fetch(entry, tmp_path, progress=False)
+    assert out.read_bytes() == PAYLOAD
+    assert PAYLOAD_SHA in caplog.text and "no checksum" in caplog.text
+    stamp = tmp_path / "toy" / ".model.bin.sha256"
+    assert stamp.read_text().strip() == PAYLOAD_SHA
+    # Installed and matching its record: nothing is downloaded again.
+    assert fetch(entry, tmp_path, progress=False) == out
+    assert len(server.requests) == 1
+    # Changed since it was recorded: fetched again.
+    out.write_bytes(b"tampered")
+    fetch(entry, tmp_path, progress=False)
+    assert out.read_bytes() == PAYLOAD and len(server.requests) == 2
+
+
+def test_unpublished_checksum_still_checks_the_size(tmp_path: Path, server: _Server) -> None:
+    server.files["/m.bin"] = PAYLOAD
+    entry = _entry(f"{server.base_url}/m.bin", sha256=None, size_bytes=len(PAYLOAD) + 1)  # type: ignore[arg-type]
+    with pytest.raises(WeightsError, match=f"size mismatch .*expected {len(PAYLOAD) + 1} bytes"):
+        fetch(entry, tmp_path, progress=False, retries=0)
+    assert not (tmp_path / "toy" / "model.bin").exists()
+
+
+def test_unpublished_checksum_file_placed_by_hand_is_used(tmp_path: Path, server: _Server) -> None:
+    dest = tmp_path / "toy" / "model.bin"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"from NGC by hand")
+    assert fetch(_entry(f"{server.base_url}/nowhere", sha256=None), tmp_path, progress=False) == dest  # type: ignore[arg-type]
+    assert server.requests == [] and dest.read_bytes() == b"from NGC by hand"
 
 
 def test_resume_with_range_fetches_only_the_remainder(tmp_path: Path, server: _Server) -> None:

@@ -176,6 +176,14 @@ def test_pretrained_mode_personalizes_an_eg3d_pickle(project):
     with pytest.raises(Exception, match=r"prior\.checkpoint: eg3d\.pkl does not exist"):
         run(project, ["results/clip/prior/P_id.pt"], config={"prior": settings})
     assert not (project / "results").exists()
+    # The NGC pickle of the manifest (config/paper.yaml's prior) is planned: the weights rule fetches it.
+    ngc = {"mode": "pretrained", "checkpoint": "resources/weights/eg3d/ffhqrebalanced512-128.pkl"}
+    run(
+        project,
+        ["results/clip/prior/P_id.pt"],
+        config={"prior": ngc | {"plane_axes": "original"}},
+        dryrun=True,
+    )
     write_snapshot(project / "eg3d.pkl", random_generator())
     tiny = {"n_pivots": 2, "pivot_steps": 2, "tune_steps": 2, "frame_steps": 1, "frame_batch_size": 40}
     run(project, ["results/clip/prior/P_id.pt"], config={"prior": settings | {"pretrained": tiny}})
