@@ -125,19 +125,54 @@ def test_zero_at_init_and_nonzero_after_one_step():
     assert torch.count_nonzero(net(planes, cond)) > 0
 
 
+@pytest.mark.parametrize("decoder_conditioning", [False, True])
 @pytest.mark.parametrize("conditioning", ["attention", "affine"])
-def test_gradient_reaches_every_token_encoder(conditioning):
-    config = DeltaplaneConfig.cpu(**TINY, conditioning=conditioning)
+def test_gradient_reaches_every_token_encoder(conditioning, decoder_conditioning):
+    config = DeltaplaneConfig.cpu(
+        **TINY, conditioning=conditioning, decoder_conditioning=decoder_conditioning
+    )
     net = make_net(config)
     perturb(net)
     out = net(torch.randn(TINY_PLANES), make_cond(2, config))
     out.square().mean().backward()
+    if decoder_conditioning:
+        for level, module in enumerate(net.decoder_conditioning):
+            for pname, p in module.named_parameters():
+                assert p.grad is not None and torch.count_nonzero(p.grad) > 0, f"decoder {level}: {pname}"
+    else:
+        assert net.decoder_conditioning is None
     for name in TOKEN_NAMES:
         encoder = getattr(net.tokens, name)
         params = [encoder] if isinstance(encoder, torch.nn.Parameter) else list(encoder.named_parameters())
         for param in params:
             pname, p = param if isinstance(param, tuple) else (name, param)
             assert p.grad is not None and torch.count_nonzero(p.grad) > 0, f"no gradient to {name}.{pname}"
+
+
+@pytest.mark.parametrize("conditioning", ["attention", "affine"])
+def test_decoder_conditioning_carries_the_tokens_past_the_bottleneck(conditioning):
+    """With the bottleneck's token path cut, the audio still changes dP through the decoder levels
+    (and only through them: without decoder_conditioning it no longer does)."""
+    changes = {}
+    for decoder_conditioning in (False, True):
+        config = DeltaplaneConfig.cpu(
+            **TINY, conditioning=conditioning, decoder_conditioning=decoder_conditioning
+        )
+        net = make_net(config).eval()
+        perturb(net)
+        with torch.no_grad():
+            for block in net.blocks:  # cut the bottleneck's conditioning
+                if conditioning == "attention":
+                    block.cross_attention.to_out.weight.zero_()
+                    block.cross_attention.to_out.bias.zero_()
+                else:
+                    block.affine.mlp[-1].weight.zero_()
+                    block.affine.mlp[-1].bias.zero_()
+            planes, cond = torch.randn(TINY_PLANES), make_cond(2, config)
+            other = cond | {"audio": torch.randn_like(cond["audio"])}
+            changes[decoder_conditioning] = (net(planes, cond) - net(planes, other)).abs().max().item()
+    assert changes[False] == 0.0
+    assert changes[True] > 1e-4
 
 
 def test_drop_audio_changes_output_and_needs_no_audio():
@@ -280,6 +315,7 @@ def test_cell_coordinates_and_encoding():
         ({"heads": 0}, "heads"),
         ({"attention_blocks": 0}, "attention_blocks"),
         ({"eye_noise": -0.1}, "eye_noise"),
+        ({"decoder_conditioning": "yes"}, "decoder_conditioning"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -291,6 +327,9 @@ def test_config_presets_and_from_dict():
     paper = DeltaplaneConfig.paper()
     assert paper.widths == (32, 64, 128, 256) and paper.heads == 4 and paper.head_dim == 64
     assert DeltaplaneConfig.cpu().widths == (16, 32, 64, 128)
+    # The paper conditions the bottleneck alone; the CPU preset conditions the decoder levels too.
+    assert not paper.decoder_conditioning and DeltaplaneConfig.cpu().decoder_conditioning
+    assert not DeltaplaneConfig.from_dict({"widths": [8, 16]}).decoder_conditioning  # older checkpoints
     config = DeltaplaneConfig.from_dict({"widths": [8, 16], "tokens": ["audio", "null"]})
     assert config.widths == (8, 16) and config.tokens == ("audio", "null")
     assert DeltaplaneConfig.from_dict(dataclasses.asdict(paper)) == paper

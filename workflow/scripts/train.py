@@ -20,13 +20,15 @@ with log_to(snakemake.log[0]) as log:
         prior[0].config.image_resolution, background=snakemake.params.background,
     )  # fmt: skip
     net_config = getattr(DeltaplaneConfig, opts["net"])(
-        tokens=tuple(opts["tokens"]), conditioning=opts["conditioning"], audio_frames=opts["audio_frames"]
-    )
+        tokens=tuple(opts["tokens"]), conditioning=opts["conditioning"], audio_frames=opts["audio_frames"],
+        decoder_conditioning=opts["decoder_conditioning"],
+    )  # fmt: skip
     train_config = TrainConfig(**{f.name: opts[f.name] for f in dataclasses.fields(TrainConfig)})
     log.info(
-        "training on %d frames (%d held out): %d + %d steps, tokens %s, %s conditioning",
+        "training on %d frames (%d held out): %d + %d steps, tokens %s, %s conditioning of the %s",
         int(data.train.sum()), int((~data.train).sum()), train_config.steps, train_config.sr_steps,
         ", ".join(net_config.tokens), net_config.conditioning,
+        "bottleneck and decoder" if net_config.decoder_conditioning else "bottleneck",
     )  # fmt: skip
     sync_audio = None
     if train_config.weight_sync > 0 and Path(opts["sync_weights"]).is_file():
