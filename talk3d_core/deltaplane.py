@@ -379,6 +379,29 @@ class ConditionalAffine(nn.Module):
         return x * (1 + scale) + shift
 
 
+class TokenConditioning(nn.Module):
+    """Cells conditioned on the tokens: pre-LayerNorm cross-attention from each cell to the tokens,
+    added to the cell (``conditioning="attention"``), or the conditional affine (``"affine"``).
+
+    cells (B, L, dim), tokens (B, T, token_dim) -> (B, L, dim).
+    """
+
+    def __init__(self, dim: int, config: DeltaplaneConfig) -> None:
+        super().__init__()
+        self.mode = config.conditioning
+        if config.conditioning == "attention":
+            self.norm_cells = nn.LayerNorm(dim)
+            self.norm_tokens = nn.LayerNorm(config.token_dim)
+            self.cross_attention = Attention(dim, config.token_dim, config.heads, config.head_dim)
+        else:
+            self.affine = ConditionalAffine(dim, len(config.tokens), config.token_dim)
+
+    def forward(self, cells: Tensor, tokens: Tensor) -> Tensor:
+        if self.mode == "attention":
+            return cells + self.cross_attention(self.norm_cells(cells), self.norm_tokens(tokens))
+        return self.affine(cells, tokens)
+
+
 class BottleneckBlock(nn.Module):
     """Per-plane self-attention, token conditioning (cross-attention or affine), GEGLU feed-forward.
 
@@ -391,13 +414,7 @@ class BottleneckBlock(nn.Module):
         super().__init__()
         self.norm_self = nn.LayerNorm(dim)
         self.self_attention = Attention(dim, dim, config.heads, config.head_dim)
-        self.conditioning = config.conditioning
-        if config.conditioning == "attention":
-            self.norm_cross = nn.LayerNorm(dim)
-            self.norm_tokens = nn.LayerNorm(config.token_dim)
-            self.cross_attention = Attention(dim, config.token_dim, config.heads, config.head_dim)
-        else:
-            self.affine = ConditionalAffine(dim, len(config.tokens), config.token_dim)
+        self.conditioning = TokenConditioning(dim, config)
         self.norm_ff = nn.LayerNorm(dim)
         self.feed_forward = GEGLUFeedForward(dim, config.ff_mult)
 
@@ -405,41 +422,26 @@ class BottleneckBlock(nn.Module):
         b, p, length, dim = x.shape
         h = self.norm_self(x).reshape(b * p, length, dim)
         x = x + self.self_attention(h, h).reshape(b, p, length, dim)
-        x = x.reshape(b, p * length, dim)
-        if self.conditioning == "attention":
-            x = x + self.cross_attention(self.norm_cross(x), self.norm_tokens(tokens))
-        else:
-            x = self.affine(x, tokens)
+        x = self.conditioning(x.reshape(b, p * length, dim), tokens)
         x = x + self.feed_forward(self.norm_ff(x))
         return x.reshape(b, p, length, dim)
 
 
-class CellConditioning(nn.Module):
-    """Token conditioning of a decoder level's cells: pre-LayerNorm cross-attention from every cell of
-    the three planes to the tokens, added to the cells (or the conditional affine with
-    ``conditioning="affine"``).
+class DecoderConditioning(nn.Module):
+    """A decoder level's cells, all three planes together, conditioned on the tokens.
 
     x: (B, 3 * width, H, W) plane-major; tokens (B, T, token_dim) -> (B, 3 * width, H, W).
     """
 
     def __init__(self, width: int, config: DeltaplaneConfig) -> None:
         super().__init__()
-        self.conditioning = config.conditioning
-        if config.conditioning == "attention":
-            self.norm = nn.LayerNorm(width)
-            self.norm_tokens = nn.LayerNorm(config.token_dim)
-            self.cross_attention = Attention(width, config.token_dim, config.heads, config.head_dim)
-        else:
-            self.affine = ConditionalAffine(width, len(config.tokens), config.token_dim)
+        self.conditioning = TokenConditioning(width, config)
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         b, c3, h, w = x.shape
         width = c3 // 3
         cells = x.reshape(b, 3, width, h * w).transpose(2, 3).reshape(b, 3 * h * w, width)
-        if self.conditioning == "attention":
-            cells = cells + self.cross_attention(self.norm(cells), self.norm_tokens(tokens))
-        else:
-            cells = self.affine(cells, tokens)
+        cells = self.conditioning(cells, tokens)
         return cells.reshape(b, 3, h * w, width).transpose(2, 3).reshape(b, c3, h, w)
 
 
@@ -679,7 +681,7 @@ class DeltaplaneNet(nn.Module):
         )
         self.decoder_conditioning = (
             nn.ModuleList(
-                CellConditioning(widths[level], config) for level in reversed(range(config.levels - 1))
+                DecoderConditioning(widths[level], config) for level in reversed(range(config.levels - 1))
             )
             if config.decoder_conditioning
             else None

@@ -163,11 +163,11 @@ def test_decoder_conditioning_carries_the_tokens_past_the_bottleneck(conditionin
         with torch.no_grad():
             for block in net.blocks:  # cut the bottleneck's conditioning
                 if conditioning == "attention":
-                    block.cross_attention.to_out.weight.zero_()
-                    block.cross_attention.to_out.bias.zero_()
+                    block.conditioning.cross_attention.to_out.weight.zero_()
+                    block.conditioning.cross_attention.to_out.bias.zero_()
                 else:
-                    block.affine.mlp[-1].weight.zero_()
-                    block.affine.mlp[-1].bias.zero_()
+                    block.conditioning.affine.mlp[-1].weight.zero_()
+                    block.conditioning.affine.mlp[-1].bias.zero_()
             planes, cond = torch.randn(TINY_PLANES), make_cond(2, config)
             other = cond | {"audio": torch.randn_like(cond["audio"])}
             changes[decoder_conditioning] = (net(planes, cond) - net(planes, other)).abs().max().item()
