@@ -387,14 +387,16 @@ def fetch(
         digest = _download_verified(
             entry, part, retries=retries, timeout_s=timeout_s, progress=progress, backoff_s=backoff_s
         )
+        if entry.extract is None and entry.sha256 is None:
+            # Record the digest before the file appears: a kill in between must not leave a file that
+            # looks placed by hand (and would be used unverified).
+            with atomic_path(_stamp_path(dest)) as stamp_tmp:
+                stamp_tmp.write_text(digest + "\n")
         os.replace(part, download)
 
     if entry.extract is not None:
         _install_archive(entry, download, dest, digest)
         download.unlink()
-    elif entry.sha256 is None:
-        with atomic_path(_stamp_path(dest)) as stamp_tmp:
-            stamp_tmp.write_text(digest + "\n")
     logger.info("%s: installed %s", entry.name, dest)
     return dest
 
