@@ -19,7 +19,7 @@ from PIL import Image
 
 from talk3d_core.image_metrics import psnr, ssim
 from talk3d_core.io import atomic_path
-from talk3d_core.mouth import landmarks_of_images, mouth_scores
+from talk3d_core.mouth import landmarks_of_images, mouth_scores, paired_differences
 from talk3d_core.prior import SubjectData, to_uint8, to_unit
 from talk3d_core.render import render_batches
 from talk3d_core.train import FrameConditions, TalkingHead, mouth_boxes
@@ -44,7 +44,9 @@ def audio_ablation(
 
     Returns {"frames": n, "landmark_backend": name, "ground_truth": {"detected": fraction},
     "settings": {name: {"face_psnr", "face_ssim", "lmd", "opening_correlation", "opening_mae",
-    "detected"}}}; LMD and opening in pixels of a 256-pixel crop (see :func:`mouth_scores`).
+    "detected"}}, "differences": {"full-no_audio" | "full-identity": the full model's mouth scores
+    minus the other setting's, with block-bootstrap 95% intervals (:func:`paired_differences`)}}; LMD
+    and opening in pixels of a 256-pixel crop (see :func:`mouth_scores`).
     ``sheet_png``: ground truth over the three settings for six frames, with the mouth enlarged.
     """
     frames = list(np.flatnonzero(~data.train) if frames is None else frames)
@@ -60,16 +62,21 @@ def audio_ablation(
         "ground_truth": {"detected": float(np.isfinite(truth_lm[:, 0, 0]).mean())},
         "settings": {},
     }
-    renders = {}
+    renders, landmarks = {}, {}
     for name, setting in SETTINGS.items():
         batches = render_batches(head, conditions, data.cameras, frames, **setting)
         images = torch.cat([out["image"].clamp(-1, 1) for _, out in batches])
         renders[name] = images
-        scores = mouth_scores(landmarks_of_images(to_uint8(images), backend=landmark_backend), truth_lm, size)
+        landmarks[name] = landmarks_of_images(to_uint8(images), backend=landmark_backend)
+        scores = mouth_scores(landmarks[name], truth_lm, size)
         results["settings"][name] = {
             "face_psnr": float(psnr(images, target, face).mean()),
             "face_ssim": float(ssim(images, target, face).mean()),
         } | scores.as_dict()
+    results["differences"] = {
+        f"full-{other}": paired_differences(landmarks["full"], landmarks[other], truth_lm, size)
+        for other in ("no_audio", "identity")
+    }
     if sheet_png is not None:
         _ablation_sheet(target, renders, data.mouth[frames], sheet_png)
     return results

@@ -26,6 +26,7 @@ from talk3d_core.mouth import (
     landmarks_of_images,
     mouth_opening,
     mouth_scores,
+    paired_differences,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,6 +179,45 @@ class DotBackend:
 
     def close(self) -> None:
         self.closed = True
+
+
+def test_paired_differences_match_the_scores_and_bracket_them():
+    rng = np.random.default_rng(1)
+    openings = 2 + 2 * np.sin(np.arange(60) / 3)
+    target = np.concatenate([face_landmarks(o) for o in openings])
+    good = np.concatenate(
+        [face_landmarks(o + e) for o, e in zip(openings, rng.normal(0, 0.3, 60), strict=True)]
+    )
+    bad = np.concatenate([face_landmarks(o) for o in rng.permutation(openings)])  # right range, wrong time
+    good[7] = np.nan  # a frame missing from one setting drops out of every score
+    size = 64
+    d = paired_differences(good, bad, target, size)
+    keep = np.isfinite(good[:, 0, 0])
+    assert d["frames"] == 59 and d["block_frames"] == mouth.BOOTSTRAP_BLOCK
+    a, b = mouth_scores(good[keep], target[keep], size), mouth_scores(bad[keep], target[keep], size)
+    assert d["lmd"]["difference"] == pytest.approx(a.lmd - b.lmd)
+    assert d["opening_mae"]["difference"] == pytest.approx(a.opening_mae - b.opening_mae)
+    assert d["opening_correlation"]["difference"] == pytest.approx(
+        a.opening_correlation - b.opening_correlation
+    )
+    for key in ("lmd", "opening_mae", "opening_correlation"):
+        lo, hi = d[key]["ci95"]
+        assert lo <= d[key]["difference"] <= hi
+    # The better setting's advantage is clear of zero on every score.
+    assert (
+        d["lmd"]["ci95"][1] < 0
+        and d["opening_mae"]["ci95"][1] < 0
+        and d["opening_correlation"]["ci95"][0] > 0
+    )
+    # Deterministic; a setting against itself differs by exactly 0 with a zero-width interval.
+    assert paired_differences(good, bad, target, size) == d
+    same = paired_differences(bad, bad, target, size)
+    assert same["lmd"] == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    # Too few frames: nothing is made up.
+    few = paired_differences(good[:2], bad[:2], target[:2], size)
+    assert few["frames"] == 2 and few["lmd"] == {"difference": None, "ci95": None}
+    with pytest.raises(ValueError, match="shapes differ"):
+        paired_differences(good, bad[:10], target, size)
 
 
 def test_landmarks_of_images_maps_back_to_the_input_pixel_frame(monkeypatch):

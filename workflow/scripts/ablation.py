@@ -27,4 +27,15 @@ with log_to(snakemake.log[0]) as log:
             name, s["face_psnr"], s["face_ssim"], shown(s["lmd"], ".2f"),
             shown(s["opening_correlation"], ".3f"), 100 * s["detected"],
         )  # fmt: skip
+
+    def interval(ci, fmt):
+        return "" if ci is None else f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
+
+    for pair, d in results["differences"].items():
+        lmd, r = d["lmd"], d["opening_correlation"]
+        log.info(
+            "%s over %d frames: LMD %s px%s, mouth-opening r %s%s (95%% block-bootstrap intervals)",
+            pair, d["frames"], shown(lmd["difference"], "+.2f"), interval(lmd["ci95"], "+.2f"),
+            shown(r["difference"], "+.3f"), interval(r["ci95"], "+.3f"),
+        )  # fmt: skip
     write_json(snakemake.output.metrics, results)
