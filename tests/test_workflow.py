@@ -43,7 +43,7 @@ def project(tmp_path, monkeypatch):
     # A few prior steps are enough to exercise the stage; the real step budget is for real runs.
     config_yaml = tmp_path / "config/config.yaml"
     text = config_yaml.read_text().replace("  steps: 1500\n", "  steps: 6\n")
-    text = text.replace("  steps: 4000\n", "  steps: 4\n").replace("  sr_steps: 300\n", "  sr_steps: 2\n")
+    text = text.replace("  steps: 3000\n", "  steps: 4\n").replace("  sr_steps: 300\n", "  sr_steps: 2\n")
     # One novel view and a small FID reference set exercise the render and evaluation stages.
     text = text.replace("    yaw: [-30, -15, 15, 30]\n", "    yaw: [30]\n")
     text = text.replace("    pitch: [-20, -10, 10, 20]\n", "    pitch: [-20]\n")
