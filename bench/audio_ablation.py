@@ -10,7 +10,8 @@ Reads results/<subject>/{prior,crops,masks,features.parquet} (run the workflow u
 and the train settings of config/config.yaml (the subject's overrides applied, then ``--set``). The
 validation stretch is the last ``--validation`` training frames (the ones just before the test block);
 they are left out of training, so a step budget can be chosen on them without looking at the test
-frames. Prints one line per (seed, step, split) and writes them to DIR/<subject>_seed<N>.jsonl, then
+frames. Snapshots are taken when the run checkpoints, so they must be multiples of
+train.checkpoint_every (or the end of the main stage). Prints one line per (seed, step, split) and writes them to DIR/<subject>_seed<N>.jsonl, then
 the mean over seeds of each setting and the paired difference full - no_audio.
 """
 
