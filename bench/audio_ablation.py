@@ -11,8 +11,9 @@ and the train settings of config/config.yaml (the subject's overrides applied, t
 validation stretch is the last ``--validation`` training frames (the ones just before the test block);
 they are left out of training, so a step budget can be chosen on them without looking at the test
 frames. Snapshots are taken when the run checkpoints, so they must be multiples of
-train.checkpoint_every (or the end of the main stage). Prints one line per (seed, step, split) and writes them to DIR/<subject>_seed<N>.jsonl, then
-the mean over seeds of each setting and the paired difference full - no_audio.
+train.checkpoint_every (or the end of the main stage). Prints one line per (seed, step, split) and
+writes them to DIR/<subject>_seed<N>.jsonl, then the mean over seeds of each setting and the paired
+difference full - no_audio.
 """
 
 from __future__ import annotations
