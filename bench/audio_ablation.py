@@ -11,7 +11,8 @@ and the train settings of config/config.yaml (the subject's overrides applied, t
 validation stretch is the last ``--validation`` training frames (the ones just before the test block);
 they are left out of training, so a step budget can be chosen on them without looking at the test
 frames. Snapshots are taken when the run checkpoints, so they must be multiples of
-train.checkpoint_every (or the end of the main stage). Prints one line per (seed, step, split) and
+train.checkpoint_every (or the end of the main stage). ``--set`` values are validated against the
+config schema, as the workflow would. Prints one line per (seed, step, split) and
 writes them to DIR/<subject>_seed<N>.jsonl, then the mean over seeds of each setting and the paired
 difference full - no_audio.
 """
@@ -19,7 +20,6 @@ difference full - no_audio.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import math
@@ -28,29 +28,26 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-import talk3d_core.train as train_module
-from talk3d_core.ablation import audio_ablation
-from talk3d_core.deltaplane import DeltaplaneConfig
-from talk3d_core.train import TrainConfig, load_prior, load_training_data, train_deltaplane
+from talk3d_core.ablation import SETTINGS, audio_ablation
+from talk3d_core.config import load_schema, subject_config, validate_config
+from talk3d_core.train import configs_from_settings, load_prior, load_training_data, train_deltaplane
 
 METRICS = ("face_psnr", "lmd", "opening_correlation", "opening_mae")
 
 
-def nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else float(value)
-
-
-def train_settings(subject: str, overrides: list[str]) -> tuple[dict, str]:
+def subject_settings(subject: str, assignments: list[str]) -> dict:
+    """The subject's config (config/config.yaml with its overrides), then ``train.KEY=VALUE``
+    assignments, validated against the schema."""
+    schema = load_schema("workflow/schemas/config.schema.yaml")
     config = yaml.safe_load(Path("config/config.yaml").read_text())
-    train = copy.deepcopy(config["train"])
-    train.update(config.get("overrides", {}).get(subject, {}).get("train", {}))
-    for item in overrides:
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        if section != "train":
-            raise SystemExit(f"--set {item}: only train.* settings can be changed here")
-        train[name] = yaml.safe_load(value)
-    return train, config["prior"]["background"]
+    config = subject_config(validate_config(config, schema), subject, schema)
+    for item in assignments:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if section != "train" or not name:
+            raise SystemExit(f"--set {item}: expected train.KEY=VALUE")
+        config["train"][name] = yaml.safe_load(value)
+    return validate_config(config, schema, source="--set")
 
 
 def main() -> None:
@@ -65,81 +62,62 @@ def main() -> None:
     parser.add_argument("--out", default="bench/out/audio_ablation")
     args = parser.parse_args()
 
-    opts, background = train_settings(args.subject, args.set)
+    config = subject_settings(args.subject, args.set)
+    net_config, train_config = configs_from_settings(config["train"])
     root = Path("results") / args.subject
     prior = load_prior(root / "prior/generator.pt", root / "prior/P_id.pt")
     data, conditions = load_training_data(
         root / "crops", root / "masks", root / "prior/frames.parquet", root / "features.parquet",
-        prior[0].config.image_resolution, background=background,
+        prior[0].config.image_resolution, background=config["prior"]["background"],
     )  # fmt: skip
-    test = np.flatnonzero(~data.train)
-    train_index = np.flatnonzero(data.train)
-    validation = train_index[len(train_index) - args.validation :] if args.validation else train_index[:0]
-    data = dataclasses.replace(data, train=data.train.copy())
-    data.train[validation] = False
-    splits = {"validation": validation.tolist(), "test": test.tolist()}
-    if not len(validation):
-        del splits["validation"]
-    net_config = getattr(DeltaplaneConfig, opts["net"])(
-        tokens=tuple(opts["tokens"]), conditioning=opts["conditioning"], audio_frames=opts["audio_frames"],
-        decoder_conditioning=opts["decoder_conditioning"],
-    )  # fmt: skip
+    splits = {"test": np.flatnonzero(~data.train).tolist()}
+    if args.validation:
+        validation = np.flatnonzero(data.train)[-args.validation :]
+        data = dataclasses.replace(data, train=data.train.copy())
+        data.train[validation] = False
+        splits = {"validation": validation.tolist(), **splits}
     snapshots = {int(s) for s in args.snapshots.split(",") if s}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
 
     def score(head, seed: int, step: int | str) -> None:
-        was_training = head.training
-        head.eval()
         for split, frames in splits.items():
             result = audio_ablation(head, data, conditions, frames=frames)
             row = {"seed": seed, "step": step, "split": split, "frames": len(frames)}
-            row |= {
-                f"{k}/{m}": nan_if_none(result["settings"][k][m]) for k in result["settings"] for m in METRICS
-            }
+            for name, scores in result["settings"].items():  # None (not computable) -> NaN
+                row |= {f"{name}/{m}": math.nan if scores[m] is None else scores[m] for m in METRICS}
             rows.append(row)
             with open(out_dir / f"{args.subject}_seed{seed}.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        head.train(was_training)
 
     for seed in args.seeds:
-        opts_seed = dict(opts, seed=seed)
-        train_config = TrainConfig(**{f.name: opts_seed[f.name] for f in dataclasses.fields(TrainConfig)})
-        save = train_module._save
+        seeded = dataclasses.replace(train_config, seed=seed)
 
-        def save_and_score(path, head, optimizer, step, stage, meta, seed=seed, save=save):
-            save(path, head, optimizer, step, stage, meta)
+        def at_checkpoint(head, step: int, stage: str, seed: int = seed) -> None:
             if stage == "main" and step in snapshots:
                 score(head, seed, step)
 
-        train_module._save = save_and_score
-        try:
-            head = train_deltaplane(
-                data, conditions, prior, out_dir / f"{args.subject}_seed{seed}", net_config=net_config,
-                train_config=train_config, progress=False, restart_on_mismatch=True,
-            )  # fmt: skip
-        finally:
-            train_module._save = save
-        score(head, seed, f"{train_config.steps}+sr{train_config.sr_steps}")
+        head = train_deltaplane(
+            data, conditions, prior, out_dir / f"{args.subject}_seed{seed}", net_config=net_config,
+            train_config=seeded, progress=False, restart_on_mismatch=True, on_checkpoint=at_checkpoint,
+        )  # fmt: skip
+        score(head, seed, f"{seeded.steps}+sr{seeded.sr_steps}")
 
     print("\nmean over seeds", args.seeds)
-    keys = sorted({(r["step"], r["split"]) for r in rows}, key=lambda k: (str(k[0]), k[1]))
-    for step, split in keys:
+    for step, split in dict.fromkeys((r["step"], r["split"]) for r in rows):
         sel = [r for r in rows if r["step"] == step and r["split"] == split]
-        line = [f"step={step} split={split} n={len(sel)}"]
-        for setting in ("identity", "no_audio", "full"):
-            line.append(
-                setting
-                + " "
-                + " ".join(f"{m}={np.mean([r[f'{setting}/{m}'] for r in sel]):.3f}" for m in METRICS)
+        parts = [f"step={step} split={split} n={len(sel)}"]
+        for name in SETTINGS:
+            parts.append(
+                name + " " + " ".join(f"{m}={np.mean([r[f'{name}/{m}'] for r in sel]):.3f}" for m in METRICS)
             )
         diff = [r["full/lmd"] - r["no_audio/lmd"] for r in sel]
-        line.append(
+        parts.append(
             f"LMD full-no_audio {np.mean(diff):+.3f} (per seed {', '.join(f'{d:+.3f}' for d in diff)})"
         )
-        print(" | ".join(line) if not any(math.isnan(x) for x in diff) else " | ".join(line) + " (nan)")
+        print(" | ".join(parts))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,17 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------- conditions
 
 
+def configs_from_settings(train: dict[str, Any]) -> tuple[DeltaplaneConfig, TrainConfig]:
+    """The network and training configs of a validated ``train`` config section (schema in
+    workflow/schemas/config.schema.yaml): its ``net`` preset with the section's token and
+    conditioning choices, and every :class:`TrainConfig` field."""
+    net_config = getattr(DeltaplaneConfig, train["net"])(
+        tokens=tuple(train["tokens"]), conditioning=train["conditioning"], audio_frames=train["audio_frames"],
+        decoder_conditioning=train["decoder_conditioning"],
+    )  # fmt: skip
+    return net_config, TrainConfig(**{f.name: train[f.name] for f in dataclasses.fields(TrainConfig)})
+
+
 @dataclass
 class FrameConditions:
     """The per-frame conditioning inputs of the deltaplane predictor (N frames).
@@ -519,6 +530,7 @@ def train_deltaplane(
     run_id: str = "",
     restart_on_mismatch: bool = False,
     device: str | None = None,
+    on_checkpoint: Callable[[TalkingHead, int, str], None] | None = None,
 ) -> TalkingHead:
     """Train the deltaplane predictor (then fine-tune the super-resolution) on ``data``'s training
     frames; resume from ``out_dir/checkpoint.pt``.
@@ -529,6 +541,9 @@ def train_deltaplane(
     every ``checkpoint_every`` steps and at the end of each stage, ``train_log.jsonl``,
     ``tensorboard/`` and ``samples/step_XXXXXX.png``. A checkpoint of other settings (or another
     ``run_id``, e.g. the code hash) is an error, or with ``restart_on_mismatch`` set aside.
+    ``on_checkpoint(head, step, stage)`` runs after each checkpoint is written (e.g. to score the model
+    at chosen steps); the head is in eval mode during the call, and since every step reseeds the random
+    generator, what the call draws does not change the training.
     """
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
@@ -662,6 +677,10 @@ def train_deltaplane(
                 log_file.flush()
                 _save(checkpoint, head, optimizer, step, stage, meta)
                 log.info("step %d (%s): loss %.4f, l1 %.4f", step, stage, record["total"], record["l1"])
+                if on_checkpoint is not None:
+                    was_training = head.training
+                    on_checkpoint(head.eval(), step, stage)
+                    head.train(was_training)
             if step % cfg.sample_every == 0 or stage_end:
                 sample_sheet(head, data, conditions, samples, out_dir / "samples" / f"step_{step:06d}.png")
     bar.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from talk3d_core.train import (
     LossModels,
     TalkingHead,
     TrainConfig,
+    configs_from_settings,
     deltaplane_losses,
     learning_rate,
     load_talking_head,
@@ -189,6 +191,44 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path, monkeypatch):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
     assert without_time(_log(part)) == without_time(_log(tmp_path / "whole"))
+
+
+def test_checkpoint_callback_sees_each_checkpoint_and_changes_nothing(tmp_path):
+    data, conditions = talking_disc()
+    cfg = TrainConfig(steps=8, sr_steps=2, checkpoint_every=4, sample_every=100, **NO_EXTRAS)
+    plain = train_deltaplane(data, conditions, tiny_prior(), tmp_path / "a", net_config=NET, train_config=cfg)
+    seen = []
+
+    def look(head, step, stage):
+        seen.append((step, stage, head.training))
+        torch.rand(100)  # draws from the random generator, and renders (BatchNorm must not update)
+        head(conditions.gather([0, 1], NET.audio_frames, torch.device("cpu")), data.cameras[:2])
+
+    watched = train_deltaplane(
+        data, conditions, tiny_prior(), tmp_path / "b", net_config=NET, train_config=cfg, on_checkpoint=look
+    )
+    assert seen == [(4, "main", False), (8, "main", False), (10, "sr", False)]
+    a, b = plain.state_dict(), watched.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_configs_from_settings_follow_the_config_files():
+    import yaml
+
+    from talk3d_core.config import load_schema, validate_config
+
+    root = Path(__file__).resolve().parents[1]
+    schema = load_schema(root / "workflow/schemas/config.schema.yaml")
+    cpu = validate_config(yaml.safe_load((root / "config/config.yaml").read_text()), schema)["train"]
+    net, cfg = configs_from_settings(cpu)
+    assert net == DeltaplaneConfig.cpu(
+        tokens=tuple(cpu["tokens"]), audio_frames=cpu["audio_frames"], decoder_conditioning=True
+    )
+    assert cfg.steps == cpu["steps"] and cfg.weight_mouth == cpu["weight_mouth"] and cfg.seed == cpu["seed"]
+    paper = validate_config(yaml.safe_load((root / "config/paper.yaml").read_text()), schema)["train"]
+    net, cfg = configs_from_settings(paper)
+    assert net.widths == DeltaplaneConfig.paper().widths and not net.decoder_conditioning
+    assert cfg.steps == paper["steps"]
 
 
 def test_other_settings_are_not_resumed_silently(tmp_path):

@@ -1,15 +1,19 @@
 """Adapter: rule train -> talk3d_core.train (deltaplane U-Net, then the super-resolution fine-tune)."""
 
-import dataclasses
 from pathlib import Path
 
 import torch
 
-from talk3d_core.deltaplane import DeltaplaneConfig
 from talk3d_core.io import atomic_path
 from talk3d_core.logs import log_to
 from talk3d_core.media import read_wav_float
-from talk3d_core.train import TrainConfig, load_prior, load_training_data, plot_loss_curves, train_deltaplane
+from talk3d_core.train import (
+    configs_from_settings,
+    load_prior,
+    load_training_data,
+    plot_loss_curves,
+    train_deltaplane,
+)
 
 with log_to(snakemake.log[0]) as log:
     opts = snakemake.params.train
@@ -19,11 +23,7 @@ with log_to(snakemake.log[0]) as log:
         snakemake.input.crops, snakemake.input.masks, snakemake.input.prior_frames, snakemake.input.features,
         prior[0].config.image_resolution, background=snakemake.params.background,
     )  # fmt: skip
-    net_config = getattr(DeltaplaneConfig, opts["net"])(
-        tokens=tuple(opts["tokens"]), conditioning=opts["conditioning"], audio_frames=opts["audio_frames"],
-        decoder_conditioning=opts["decoder_conditioning"],
-    )  # fmt: skip
-    train_config = TrainConfig(**{f.name: opts[f.name] for f in dataclasses.fields(TrainConfig)})
+    net_config, train_config = configs_from_settings(opts)
     log.info(
         "training on %d frames (%d held out): %d + %d steps, tokens %s, %s conditioning of the %s",
         int(data.train.sum()), int((~data.train).sum()), train_config.steps, train_config.sr_steps,
