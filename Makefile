@@ -25,10 +25,12 @@ demo: install
 test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check talk3d_core tests bench workflow/scripts
+	$(BIN)/snakefmt --check workflow
 	$(BIN)/python -m pytest -q
 
 lint: install-dev
 	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
 
 install: $(VENV)/.installed

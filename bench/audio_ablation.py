@@ -29,8 +29,11 @@ import numpy as np
 import yaml
 
 from talk3d_core.ablation import SETTINGS, audio_ablation
-from talk3d_core.config import load_schema, subject_config, validate_config
-from talk3d_core.train import configs_from_settings, load_prior, load_training_data, train_deltaplane
+from talk3d_core.features import read_features
+from talk3d_core.model.subject import read_subject_data
+from talk3d_core.model.talking_head import load_prior
+from talk3d_core.train import configs_from_settings, train_deltaplane
+from talk3d_core.util.config import load_schema, subject_config, validate_config
 
 METRICS = ("face_psnr", "lmd", "opening_correlation", "opening_mae")
 
@@ -66,9 +69,10 @@ def main() -> None:
     net_config, train_config = configs_from_settings(config["train"])
     root = Path("results") / args.subject
     prior = load_prior(root / "prior/generator.pt", root / "prior/P_id.pt")
-    data, conditions = load_training_data(
-        root / "crops", root / "masks", root / "prior/frames.parquet", root / "features.parquet",
-        prior[0].config.image_resolution, background=config["prior"]["background"],
+    data = read_subject_data(
+        read_features(root / "features.parquet"), root / "prior/frames.parquet", crops=root / "crops",
+        masks=root / "masks", size=prior.generator.config.image_resolution,
+        background=prior.training["background"],
     )  # fmt: skip
     splits = {"test": np.flatnonzero(~data.train).tolist()}
     if args.validation:
@@ -83,7 +87,7 @@ def main() -> None:
 
     def score(head, seed: int, step: int | str) -> None:
         for split, frames in splits.items():
-            result = audio_ablation(head, data, conditions, frames=frames)
+            result = audio_ablation(head, data, frames=frames)
             row = {"seed": seed, "step": step, "split": split, "frames": len(frames)}
             for name, scores in result["settings"].items():  # None (not computable) -> NaN
                 row |= {f"{name}/{m}": math.nan if scores[m] is None else scores[m] for m in METRICS}
@@ -100,7 +104,7 @@ def main() -> None:
                 score(head, seed, step)
 
         head = train_deltaplane(
-            data, conditions, prior, out_dir / f"{args.subject}_seed{seed}", net_config=net_config,
+            data, prior, out_dir / f"{args.subject}_seed{seed}", net_config=net_config,
             train_config=seeded, progress=False, restart_on_mismatch=True, on_checkpoint=at_checkpoint,
         )  # fmt: skip
         score(head, seed, f"{seeded.steps}+sr{seeded.sr_steps}")

@@ -5,7 +5,7 @@
 Audio: results/cnn/audio.wav when present, else the audio of ../shared/data/videos/cnn.mp4 ingested
 into a temporary folder (talk3d_core.ingest.ingest_audio). ``mel`` is timed on the whole clip.
 ``wav2vec2``/``hubert`` use the real checkpoint when it is in the local Hugging Face cache
-(talk3d_core.audio_features.DEFAULT_CHECKPOINTS); otherwise a randomly initialised model with the
+(talk3d_core.nets.audio_features.DEFAULT_CHECKPOINTS); otherwise a randomly initialised model with the
 real base / large architecture sizes is saved to a temporary folder and timed: SPEED ONLY, its
 features are meaningless. Those run on ``--seconds`` of audio (default: the whole clip). The model
 runs on CUDA when torch sees a GPU, else on the CPU with torch's default thread count.
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from talk3d_core import audio_features as af
 from talk3d_core.features import subject_features
 from talk3d_core.ingest import ingest_audio
-from talk3d_core.media import read_wav_float
+from talk3d_core.nets import audio_features as af
+from talk3d_core.util.media import read_wav_float
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WAV = REPO / "results" / "cnn" / "audio.wav"

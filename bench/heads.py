@@ -7,9 +7,9 @@ import numpy as np
 import torch
 
 from talk3d_core.camera import eg3d_camera
-from talk3d_core.deltaplane import DeltaplaneConfig
-from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
-from talk3d_core.train import TalkingHead
+from talk3d_core.model.deltaplane import DeltaplaneConfig
+from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.model.talking_head import TalkingHead
 
 PRESETS = {
     "cpu": (GeneratorConfig.cpu, DeltaplaneConfig.cpu),

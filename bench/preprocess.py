@@ -18,12 +18,12 @@ from pathlib import Path
 import yaml
 
 from talk3d_core.camera import camera_table
-from talk3d_core.config import load_schema, validate_config
 from talk3d_core.crop import crop_clip, read_crop_table
 from talk3d_core.ingest import ingest_video
-from talk3d_core.io import list_frames
 from talk3d_core.landmarks import detect_landmarks
 from talk3d_core.masks import masks_clip
+from talk3d_core.util.config import load_schema, validate_config
+from talk3d_core.util.io import list_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 cfg = validate_config(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from talk3d_core.camera import eg3d_camera
-from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator, camera_rays
+from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator, camera_rays
 
 PRESETS = {"cpu": GeneratorConfig.cpu, "paper": GeneratorConfig.paper}
 

@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 from heads import AUDIO_DIM, AUDIO_WINDOW, frontal_cameras, random_head
 
+from talk3d_core.model.subject import FrameConditions
 from talk3d_core.render import render_batches
-from talk3d_core.train import FrameConditions
 
 
 def bench(size: str, device: torch.device, frames: int, batch: int) -> None:

@@ -20,7 +20,8 @@ import time
 import torch
 from heads import frontal_cameras, random_conditions, random_head
 
-from talk3d_core.train import LossModels, TrainConfig, deltaplane_losses
+from talk3d_core.nets.optional import OptionalNets
+from talk3d_core.train import TrainConfig, deltaplane_losses
 
 
 def peak_rss_mb() -> float:
@@ -60,7 +61,7 @@ def bench(size: str, device: torch.device, repeat: int, batch: int) -> None:
 
     def step() -> None:
         out = head(cond, cams, jitter=True)
-        loss = deltaplane_losses(out, target, face, mouth, cfg, LossModels())["total"]
+        loss = deltaplane_losses(out, target, face, mouth, cfg, OptionalNets())["total"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

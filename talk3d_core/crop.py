@@ -37,8 +37,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.ndimage import gaussian_filter1d
 
-from talk3d_core.io import atomic_dir, atomic_path
-from talk3d_core.tables import fixed_list_array, fixed_list_values
+from talk3d_core.face.template import (
+    CROP_TEMPLATE_NAME,
+    TEMPLATE_ED,
+    TEMPLATE_EYE_DISTANCE,
+    TEMPLATE_EYE_HEIGHT,
+)
+from talk3d_core.util.io import atomic_dir, atomic_path
+from talk3d_core.util.tables import fixed_list_array, fixed_list_values
 
 ALIGN_POINTS = (
     "right eye centre (subject's right, image left): mean of points 36-41",
@@ -48,23 +54,6 @@ ALIGN_POINTS = (
     "left mouth corner (image right): point 54",
 )
 
-# Canonical template, in units of the eye-centre distance (ED), relative to the midpoint between the
-# eye centres, y down: the per-clip median face of the reference clips (cnn, german, demo; mediapipe
-# mesh mapped to the 68 points, all frames) -- nose tip 0.55-0.60 ED below the eye line, mouth
-# corners 1.06-1.12 ED below (0.86 on the smiling demo) and +-0.38-0.50 ED apart (mouth width varies
-# most, so it is rounded towards the narrow end).
-_TEMPLATE_ED = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.59], [-0.4, 1.08], [0.4, 1.08]])
-# Framing, as fractions of the crop side (pixel-edge coordinates: 0 = top/left edge, 1 = bottom/right).
-# FFHQ's alignment makes the crop side 4 ED and centres it 0.1 eye-to-mouth below the eye midpoint:
-# eye centres 0.25 of the width apart at ~0.473 of the height, which cuts hair and puts the chin near
-# the bottom edge. Zooming that out 1.25x about the centre gives ED 0.2 with the eyes at ~0.478
-# (rounded to 0.475). The head spans ~2.1 ED above the eye line (hair included) and ~1.8 ED below
-# (chin), so this framing shows the whole head with some neck and shoulders, like EG3D/VIVE3D crops.
-# Measured on cnn, german and the demo clip at zoom 1: chin (point 8) at 0.80-0.87 of the height,
-# 0.04-0.06 of the side above the hair, jaw within 0.23-0.74 of the width.
-TEMPLATE_NAME = "talk3d-eg3d-wide-v1"
-TEMPLATE_EYE_DISTANCE = 0.2
-TEMPLATE_EYE_HEIGHT = 0.475
 
 META_KEY = b"talk3d"
 _VECTOR_COLUMNS = {"affine": 6, "inverse": 6, "lm68": 136, "align": 10}
@@ -86,10 +75,8 @@ def alignment_points(lm68: np.ndarray) -> np.ndarray:
     )
 
 
-# A jump cut (an edit inside the clip) moves the face farther in one frame than a head does: on
-# cnn.mp4 the eye midpoint steps 0.16-0.28 eye distances at its cuts and at most 0.09 otherwise (at
-# most 0.08 on german.mp4). Smoothing across a cut would drag the crop of the frames around it
-# towards the other shot, so the track is smoothed shot by shot.
+# A jump cut moves the face farther in one frame than a head does; the track is smoothed shot by shot.
+# Measured rationale: docs/decisions.md#shot-cut-threshold
 CUT_THRESHOLD_ED = 0.12
 
 
@@ -155,7 +142,7 @@ def canonical_template(size: int, zoom: float = 1.0) -> np.ndarray:
         raise ValueError(f"canonical_template: crop size must be >= 8 pixels, got {size}")
     if not zoom > 0:
         raise ValueError(f"canonical_template: zoom must be > 0, got {zoom}")
-    frac = _TEMPLATE_ED * TEMPLATE_EYE_DISTANCE + np.array([0.5, TEMPLATE_EYE_HEIGHT])
+    frac = TEMPLATE_ED * TEMPLATE_EYE_DISTANCE + np.array([0.5, TEMPLATE_EYE_HEIGHT])
     frac = 0.5 + (frac - 0.5) * zoom
     return frac * size - 0.5  # pixel-edge fractions -> pixel-centre coordinates
 
@@ -254,10 +241,8 @@ def crop_affines(
     return affine, invert_affine(affine), align
 
 
-# Anti-aliasing before shrinking: a Gaussian of ANTIALIAS_SIGMA output pixels. 0.4 px rejects
-# aliasing better than a box (INTER_AREA) filter (residual 0.28 vs 0.37 for a grating at 0.7
-# cycles/px) while keeping 0.87 of the contrast at 0.25 cycles/px (box: 0.91); measured on gratings
-# warped at scales 0.5 and 0.2 with a 7 degree rotation.
+# Anti-aliasing before shrinking: a Gaussian of ANTIALIAS_SIGMA output pixels (less aliasing than a
+# box filter for nearly the same contrast). Measured rationale: docs/decisions.md#crop-anti-aliasing
 ANTIALIAS_SIGMA = 0.4
 
 
@@ -637,7 +622,7 @@ def crop_clip(
         "cut_threshold_ed": float(cut_threshold_ed or 0.0),
         "cuts": cuts.tolist(),
         "template": {
-            "name": TEMPLATE_NAME,
+            "name": CROP_TEMPLATE_NAME,
             "eye_distance": TEMPLATE_EYE_DISTANCE,
             "eye_height": TEMPLATE_EYE_HEIGHT,
             "points_px": canonical_template(size, zoom).round(4).tolist(),

@@ -34,8 +34,8 @@ import numpy as np
 from scipy import signal
 from scipy.interpolate import PchipInterpolator
 
-from talk3d_core.io import atomic_path, write_json
-from talk3d_core.media import MediaError, ffmpeg_exe, write_wav
+from talk3d_core.util.io import atomic_path, write_json
+from talk3d_core.util.media import MediaError, ffmpeg_exe, write_wav
 
 SOURCE = "skimage.data.astronaut, public domain (NASA)"
 

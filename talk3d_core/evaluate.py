@@ -21,23 +21,31 @@ that resolution, with the background as the model was trained to show it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from talk3d_core.image_metrics import psnr, ssim
-from talk3d_core.io import atomic_path
-from talk3d_core.mouth import REFERENCE_SIZE, landmarks_of_images, mouth_opening, mouth_scores
-from talk3d_core.prior import SubjectData, to_uint8, to_unit
-from talk3d_core.render import SubjectClip, parse_view, render_batches
-from talk3d_core.train import FrameConditions, TalkingHead
+from talk3d_core.metrics.image import psnr, ssim
+from talk3d_core.metrics.mouth import REFERENCE_SIZE, landmarks_of_images, mouth_opening, mouth_scores
+from talk3d_core.metrics.sync import sync_scorer
+from talk3d_core.model.subject import FrameConditions, SubjectData
+from talk3d_core.model.talking_head import TalkingHead
+from talk3d_core.nets.identity import identity_embedder
+from talk3d_core.nets.inception import fid_model
+from talk3d_core.nets.lpips import lpips_loss
+from talk3d_core.nets.optional import OptionalNets
+from talk3d_core.render import drive_clip, novel_view_cameras, parse_view, render_batches
+from talk3d_core.util.images import to_uint8, to_unit
+from talk3d_core.util.io import atomic_path
+from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -76,55 +84,35 @@ def _missing(
     return [Metric(setting, m, backend, None, "", frames, "unavailable", reason) for m in metrics]
 
 
-@dataclass
-class Backends:
-    """The models behind the metrics, each None with a reason when it cannot be loaded."""
-
-    landmark: str = "mediapipe"
-    lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    identity: dict[str, Any] = field(default_factory=dict)
-    fid: Any = None
-    sync: Any = None
-    au45_calibration: dict[str, Any] | None = None
-    reasons: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def open(
-        cls,
-        *,
-        landmark: str = "mediapipe",
-        identity_backends: Sequence[str] = ("dlib", "arcface"),
-        sync_weights: str | None = None,
-        au45_calibration: dict[str, Any] | None = None,
-        device: str | torch.device = "cpu",
-    ) -> Backends:
-        """Load every backend that is installed; log one line for each that is not."""
-        from talk3d_core.fid import fid_model
-        from talk3d_core.identity import identity_embedder
-        from talk3d_core.lse import sync_scorer
-        from talk3d_core.perceptual import lpips_loss
-
-        b = cls(landmark=landmark, au45_calibration=au45_calibration)
-        b.lpips, b.reasons["lpips"] = lpips_loss(device)
-        for name in identity_backends:
-            b.identity[name], b.reasons[f"identity:{name}"] = identity_embedder(name, device=device)
-        b.fid, b.reasons["fid"] = fid_model(device=device)
-        b.sync, b.reasons["sync"] = sync_scorer(sync_weights, device=device)
-        if au45_calibration is None:
-            b.reasons["aue"] = "the subject's features carry no AU45 calibration of the ear backend"
-        for key, model in [("lpips", b.lpips), ("fid", b.fid), ("sync", b.sync)] + [
-            (f"identity:{k}", v) for k, v in b.identity.items()
-        ]:
-            if model is None:
-                log.info("%s unavailable: %s", key, b.reasons[key])
-        return b
+def scoring_nets(
+    device: str | torch.device = "cpu",
+    *,
+    identity_backends: Sequence[str] = ("dlib", "arcface"),
+    syncnet_weights: str | os.PathLike[str] | None = None,
+    weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
+    manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
+) -> OptionalNets:
+    """The nets behind the metrics (LPIPS, identity embedders, FID's Inception, SyncNet v2), each
+    None with a reason where it cannot be loaded (its rows then say "unavailable"); ArcFace and
+    SyncNet v2 from ``weights_dir`` (``syncnet_weights``: another SyncNet file)."""
+    builders: dict[str, Callable[[], tuple[Any, str]]] = {
+        "lpips": lambda: lpips_loss(device),
+        "fid": lambda: fid_model(device=device),
+        "syncnet": lambda: sync_scorer(syncnet_weights, weights_dir=weights_dir, device=device),
+    }
+    for backend in identity_backends:
+        where = {"weights_dir": weights_dir, "manifest": manifest} if backend == "arcface" else {}
+        builders[f"embedders:{backend}"] = functools.partial(
+            identity_embedder, backend, device=device, **where
+        )
+    return OptionalNets.load(builders, purpose="evaluation")
 
 
 # ------------------------------------------------------------------------------------------ metrics
 
 
 def face_metrics(
-    setting: str, render: np.ndarray, truth: np.ndarray, face: np.ndarray, b: Backends
+    setting: str, render: np.ndarray, truth: np.ndarray, face: np.ndarray, nets: OptionalNets
 ) -> list[Metric]:
     """PSNR (dB), SSIM and LPIPS over the face region of renders vs ground truth, all (N, S, S, 3) uint8
     with face masks (N, S, S) bool."""
@@ -135,12 +123,12 @@ def face_metrics(
         _ok(setting, "psnr", "face-region", float(psnr(a, t, m).mean()), "dB", n),
         _ok(setting, "ssim", "face-region", float(ssim(a, t, m).mean()), "", n),
     ]
-    if b.lpips is None:
-        rows += _missing(setting, ["lpips"], "lpips-alex", b.reasons["lpips"], n)
+    if nets.lpips is None:
+        rows += _missing(setting, ["lpips"], "lpips-alex", nets.reasons.get("lpips", "not loaded"), n)
     else:
         with torch.no_grad():
             value = torch.cat(
-                [b.lpips(a[i : i + 8] * m[i : i + 8], t[i : i + 8] * m[i : i + 8]) for i in range(0, n, 8)]
+                [nets.lpips(a[i : i + 8] * m[i : i + 8], t[i : i + 8] * m[i : i + 8]) for i in range(0, n, 8)]
             )
         rows.append(_ok(setting, "lpips", "lpips-alex (face region)", float(value.mean()), "", n))
     return rows
@@ -150,7 +138,7 @@ def mouth_metrics(
     setting: str, render_lm: np.ndarray, truth_lm: np.ndarray, size: int, backend: str
 ) -> list[Metric]:
     """LMD, mouth-opening correlation and error of landmarks (N, 68, 2) on renders vs ground truth, in
-    pixels of a 256 px crop (:func:`talk3d_core.mouth.mouth_scores`)."""
+    pixels of a 256 px crop (:func:`talk3d_core.metrics.mouth.mouth_scores`)."""
     s = mouth_scores(render_lm, truth_lm, size)
     n = len(render_lm)
     return [
@@ -163,7 +151,7 @@ def mouth_metrics(
 
 def au45(lm68: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
     """AU45 (N,) on OpenFace's scale (0 open .. 2 closed) from landmarks, NaN where there are none."""
-    from talk3d_core.blink import au45_from_ear, eye_aspect_ratio
+    from talk3d_core.face.blink import au45_from_ear, eye_aspect_ratio
 
     out = np.full(len(lm68), np.nan)
     found = np.isfinite(lm68).all(axis=(1, 2))
@@ -172,12 +160,20 @@ def au45(lm68: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
     return out
 
 
-def aue_metric(setting: str, render_lm: np.ndarray, truth_lm: np.ndarray, b: Backends) -> list[Metric]:
-    """AUE: mean |AU45(render) - AU45(truth)|; the eye-aspect-ratio backend gives AU45 only."""
-    backend = f"ear-au45 ({b.landmark})"
-    if b.au45_calibration is None:
-        return _missing(setting, ["aue"], backend, b.reasons["aue"], len(render_lm))
-    error = np.abs(au45(render_lm, b.au45_calibration) - au45(truth_lm, b.au45_calibration))
+def aue_metric(
+    setting: str,
+    render_lm: np.ndarray,
+    truth_lm: np.ndarray,
+    calibration: dict[str, Any] | None,
+    landmark_backend: str,
+) -> list[Metric]:
+    """AUE: mean |AU45(render) - AU45(truth)|; the eye-aspect-ratio backend gives AU45 only, with the
+    subject's AU45 ``calibration`` (features stage; None: unavailable)."""
+    backend = f"ear-au45 ({landmark_backend})"
+    if calibration is None:
+        reason = "the subject's features carry no AU45 calibration of the ear backend"
+        return _missing(setting, ["aue"], backend, reason, len(render_lm))
+    error = np.abs(au45(render_lm, calibration) - au45(truth_lm, calibration))
     both = np.isfinite(error)
     return [
         _ok(
@@ -194,19 +190,19 @@ def aue_metric(setting: str, render_lm: np.ndarray, truth_lm: np.ndarray, b: Bac
 def identity_metrics(
     setting: str,
     render: np.ndarray,
-    b: Backends,
+    nets: OptionalNets,
     *,
     truth: np.ndarray | None = None,
     reference: dict | None = None,
 ) -> list[Metric]:
     """IDSIM per identity backend: cosine of each render's embedding with its ground truth's (``truth``)
     or with the subject's mean training embedding (``reference``: backend name -> (D,))."""
-    from talk3d_core.identity import identity_similarity
+    from talk3d_core.nets.identity import identity_similarity
 
     rows = []
-    for name, embedder in b.identity.items():
+    for name, embedder in nets.embedders.items():
         if embedder is None:
-            rows += _missing(setting, ["idsim"], name, b.reasons[f"identity:{name}"], len(render))
+            rows += _missing(setting, ["idsim"], name, nets.reasons[f"embedders:{name}"], len(render))
             continue
         emb = embedder.embed(render)
         if truth is not None:
@@ -221,31 +217,36 @@ def identity_metrics(
 
 
 def fid_metric(
-    setting: str, render: np.ndarray, reference_features: np.ndarray | None, b: Backends
+    setting: str, render: np.ndarray, reference_features: np.ndarray | None, nets: OptionalNets
 ) -> list[Metric]:
     """FID of renders against the training crops' Inception features."""
-    from talk3d_core.fid import fid
+    from talk3d_core.metrics.fid import fid
 
-    if b.fid is None or reference_features is None:
-        return _missing(setting, ["fid"], "inception", b.reasons["fid"], len(render))
+    inception = nets.fid
+    if inception is None or reference_features is None:
+        return _missing(setting, ["fid"], "inception", nets.reasons.get("fid", "not loaded"), len(render))
     if len(render) < 2:
-        return _missing(setting, ["fid"], b.fid.name, "fewer than 2 frames", len(render))
-    return [_ok(setting, "fid", b.fid.name, fid(b.fid.features(render), reference_features), "", len(render))]
+        return _missing(setting, ["fid"], inception.name, "fewer than 2 frames", len(render))
+    value = fid(inception.features(render), reference_features)
+    return [_ok(setting, "fid", inception.name, value, "", len(render))]
 
 
-def sync_metrics(setting: str, frames: np.ndarray, audio: np.ndarray, rate: int, b: Backends) -> list[Metric]:
+def sync_metrics(
+    setting: str, frames: np.ndarray, audio: np.ndarray, rate: int, nets: OptionalNets
+) -> list[Metric]:
     """SyncNet LSE-C (higher is better), LSE-D (lower is better) and the A/V offset in frames."""
     names = ["lse_c", "lse_d", "sync_offset"]
-    if b.sync is None:
-        return _missing(setting, names, "syncnet-v2", b.reasons["sync"], len(frames))
+    scorer = nets.syncnet
+    if scorer is None:
+        return _missing(setting, names, "syncnet-v2", nets.reasons.get("syncnet", "not loaded"), len(frames))
     if len(frames) < MIN_SYNC_FRAMES:
-        return _missing(setting, names, b.sync.name, f"fewer than {MIN_SYNC_FRAMES} frames", len(frames))
-    s = b.sync.score(frames, audio, rate=rate)
+        return _missing(setting, names, scorer.name, f"fewer than {MIN_SYNC_FRAMES} frames", len(frames))
+    s = scorer.score(frames, audio, rate=rate)
     n = int(s["frames"])
     return [
-        _ok(setting, "lse_c", b.sync.name, s["lse_c"], "", n),
-        _ok(setting, "lse_d", b.sync.name, s["lse_d"], "", n),
-        _ok(setting, "sync_offset", b.sync.name, s["offset"], "frames", n),
+        _ok(setting, "lse_c", scorer.name, s["lse_c"], "", n),
+        _ok(setting, "lse_d", scorer.name, s["lse_d"], "", n),
+        _ok(setting, "sync_offset", scorer.name, s["offset"], "frames", n),
     ]
 
 
@@ -254,7 +255,7 @@ def motion_metrics(
 ) -> list[Metric]:
     """Mouth motion against the audio, no ground truth needed: correlation of the inner-lip opening with
     the audio energy (best lag, frames), and the mouth's opening in silence vs speech."""
-    from talk3d_core.lse import audio_energy, mouth_motion_stats, speech_mask
+    from talk3d_core.metrics.motion import audio_energy, mouth_motion_stats, speech_mask
 
     opening = mouth_opening(lm68) * (REFERENCE_SIZE / size)
     energy = audio_energy(audio, rate, len(lm68), fps)
@@ -331,14 +332,14 @@ class DriveInput:
 def evaluate_subject(
     head: TalkingHead,
     data: SubjectData,
-    conditions: FrameConditions,
     wav: np.ndarray,
     rate: int,
-    backends: Backends,
+    nets: OptionalNets,
     *,
+    landmark_backend: str = "mediapipe",
+    au45_calibration: dict[str, Any] | None = None,
     drives: dict[str, DriveInput] | None = None,
     views: Sequence[str] = (),
-    camera: dict[str, Any],
     drive_camera: str = "tracked",
     fps: float = 25.0,
     fid_reference_frames: int = 500,
@@ -347,34 +348,37 @@ def evaluate_subject(
 ) -> pd.DataFrame:
     """All metrics of one subject as a table with :data:`COLUMNS` (one row per setting x metric x backend).
 
-    data/conditions: every frame of the clip (the held-out ones, ``~data.train``, are evaluated); wav
-    (samples,) float mono at ``rate`` Hz, the clip's audio; drives: driving audio by name; views: view
-    names "{yaw}_{pitch}"; camera: the camera stage's settings (focal, radius, pivot) for the frontal
-    and novel-view cameras; drive_camera: "tracked" (held-out cameras played forward and back) or
-    "fixed" (frontal). A driving clip is scored on its first ``max_drive_frames`` frames (the renders
-    are held in memory for SyncNet; the rows' ``frames`` say how many were used).
+    data: every frame of the clip with its crops, masks and conditions (the held-out ones are
+    evaluated); wav (samples,) float mono at ``rate`` Hz, the clip's audio; nets: the metrics' nets
+    (:func:`scoring_nets`); au45_calibration: the features stage's, for AUE; drives: driving audio by
+    name; views: view names "{yaw}_{pitch}" (cameras of the model's geometry); drive_camera: "tracked"
+    (held-out cameras played forward and back) or "fixed" (frontal). A driving clip is scored on its
+    first ``max_drive_frames`` frames (the renders are held in memory for SyncNet; the rows'
+    ``frames`` say how many were used).
     """
-    test = np.flatnonzero(~data.train)
+    test = data.test
     if len(test) < 2:
         raise ValueError(f"evaluation needs at least 2 held-out frames, the split has {len(test)}")
+    if data.crops is None or data.face is None or data.conditions is None:
+        raise ValueError("evaluation needs the subject's crops, masks and conditions")
     size = data.crops.shape[-1]
     cameras = data.cameras.numpy()
-    clip = SubjectClip(conditions, cameras, test)
+    conditions = data.conditions
     rows: list[Metric] = []
 
     def landmarks(images: np.ndarray) -> np.ndarray:
-        return landmarks_of_images(images, backend=backends.landmark)
+        return landmarks_of_images(images, backend=landmark_backend)
 
     # Reference statistics of the training crops: FID features and mean identity embeddings.
     train = np.flatnonzero(data.train)
     pick = train[np.linspace(0, len(train) - 1, min(fid_reference_frames, len(train))).round().astype(int)]
     reference_images = to_uint8(to_unit(data.crops[pick]))
-    reference_features = backends.fid.features(reference_images) if backends.fid is not None else None
+    reference_features = nets.fid.features(reference_images) if nets.fid is not None else None
     reference_identity = {}
-    if any(e is not None for e in backends.identity.values()):
-        from talk3d_core.identity import mean_identity
+    if any(e is not None for e in nets.embedders.values()):
+        from talk3d_core.nets.identity import mean_identity
 
-        for name, embedder in backends.identity.items():
+        for name, embedder in nets.embedders.items():
             if embedder is not None:
                 reference_identity[name] = mean_identity(
                     embedder.embed(reference_images[:: max(1, len(pick) // 100)])
@@ -386,37 +390,37 @@ def evaluate_subject(
     render = render_uint8(head, conditions, cameras, test, batch_size)
     render_lm, truth_lm = landmarks(render), landmarks(truth)
     audio = _segment(wav, rate, int(test[0]), len(test), fps)
-    rows += face_metrics(SELF, render, truth, data.face[test, 0].numpy(), backends)
-    rows += mouth_metrics(SELF, render_lm, truth_lm, size, backends.landmark)
-    rows += aue_metric(SELF, render_lm, truth_lm, backends)
-    rows += identity_metrics(SELF, render, backends, truth=truth)
-    rows += fid_metric(SELF, render, reference_features, backends)
-    rows += sync_metrics(SELF, render, audio, rate, backends)
-    rows += motion_metrics(SELF, render_lm, size, audio, rate, fps, backends.landmark)
-    rows += sync_metrics(GROUND_TRUTH, truth, audio, rate, backends)
-    rows += motion_metrics(GROUND_TRUTH, truth_lm, size, audio, rate, fps, backends.landmark)
+    rows += face_metrics(SELF, render, truth, data.face[test, 0].numpy(), nets)
+    rows += mouth_metrics(SELF, render_lm, truth_lm, size, landmark_backend)
+    rows += aue_metric(SELF, render_lm, truth_lm, au45_calibration, landmark_backend)
+    rows += identity_metrics(SELF, render, nets, truth=truth)
+    rows += fid_metric(SELF, render, reference_features, nets)
+    rows += sync_metrics(SELF, render, audio, rate, nets)
+    rows += motion_metrics(SELF, render_lm, size, audio, rate, fps, landmark_backend)
+    rows += sync_metrics(GROUND_TRUTH, truth, audio, rate, nets)
+    rows += motion_metrics(GROUND_TRUTH, truth_lm, size, audio, rate, fps, landmark_backend)
     log.info("self-driven: %d held-out frames", len(test))
 
     # Cross-driven: other audio, eye/pose tokens (and tracked cameras) of the held-out frames.
     for name, drive in (drives or {}).items():
         setting = f"drive:{name}"
-        cond, cams, _ = clip.drive(drive.audio_features, camera, drive_camera)
+        cond, cams, _ = drive_clip(head, data, drive.audio_features, drive_camera)
         n = min(len(cond), max_drive_frames)
         images = render_uint8(head, cond, cams, np.arange(n), batch_size)
         lm = landmarks(images)
         wav = _segment(drive.wav, drive.rate, 0, n, fps)
-        rows += sync_metrics(setting, images, wav, drive.rate, backends)
-        rows += motion_metrics(setting, lm, size, wav, drive.rate, fps, backends.landmark)
-        rows += identity_metrics(setting, images, backends, reference=reference_identity)
-        rows += fid_metric(setting, images, reference_features, backends)
+        rows += sync_metrics(setting, images, wav, drive.rate, nets)
+        rows += motion_metrics(setting, lm, size, wav, drive.rate, fps, landmark_backend)
+        rows += identity_metrics(setting, images, nets, reference=reference_identity)
+        rows += fid_metric(setting, images, reference_features, nets)
         log.info("%s: %d frames", setting, n)
 
     # Novel views of the held-out frames.
     for view in views:
-        images = render_uint8(head, conditions, clip.view(view, camera), test, batch_size)
+        images = render_uint8(head, conditions, novel_view_cameras(head, data, view), test, batch_size)
         setting = f"view:{view}"
-        rows += fid_metric(setting, images, reference_features, backends)
-        rows += identity_metrics(setting, images, backends, reference=reference_identity)
+        rows += fid_metric(setting, images, reference_features, nets)
+        rows += identity_metrics(setting, images, nets, reference=reference_identity)
     if views:
         log.info("novel views: %d", len(views))
     return pd.DataFrame([asdict(r) for r in rows], columns=list(COLUMNS))
@@ -481,3 +485,61 @@ def plot_view_metrics(table: pd.DataFrame, out_png: str | os.PathLike[str]) -> N
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def evaluate_stage(
+    *,
+    model_pt: str | os.PathLike[str],
+    features_parquet: str | os.PathLike[str],
+    prior_frames: str | os.PathLike[str],
+    crops: str | os.PathLike[str],
+    masks: str | os.PathLike[str],
+    audio_wav: str | os.PathLike[str],
+    drives: dict[str, tuple[str | os.PathLike[str], str | os.PathLike[str]]],
+    settings: dict[str, Any],
+    views: Sequence[str],
+    drive_camera: str,
+    fps: float,
+    metrics_parquet: str | os.PathLike[str],
+    views_png: str | os.PathLike[str],
+    weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
+    manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
+    device: str | None = None,
+    subject: str = "",
+) -> pd.DataFrame:
+    """Rule evaluate: every metric of one subject to ``metrics_parquet`` (and the novel-view heat map),
+    the table in the log. drives: driving audio name -> (its features.parquet, its audio.wav);
+    settings: the validated ``evaluate`` config section; weights_dir and manifest: where the metrics'
+    nets are (config ``weights``)."""
+    from talk3d_core.features import read_features, read_features_meta
+    from talk3d_core.model.subject import read_subject_data
+    from talk3d_core.model.talking_head import load_talking_head
+    from talk3d_core.util.media import read_wav_float
+    from talk3d_core.util.runs import pick_device
+
+    device_ = pick_device(device)
+    head = load_talking_head(model_pt, device_)
+    data = read_subject_data(
+        read_features(features_parquet), prior_frames, crops=crops, masks=masks,
+        size=head.generator.config.image_resolution, background=head.training_record["background"],
+    )  # fmt: skip
+    nets = scoring_nets(
+        device_, identity_backends=settings["identity_backends"], syncnet_weights=settings["sync_weights"],
+        weights_dir=weights_dir, manifest=manifest,
+    )  # fmt: skip
+    driving = {}
+    for name, (features, audio) in drives.items():
+        wav, rate = read_wav_float(audio)
+        driving[name] = DriveInput(read_features(features, kind="drive").audio, wav, rate)
+    wav, rate = read_wav_float(audio_wav)
+    table = evaluate_subject(
+        head, data, wav, rate, nets, landmark_backend=settings["landmark_backend"],
+        au45_calibration=read_features_meta(features_parquet)["eye"].get("calibration"), drives=driving,
+        views=views, drive_camera=drive_camera, fps=fps,
+        fid_reference_frames=settings["fid_reference_frames"], max_drive_frames=settings["max_drive_frames"],
+        batch_size=settings["batch_size"],
+    )  # fmt: skip
+    log.info("metrics of %s:\n%s", subject or model_pt, metrics_text(table))
+    write_metrics(table, metrics_parquet)
+    plot_view_metrics(table, views_png)
+    return table

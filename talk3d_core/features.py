@@ -40,13 +40,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from talk3d_core.audio_features import apply_normalisation, fit_normalisation, frame_features, frame_windows
-from talk3d_core.blink import blink_signal
 from talk3d_core.camera import read_camera_table
 from talk3d_core.crop import read_crop_table
-from talk3d_core.io import atomic_path
-from talk3d_core.media import read_wav_float
-from talk3d_core.tables import fixed_list_array, fixed_list_values
+from talk3d_core.face.blink import blink_signal
+from talk3d_core.nets.audio_features import (
+    apply_normalisation,
+    fit_normalisation,
+    frame_features,
+    frame_windows,
+)
+from talk3d_core.util.io import atomic_path
+from talk3d_core.util.media import read_wav_float
+from talk3d_core.util.tables import fixed_list_array, fixed_list_values
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"talk3d.features"

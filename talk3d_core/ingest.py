@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from talk3d_core.io import atomic_dir, atomic_path, write_json
-from talk3d_core.media import (
+from talk3d_core.util.io import atomic_dir, atomic_path, write_json
+from talk3d_core.util.media import (
     MediaError,
     MediaInfo,
     StreamInfo,
@@ -40,8 +40,8 @@ from talk3d_core.media import (
 log = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("png", "jpg")
-# zlib level 1 with "up" prediction: 4.1x faster than zlib level 6 for 18% larger files on cnn.mp4
-# (`python bench/ingest.py --png-levels 6`: 275 vs 66 frames/s, 209 vs 177 KiB a frame).
+# zlib level 1 with "up" prediction: much faster than level 6 for slightly larger frames.
+# Measured rationale: docs/decisions.md#frame-png-compression
 PNG_COMPRESSION_LEVEL = 1
 PNG_PREDICTION = "up"
 JPEG_QSCALE = 2  # ffmpeg's mjpeg quality scale, 2 = best practical quality

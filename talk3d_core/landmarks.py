@@ -1,6 +1,6 @@
 """Stage 2, landmarks: full frames -> per-frame face box, score and 68 iBUG points -> landmarks.parquet.
 
-One interface, backends chosen by name (:mod:`talk3d_core.landmark_backends`): ``mediapipe``
+One interface, backends chosen by name (:mod:`talk3d_core.face.landmark_backends`): ``mediapipe``
 (default, offline), ``dlib`` (offline) and ``face_alignment`` (FAN 2DFAN4, weights from the weights
 rule). Every backend yields the iBUG 300-W 68-point layout, 0-based: jaw 0-16, brows 17-26, nose
 27-35 (tip 30), eyes 36-41 (subject's right eye, image left) and 42-47, outer lips 48-59 (corners 48,
@@ -8,7 +8,7 @@ rule). Every backend yields the iBUG 300-W 68-point layout, 0-based: jaw 0-16, b
 stored-frame pixels with the centre of the top-left pixel at (0, 0).
 
 Following one face: in each frame the face overlapping the previous frame's face continues the
-track, else the largest face is taken (:func:`talk3d_core.landmark_backends.select_main`).
+track, else the largest face is taken (:func:`talk3d_core.face.landmark_backends.select_main`).
 
 Gaps: runs of at most ``max_gap_frames`` frames without the face are filled by linear
 interpolation between the frames around them (held constant at the clip's ends) and flagged
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from talk3d_core.io import atomic_path, list_frames, read_rgb
-from talk3d_core.landmark_backends import BACKENDS, Face, box_area, box_iou, open_backend, select_main
-from talk3d_core.tables import fixed_list_array, fixed_list_values
+from talk3d_core.face.landmark_backends import BACKENDS, Face, box_area, box_iou, open_backend, select_main
+from talk3d_core.util.io import atomic_path, list_frames, read_rgb
+from talk3d_core.util.tables import fixed_list_array, fixed_list_values
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,8 @@ class LandmarkTrack:
 
 
 def _frame_list(frames: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
-    """Frame files in order: a folder's frames (see :func:`talk3d_core.io.list_frames`) or the given paths."""
+    """Frame files in order: a folder's frames (see :func:`talk3d_core.util.io.list_frames`) or the
+    given paths."""
     if isinstance(frames, str | os.PathLike):
         return list_frames(frames)
     paths = [Path(p) for p in frames]
@@ -199,7 +200,7 @@ def track_landmarks(
 ) -> LandmarkTrack:
     """Follow one face through ``images`` with the per-frame step ``detect(image, prior_box)``.
 
-    ``detect`` returns the faces of one frame (:class:`~talk3d_core.landmark_backends.Face`);
+    ``detect`` returns the faces of one frame (:class:`~talk3d_core.face.landmark_backends.Face`);
     ``prior_box`` is the followed face's box in the last frame where it was found. ``images`` may be
     anything ``detect`` understands (arrays, or frame indices for a synthetic ``detect``). Gap
     settings as in :func:`detect_landmarks`; raises :class:`FaceTrackError` naming ``what`` and the
@@ -405,7 +406,7 @@ def detect_landmarks(
     Raises:
         FaceTrackError: no face, or the face missing too long/too often, or two faces compete.
         ValueError: unreadable frames or frames of different sizes; unknown backend.
-        talk3d_core.weights.WeightsError: the backend's weights are not installed.
+        talk3d_core.util.weights.WeightsError: the backend's weights are not installed.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown landmark backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -29,8 +29,8 @@ Two backends produce the same label layout (:data:`LABELS`):
     About 20 ms of CPU per 256 px crop, half of it in grabCut.
 
 ``bisenet``
-    The CelebAMask-HQ face parser (:mod:`talk3d_core.bisenet`, weights ``79999_iter.pth``); its 19
-    classes are mapped to ours by :data:`talk3d_core.bisenet.CELEBAMASK_TO_LABEL`.
+    The CelebAMask-HQ face parser (:mod:`talk3d_core.face.bisenet`, weights ``79999_iter.pth``); its 19
+    classes are mapped to ours by :data:`talk3d_core.face.bisenet.CELEBAMASK_TO_LABEL`.
 
 Crops are RGB uint8 ``(S, S, 3)``; landmarks are crop pixels ``(68, 2)`` (x, y) in the iBUG 300-W
 layout. Label images are uint8 ``(S, S)``, written as single-channel PNGs ``masks/000000.png``.
@@ -48,18 +48,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from talk3d_core.io import atomic_dir, read_rgb
-
-#: Label values of the mask images.
-LABELS: dict[str, int] = {
-    "background": 0,
-    "skin": 1,  # face incl. brows, nose, ears
-    "lips": 2,
-    "mouth_interior": 3,  # teeth, tongue, dark gap
-    "eyes": 4,
-    "hair": 5,
-    "neck_torso": 6,  # neck, shoulders, clothes
-}
+from talk3d_core.face.regions import LABELS
+from talk3d_core.util.io import atomic_dir, read_rgb
 
 #: RGB colour per label for contact sheets (index = label value).
 PALETTE = np.array(
@@ -572,15 +562,15 @@ def region_masks(
         crop: RGB uint8 (S, S, 3).
         lm68: (68, 2) landmarks in crop pixels (x, y), iBUG 300-W layout.
         backend: ``"landmarks"`` (polygons + colour models) or ``"bisenet"`` (needs ``model``, a
-            :class:`talk3d_core.bisenet.BiSeNet` with loaded weights).
+            :class:`talk3d_core.face.bisenet.BiSeNet` with loaded weights).
     """
     crop, lm = _check_inputs(crop, lm68)
     if backend == "landmarks":
         return _landmark_labels(crop, lm)
     if backend == "bisenet":
         if model is None:
-            raise ValueError("backend 'bisenet' needs a loaded model (talk3d_core.bisenet.load_bisenet)")
-        from talk3d_core.bisenet import parse_labels
+            raise ValueError("backend 'bisenet' needs a loaded model (talk3d_core.face.bisenet.load_bisenet)")
+        from talk3d_core.face.bisenet import parse_labels
 
         return parse_labels(model, crop)
     raise ValueError(f"unknown mask backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -635,7 +625,7 @@ def masks_clip(
         lm68_crop: (N, 68, 2) landmarks in crop pixels.
         backend: ``"landmarks"`` or ``"bisenet"`` (weights ``face_parsing_bisenet`` from
             ``weights_dir``, listed in ``manifest``, default ``weights_dir/manifest.yaml``; a missing
-            file raises :class:`talk3d_core.weights.WeightsError` naming the fetch command).
+            file raises :class:`talk3d_core.util.weights.WeightsError` naming the fetch command).
         device: torch device of the ``bisenet`` model.
         threads: frames labelled concurrently by the ``landmarks`` backend.
     Returns:
@@ -654,8 +644,8 @@ def masks_clip(
         raise ValueError(f"{masks_dir}: no crops given")
     model = None
     if backend == "bisenet":
-        from talk3d_core.bisenet import WEIGHTS_NAME, load_bisenet
-        from talk3d_core.weights import require
+        from talk3d_core.face.bisenet import WEIGHTS_NAME, load_bisenet
+        from talk3d_core.util.weights import require
 
         manifest_path = Path(manifest) if manifest is not None else Path(weights_dir) / "manifest.yaml"
         model = load_bisenet(require(WEIGHTS_NAME, weights_dir, manifest_path), device=device)

@@ -18,20 +18,17 @@ Five stages, each a plain function, all settings in :class:`PretrainedConfig`:
 
 :func:`personalize` runs them with checkpoints (atomic, every ``checkpoint_every`` steps and at
 stage ends), per-step seeding (a resumed run ends bit-identical to an uninterrupted one) and a
-JSON-lines log, and returns a :class:`~talk3d_core.prior.ScratchPrior`, so that the scratch mode's
+JSON-lines log, and returns a :class:`~talk3d_core.prior.PersonalizedGenerator`, so that the scratch mode's
 evaluation, contact sheet and outputs work unchanged.
 
 Losses: L1 on the final and on the raw (neural-rendered) image, LPIPS and an ArcFace identity term
-when :mod:`talk3d_core.perceptual` finds them, and the offsets' L2 penalty.
+when :mod:`talk3d_core.nets.lpips` finds them, and the offsets' L2 penalty.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
@@ -46,10 +43,14 @@ import torch
 import torch.nn.functional as F
 
 from talk3d_core.camera import EG3D_PIVOT
-from talk3d_core.eg3d import TriPlaneGenerator
-from talk3d_core.io import atomic_path
-from talk3d_core.perceptual import PairLoss, identity_loss, lpips_loss
-from talk3d_core.prior import ScratchPrior, SubjectData, open_checkpoint, to_unit
+from talk3d_core.model.eg3d import TriPlaneGenerator
+from talk3d_core.model.personalized import PersonalizedGenerator
+from talk3d_core.model.subject import SubjectData
+from talk3d_core.nets.arcface import identity_loss
+from talk3d_core.nets.lpips import lpips_loss
+from talk3d_core.nets.optional import OptionalNets
+from talk3d_core.util.images import to_unit
+from talk3d_core.util.runs import Run, fingerprint, module_fingerprint, pick_device, seed_step
 
 log = logging.getLogger(__name__)
 
@@ -108,30 +109,6 @@ class PretrainedConfig:
         ]
         if problems:
             raise ValueError("invalid PretrainedConfig: " + "; ".join(problems))
-
-
-@dataclass(frozen=True)
-class ImageLosses:
-    """The optional loss backends: a callable ``(render, target) -> (B,)`` or None and why."""
-
-    lpips: PairLoss | None = None
-    identity: PairLoss | None = None
-    lpips_reason: str = "not requested"
-    identity_reason: str = "not requested"
-
-    @classmethod
-    def detect(cls, device: str | torch.device) -> ImageLosses:
-        """Whatever :mod:`talk3d_core.perceptual` can build here (nothing is downloaded)."""
-        lpips, lpips_reason = lpips_loss(device)
-        identity, identity_reason = identity_loss(device)
-        return cls(lpips, identity, lpips_reason, identity_reason)
-
-    def log_missing(self) -> None:
-        """One line per missing term, so a run without them says so."""
-        if self.lpips is None:
-            log.warning("LPIPS unavailable: %s; using L1 only", self.lpips_reason)
-        if self.identity is None:
-            log.warning("identity loss unavailable: %s; running without it", self.identity_reason)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -267,7 +244,7 @@ def reconstruction_terms(
     out: dict[str, torch.Tensor],
     target: torch.Tensor,
     cfg: PretrainedConfig,
-    losses: ImageLosses,
+    losses: OptionalNets,
     offsets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Loss terms and their weighted ``total``: L1 (final, raw), LPIPS, identity (when available),
@@ -293,9 +270,8 @@ def reconstruction_terms(
 
 
 def _seed_step(seed: int, stage: str, step: int) -> None:
-    """Seed every generator from (seed, stage, step): a resumed run repeats each step exactly."""
-    state = np.random.SeedSequence([seed, STAGES.index(stage), step]).generate_state(2, np.uint32)
-    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+    """Seed torch from (seed, stage, step): a resumed run repeats each step exactly."""
+    seed_step(seed, step, STAGES.index(stage))
 
 
 def _render(
@@ -352,7 +328,7 @@ def invert_pivots(
     cameras: torch.Tensor,
     cfg: PretrainedConfig,
     *,
-    losses: ImageLosses,
+    losses: OptionalNets,
     pivot: Sequence[float] = EG3D_PIVOT,
     resume: dict[str, Any] | None = None,
     hook: StepHook | None = None,
@@ -417,7 +393,7 @@ def pivotal_tuning(
     cameras: torch.Tensor,
     cfg: PretrainedConfig,
     *,
-    losses: ImageLosses,
+    losses: OptionalNets,
     resume: dict[str, Any] | None = None,
     hook: StepHook | None = None,
 ) -> TriPlaneGenerator:
@@ -469,7 +445,7 @@ def invert_frames(
     init_offsets: torch.Tensor,
     cfg: PretrainedConfig,
     *,
-    losses: ImageLosses,
+    losses: OptionalNets,
     pivot: Sequence[float] = EG3D_PIVOT,
     resume: dict[str, Any] | None = None,
     hook: StepHook | None = None,
@@ -537,21 +513,6 @@ class StepBudgetExhausted(RuntimeError):
     """:func:`personalize` used up its ``max_steps`` for this call; its state is checkpointed."""
 
 
-def _fingerprint(*arrays: np.ndarray | torch.Tensor, names: Sequence[str] = ()) -> str:
-    """sha256 (16 hex digits) of names, shapes, dtypes and bytes."""
-    digest = hashlib.sha256(" ".join(names).encode())
-    for array in arrays:
-        tensor = torch.as_tensor(array).detach().cpu().contiguous()
-        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _module_fingerprint(module: torch.nn.Module) -> str:
-    state = module.state_dict()
-    return _fingerprint(*(state[k] for k in sorted(state)), names=sorted(state))
-
-
 def personalize(
     data: SubjectData,
     head_angles: np.ndarray,
@@ -565,9 +526,11 @@ def personalize(
     restart_on_mismatch: bool = False,
     progress: bool | None = None,
     device: str | None = None,
-    image_losses: ImageLosses | None = None,
+    nets: OptionalNets | None = None,
+    weights_dir: str | os.PathLike[str] | None = None,
+    manifest: str | os.PathLike[str] | None = None,
     max_steps: int | None = None,
-) -> tuple[ScratchPrior, torch.Tensor, torch.Tensor]:
+) -> tuple[PersonalizedGenerator, torch.Tensor, torch.Tensor]:
     """VIVE3D personalization of a pretrained ``generator`` (not modified; a copy is tuned).
 
     Args:
@@ -579,16 +542,17 @@ def personalize(
         run_id: e.g. a code hash; with the settings, data, poses and the starting generator's weights
             it keys the checkpoint. A checkpoint keyed otherwise is an error, or with
             ``restart_on_mismatch`` is set aside as ``checkpoint.stale.pt``.
-        image_losses: the optional LPIPS / identity backends (default: :meth:`ImageLosses.detect`).
+        nets: the optional LPIPS and identity losses (default: whichever load here, ArcFace from
+            ``weights_dir`` and ``manifest``, by default resources/weights).
         max_steps: run at most this many optimiser steps in this call, then checkpoint and raise
             :class:`StepBudgetExhausted` (time-sliced jobs; the next call resumes).
 
     Returns:
-        (prior, refined_cameras (N, 25), offsets (N, num_ws, w_dim)): ``prior`` is a ScratchPrior on
+        (prior, refined_cameras (N, 25), offsets (N, num_ws, w_dim)): ``prior`` is a
+        PersonalizedGenerator on
         ``device`` with the tuned generator, w_id and the training frames' offsets in the order of
         ``np.flatnonzero(data.train)``; cameras and offsets (CPU) cover every frame, test frames too.
     """
-    from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -603,9 +567,12 @@ def personalize(
     features = pivot_features(head_angles, landmarks, data.train)
     pivots = select_pivots(features, data.train, cfg.n_pivots)
     nearest = nearest_pivot(features, pivots)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    losses = image_losses if image_losses is not None else ImageLosses.detect(device)
-    losses.log_missing()
+    device = pick_device(device)
+    if nets is None:
+        where = {k: v for k, v in (("weights_dir", weights_dir), ("manifest", manifest)) if v is not None}
+        builders = {"lpips": lambda: lpips_loss(device), "identity": lambda: identity_loss(device, **where)}
+        nets = OptionalNets.load(builders, purpose="personalization")
+    losses = nets
     generator = copy.deepcopy(generator).to(device).eval().requires_grad_(False)
     pivot = [float(v) for v in pivot]
     meta = {
@@ -613,8 +580,8 @@ def personalize(
         "pretrained_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"},
         "run_id": run_id,
         "data": data.fingerprint(),
-        "poses": _fingerprint(np.asarray(head_angles, np.float64), np.asarray(landmarks, np.float64)),
-        "generator": _module_fingerprint(generator),
+        "poses": fingerprint(np.asarray(head_angles, np.float64), np.asarray(landmarks, np.float64)),
+        "generator": module_fingerprint(generator),
         "pivot": pivot,
         "lpips": losses.lpips is not None,
         "identity": losses.identity is not None,
@@ -625,29 +592,22 @@ def personalize(
         "frames": frame_inversion_steps(n, cfg),
     }
     first_step = {s: sum(stage_steps[t] for t in STAGES[: STAGES.index(s)]) for s in STAGES}
-    saved = open_checkpoint(out_dir, meta, restart_on_mismatch, device, step_key="global_step")
-    saved = saved or {"stage": "pivots", "global_step": 0, "progress": None}
+    total = sum(stage_steps.values())
+    run = Run(
+        out_dir, meta, total=total, device=device, restart_on_mismatch=restart_on_mismatch,
+        step_key="global_step", desc="personalize", progress=progress,
+    )  # fmt: skip
+    saved = run.state or {"stage": "pivots", "global_step": 0, "progress": None}
     log.info("pivot frames: %s", pivots.tolist())
-
-    checkpoint_path = out_dir / "checkpoint.pt"
     results: dict[str, Any] = {k: saved.get(k) for k in ("pivot_fit", "generator", "frame_fit")}
 
     def save(stage: str, global_step: int, progress_state: dict[str, Any] | None) -> None:
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(
-                {"meta": meta, "stage": stage, "global_step": global_step, "progress": progress_state}
-                | results,
-                tmp,
-            )
+        run.save({"stage": stage, "global_step": global_step, "progress": progress_state} | results)
 
-    total = sum(stage_steps.values())
-    bar = tqdm(total=total, initial=saved["global_step"], disable=None if progress is None else not progress)
-    bar.set_description("personalize")
     done_here = 0
     started = time.perf_counter()
-    log_path = out_dir / "train_log.jsonl"
 
-    with open(log_path, "a") as log_file, contextlib.closing(bar):
+    with run:
 
         def hook(stage: str, step: int, values: dict[str, float], snapshot: Callable[[], dict]) -> None:
             nonlocal done_here, started
@@ -656,11 +616,9 @@ def personalize(
             record = {"stage": stage, "step": step, "global_step": global_step}
             record |= {k: round(v, 6) for k, v in values.items()}
             record["seconds"] = round(time.perf_counter() - started, 4)
-            log_file.write(json.dumps(record) + "\n")
-            bar.update(1)
+            run.step(record)
             out_of_budget = max_steps is not None and done_here >= max_steps
             if step % cfg.checkpoint_every == 0 or out_of_budget:
-                log_file.flush()
                 save(stage, global_step, snapshot())
                 log.info("%s step %d/%d: loss %.4f", stage, step, stage_steps[stage], values["total"])
             if out_of_budget:
@@ -710,8 +668,8 @@ def personalize(
 
     frames = FrameFit(**{k: v.cpu() for k, v in results["frame_fit"].items()})
     cameras = refine_cameras(data.cameras, frames.camera_delta, pivot=pivot).detach()
-    with torch.random.fork_rng(devices=[]):  # ScratchPrior seeds the global generator
-        prior = ScratchPrior(generator.config, len(train_index), cfg.seed)
+    with torch.random.fork_rng(devices=[]):  # PersonalizedGenerator seeds the global generator
+        prior = PersonalizedGenerator(generator.config, len(train_index), cfg.seed)
     prior.generator = generator
     with torch.no_grad():
         prior.w_id.copy_(fit.w_id.cpu())

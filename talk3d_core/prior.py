@@ -1,6 +1,7 @@
-"""Stage 7, prior (scratch mode): a tri-plane generator fitted to one subject as an auto-decoder.
+"""Stage 7, prior: the personalized generator of one subject (:func:`prior_stage`, the rule's entry),
+fitted from scratch here or personalized from an EG3D checkpoint (:mod:`talk3d_core.personalize`).
 
-When no pretrained EG3D checkpoint is available, the personalized prior is learned from the
+Scratch mode: when no pretrained EG3D checkpoint is available, the personalized prior is learned from the
 subject's own training crops: a randomly initialised :class:`TriPlaneGenerator`, a learned identity
 latent ``w_id`` (1, num_ws, w_dim) and a small per-frame offset ``o_n`` for every training frame,
 rendered from the tracked camera of frame n and compared with the crop. Offsets absorb expression so
@@ -15,8 +16,6 @@ checkpoint, so a killed run continued later ends with the same weights as an uni
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import time
@@ -30,25 +29,24 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
-from talk3d_core.head_proxy import RIGID_POINTS, HeadProxy, project_points
-from talk3d_core.image_metrics import psnr, ssim
-from talk3d_core.io import atomic_path
-from talk3d_core.pictures import depth_to_uint8
+from talk3d_core.metrics.image import psnr, ssim
+from talk3d_core.model.eg3d import GeneratorConfig
+from talk3d_core.model.head_proxy import RIGID_POINTS, HeadProxy, project_points
+from talk3d_core.model.personalized import PersonalizedGenerator, training_record
+from talk3d_core.model.subject import SubjectData, load_subject
+from talk3d_core.report.depth import depth_to_uint8
+from talk3d_core.util.images import to_uint8, to_unit
+from talk3d_core.util.io import atomic_path
+from talk3d_core.util.runs import Run, check_finite, pick_device, seed_step
 
 log = logging.getLogger(__name__)
-
-# Region labels (talk3d_core.masks.LABELS) that make up the face for PSNR: skin, lips, mouth, eyes.
-FACE_LABELS = (1, 2, 3, 4)
-MOUTH_LABELS = (2, 3)  # lips and the mouth's inside: the deltaplane stage's mouth loss
-BACKGROUND_LABEL = 0
 
 
 @dataclass(frozen=True)
 class PriorConfig:
     """Optimisation settings of the scratch prior (the generator's sizes are in GeneratorConfig)."""
 
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 4
     lr_generator: float = 2e-3
     lr_latent: float = 1e-2
@@ -56,7 +54,7 @@ class PriorConfig:
     weight_l1_raw: float = 1.0
     weight_ssim: float = 0.5
     weight_offset: float = 1e-2
-    # Geometry prior (talk3d_core.head_proxy): rendered depth at the template's rigid landmarks
+    # Geometry prior (talk3d_core.model.head_proxy): rendered depth at the template's rigid landmarks
     # (world units, L1), opacity vs the person mask, solid head core, empty space around the proxy.
     weight_depth: float = 1.0
     weight_opacity: float = 1.0
@@ -65,146 +63,6 @@ class PriorConfig:
     shape_points: int = 2048
     checkpoint_every: int = 200
     seed: int = 0
-
-
-@dataclass
-class SubjectData:
-    """Training data of one subject, in memory, indexed by frame (0..N-1).
-
-    crops (N, 3, S, S) uint8 at the generator's output size (kept as bytes: 0.75 MB a frame at 512,
-    converted per batch by :func:`to_unit`); face (N, 1, S, S) bool face-region mask; cameras
-    (N, 25) float EG3D labels; train (N,) bool; person (N, 1, S, S) bool foreground (every label
-    but background) when the background is painted out, else None; proxy: the head proxy placed
-    under these cameras (None: no geometry prior); mouth (N, 1, S, S) bool lips and mouth (used by
-    the deltaplane stage only, so not part of the prior's fingerprint); mouth_patch (N, 3, Z, Z) uint8
-    and mouth_box (N, 3) the mouth box at the crop's full resolution, for the deltaplane stage's
-    zoomed mouth loss (None unless asked for).
-    """
-
-    crops: torch.Tensor
-    face: torch.Tensor
-    cameras: torch.Tensor
-    train: np.ndarray
-    person: torch.Tensor | None = None
-    proxy: HeadProxy | None = None
-    mouth: torch.Tensor | None = None
-    mouth_patch: torch.Tensor | None = None
-    mouth_box: torch.Tensor | None = None
-
-    def fingerprint(self) -> str:
-        """sha256 of the training data, so a checkpoint is only resumed on the data it was fitted to."""
-        digest = hashlib.sha256()
-        for array in (self.crops, self.face, self.cameras, torch.as_tensor(self.train), self.person):
-            if array is not None:
-                digest.update(array.contiguous().numpy().tobytes())
-        if self.proxy is not None:
-            digest.update(json.dumps(self.proxy.as_dict(), sort_keys=True).encode())
-        return digest.hexdigest()[:16]
-
-
-def to_unit(crops: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float in [-1, 1], the generator's range."""
-    return crops.float() / 127.5 - 1.0
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Images (..., 3, H, W) in [-1, 1] (clamped) -> (..., H, W, 3) uint8, for saving and detectors."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
-
-
-def load_subject(
-    crop_paths: Sequence[str | os.PathLike[str]],
-    mask_paths: Sequence[str | os.PathLike[str]],
-    cameras: np.ndarray,
-    train: np.ndarray,
-    size: int,
-    *,
-    background: str = "black",
-    proxy: HeadProxy | None = None,
-) -> SubjectData:
-    """Read crops and masks, resized to ``size`` (area for images, nearest for labels).
-
-    ``background="black"`` paints the background label black, what the renderer shows where a ray
-    meets no density, so the tri-planes hold the person and not the studio behind them, and keeps
-    the person mask for the opacity and empty-space terms; ``"keep"`` fits the crops as they are
-    (the studio becomes part of the volume, so only the depth and solid-core terms apply).
-    ``proxy`` (from :func:`talk3d_core.head_proxy.fit_head_proxy`) enables the geometry prior.
-    """
-    if background not in ("keep", "black"):
-        raise ValueError(f"background must be 'keep' or 'black', got {background!r}")
-    if not (len(crop_paths) == len(mask_paths) == len(cameras) == len(train)):
-        raise ValueError(
-            f"prior inputs disagree: {len(crop_paths)} crops, {len(mask_paths)} masks, "
-            f"{len(cameras)} cameras, {len(train)} split flags"
-        )
-    crops, faces, people, mouths = [], [], [], []
-    for crop_path, mask_path in zip(crop_paths, mask_paths, strict=True):
-        with Image.open(crop_path) as im:
-            rgb = np.array(im.convert("RGB").resize((size, size), Image.Resampling.BOX))
-        with Image.open(mask_path) as im:
-            labels = np.asarray(im.resize((size, size), Image.Resampling.NEAREST))
-        if background == "black":
-            rgb[labels == BACKGROUND_LABEL] = 0
-        crops.append(rgb)
-        faces.append(np.isin(labels, FACE_LABELS))
-        people.append(labels != BACKGROUND_LABEL)
-        mouths.append(np.isin(labels, MOUTH_LABELS))
-    return SubjectData(
-        crops=torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(),
-        face=torch.from_numpy(np.stack(faces))[:, None],
-        cameras=torch.as_tensor(np.asarray(cameras, np.float32)),
-        train=np.asarray(train, bool),
-        person=torch.from_numpy(np.stack(people))[:, None] if background == "black" else None,
-        proxy=proxy,
-        mouth=torch.from_numpy(np.stack(mouths))[:, None],
-    )
-
-
-class ScratchPrior(torch.nn.Module):
-    """Generator + identity latent + per-training-frame offsets, the trainable state of the prior."""
-
-    def __init__(self, gen_config: GeneratorConfig, n_train: int, seed: int) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.generator = TriPlaneGenerator(gen_config)
-        with torch.no_grad():
-            z = torch.randn(1, gen_config.z_dim)
-            c = torch.zeros(1, gen_config.c_dim)
-            w = self.generator.mapping(z, c)
-        self.w_id = torch.nn.Parameter(w.clone())
-        self.offsets = torch.nn.Parameter(torch.zeros(n_train, *w.shape[1:]))
-
-    def ws(self, index: torch.Tensor | None) -> torch.Tensor:
-        """Latents (B, num_ws, w_dim): w_id plus the offsets of training frames ``index`` (None: identity)."""
-        if index is None:
-            return self.w_id
-        return self.w_id + self.offsets[index]
-
-    def forward(self, index: torch.Tensor | None, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Render training frames ``index`` (their own latents), or with None the identity tri-plane
-        (computed once and shared by every camera). The output also holds the ``planes`` rendered."""
-        ws = self.ws(index)
-        planes = self.generator.planes(ws)
-        if index is None:
-            ws, planes = ws.expand(len(cameras), -1, -1), planes.expand(len(cameras), -1, -1, -1, -1)
-        return self.generator.render(planes, cameras, ws) | {"planes": planes}
-
-    def occupancy(self, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """Opacity (B, M) of one coarse ray interval at world points (M, 3) of tri-planes (B, 3, C, R, R).
-
-        The density a ray sample sees, turned into the alpha of an interval of the coarse spacing
-        (ray length / depth_resolution), so "solid" and "empty" mean what they mean to the renderer.
-        """
-        cfg = self.generator.config
-        _, sigma = self.generator.renderer.decode(
-            planes, self.generator.decoder, points.expand(len(planes), -1, -1)
-        )
-        spacing = (cfg.ray_end - cfg.ray_start) / cfg.depth_resolution
-        return 1 - torch.exp(-F.softplus(sigma[..., 0] - 1) * spacing)
-
-    @property
-    def device(self) -> torch.device:
-        return self.w_id.device
 
 
 def reconstruction_losses(
@@ -240,7 +98,7 @@ def landmark_depth_error(depth: torch.Tensor, cameras: torch.Tensor, points: np.
 
 
 def geometry_losses(
-    model: ScratchPrior,
+    model: PersonalizedGenerator,
     out: dict[str, torch.Tensor],
     cameras: torch.Tensor,
     person: torch.Tensor | None,
@@ -248,7 +106,7 @@ def geometry_losses(
     cfg: PriorConfig,
 ) -> dict[str, torch.Tensor]:
     """Geometry-prior terms for a rendered batch and their weighted ``total`` (see
-    :mod:`talk3d_core.head_proxy`); ``cfg.shape_points`` random points per volume term.
+    :mod:`talk3d_core.model.head_proxy`); ``cfg.shape_points`` random points per volume term.
 
     depth: L1 (world units) between the rendered depth at the rigid template landmarks and their
     distance from the camera; solid: mean missing opacity at random points inside the proxy's core
@@ -287,53 +145,6 @@ def geometry_losses(
     return terms
 
 
-def open_checkpoint(
-    out_dir: Path, meta: dict[str, Any], restart_on_mismatch: bool, device: torch.device, *, step_key: str
-) -> dict[str, Any] | None:
-    """The state in ``out_dir/checkpoint.pt`` to resume from, or None to start over.
-
-    A checkpoint resumes only when its ``meta`` equals ``meta`` (settings, code, data); the lines of
-    ``train_log.jsonl`` past its ``state[step_key]`` are dropped, as those steps run again. Another
-    meta is an error, or with ``restart_on_mismatch`` the file is set aside as
-    ``checkpoint.stale.pt``. Without a checkpoint to resume, the log is deleted.
-    """
-    checkpoint, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
-    if not checkpoint.is_file():
-        log_path.unlink(missing_ok=True)
-        return None
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
-    if json.dumps(state["meta"], sort_keys=True) != json.dumps(meta, sort_keys=True):
-        if not restart_on_mismatch:
-            raise ValueError(f"{checkpoint}: written with other settings; delete it to start over")
-        log.info("%s was written with other settings or code: starting over", checkpoint)
-        os.replace(checkpoint, out_dir / "checkpoint.stale.pt")
-        log_path.unlink(missing_ok=True)
-        return None
-    log.info("resuming from %s at %s %d", checkpoint, step_key, state[step_key])
-    if log_path.is_file():
-        lines = log_path.read_text().splitlines()
-        kept = [r for r in lines if json.loads(r)[step_key] <= state[step_key]]
-        if len(kept) < len(lines):
-            log_path.write_text("".join(r + "\n" for r in kept))
-    return state
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The torch seed of one training step: batches and jitter are functions of (seed, step) only,
-    so a resumed run repeats the steps an uninterrupted one would have taken."""
-    return (seed * 1_000_003 + step) % (2**63)
-
-
-def _save_checkpoint(
-    path: Path, model: ScratchPrior, optimizer: torch.optim.Optimizer, step: int, meta: dict
-) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(
-            {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "meta": meta},
-            tmp,
-        )
-
-
 def train_scratch_prior(
     data: SubjectData,
     out_dir: str | os.PathLike[str],
@@ -344,7 +155,7 @@ def train_scratch_prior(
     run_id: str = "",
     restart_on_mismatch: bool = False,
     device: str | None = None,
-) -> ScratchPrior:
+) -> PersonalizedGenerator:
     """Fit the scratch prior on the training frames of ``data``; resume from ``out_dir/checkpoint.pt``.
 
     Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, and one JSON line per
@@ -353,16 +164,12 @@ def train_scratch_prior(
     is set aside as ``checkpoint.stale.pt`` and training starts over. ``device`` defaults to CUDA
     when available; the data stays on the CPU and each batch is moved.
     """
-    from tqdm import tqdm
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cfg = prior_config
     train_index = np.flatnonzero(data.train)
     if len(train_index) == 0:
         raise ValueError(f"{out_dir}: no training frames")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = ScratchPrior(gen_config, len(train_index), cfg.seed).to(device)
+    device = pick_device(device)
+    model = PersonalizedGenerator(gen_config, len(train_index), cfg.seed).to(device)
     optimizer = torch.optim.Adam(
         [
             {"params": model.generator.parameters(), "lr": cfg.lr_generator},
@@ -380,24 +187,21 @@ def train_scratch_prior(
         "run_id": run_id,
         "data": data.fingerprint(),
     }
-    checkpoint, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
-    step = 0
-    state = open_checkpoint(out_dir, meta, restart_on_mismatch, device, step_key="step")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
+    run = Run(
+        out_dir, meta, total=cfg.steps, device=device, restart_on_mismatch=restart_on_mismatch, desc="prior",
+        progress=progress,
+    )  # fmt: skip
+    if run.state is not None:
+        model.load_state_dict(run.state["model"])
+        optimizer.load_state_dict(run.state["optimizer"])
+    step = run.start
     model.train()
     train_frames = torch.as_tensor(train_index)
     batch_size = min(cfg.batch_size, len(train_index))
-    bar = tqdm(
-        total=cfg.steps, initial=step, disable=None if progress is None else not progress, desc="prior"
-    )
-    with open(log_path, "a") as log_file:
+    with run:
         while step < cfg.steps:
             started = time.perf_counter()
-            # Batch and renderer jitter depend on (seed, step) only: resumed runs repeat them exactly.
-            torch.manual_seed(step_seed(cfg.seed, step))
+            seed_step(cfg.seed, step)  # batch and renderer jitter: resumed runs repeat them exactly
             pick = torch.randint(len(train_index), (batch_size,))
             frames = train_frames[pick]
             pick = pick.to(device)
@@ -414,21 +218,14 @@ def train_scratch_prior(
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             values = torch.stack([v.detach() for v in terms.values()]).tolist()  # one device sync
-            if not np.isfinite(values).all():
-                bad = [k for k, v in zip(terms, values, strict=True) if not np.isfinite(v)]
-                raise FloatingPointError(
-                    f"{out_dir}: prior training diverged at step {step + 1} (non-finite {', '.join(bad)});"
-                    f" {checkpoint} holds the last good state"
-                )
+            check_finite(terms, values, f"{out_dir}: prior training", step + 1, run.checkpoint)
             optimizer.step()
             step += 1
             record = {"step": step, **{k: round(v, 6) for k, v in zip(terms, values, strict=True)}}
             record["seconds"] = round(time.perf_counter() - started, 4)
-            log_file.write(json.dumps(record) + "\n")
-            bar.update(1)
+            run.step(record)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                log_file.flush()
-                _save_checkpoint(checkpoint, model, optimizer, step, meta)
+                run.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
                 log.info(
                     "step %d: loss %.4f (l1 %.4f, ssim %.4f)",
                     step,
@@ -436,13 +233,12 @@ def train_scratch_prior(
                     record["l1"],
                     record["ssim"],
                 )
-    bar.close()
     model.eval()
     return model
 
 
 @torch.no_grad()
-def evaluate_prior(model: ScratchPrior, data: SubjectData, batch_size: int = 8) -> dict[str, Any]:
+def evaluate_prior(model: PersonalizedGenerator, data: SubjectData, batch_size: int = 8) -> dict[str, Any]:
     """Face-region PSNR/SSIM of renders vs crops: training frames with their offsets, test frames
     from the identity latent alone (the deltaplane stage is what adds expression there)."""
     model.eval()
@@ -472,7 +268,7 @@ SHEET_PITCHES = (20.0, 0.0, -20.0)
 
 @torch.no_grad()
 def prior_sheet(
-    model: ScratchPrior,
+    model: PersonalizedGenerator,
     out_png: str | os.PathLike[str],
     *,
     radius: float,
@@ -528,16 +324,18 @@ def _landmark_depth_error(depth: torch.Tensor, camera: torch.Tensor, proxy: Head
 
 
 def write_prior_outputs(
-    model: ScratchPrior,
+    model: PersonalizedGenerator,
     data: SubjectData,
     *,
     generator_pt: str | os.PathLike[str],
     identity_pt: str | os.PathLike[str],
     frames_parquet: str | os.PathLike[str],
+    training: dict[str, Any],
     offsets: torch.Tensor | None = None,
 ) -> None:
     """Personalized generator (config + weights + w_id + the head proxy's placement, so later stages
-    know where the head sits in the world), P_ID (1, 3, C, R, R) and a per-frame table
+    know where the head sits in the world, + ``training``, see
+    :func:`talk3d_core.model.talking_head.training_record`), P_ID (1, 3, C, R, R) and a per-frame table
     (frame, split, offset_norm: L2 norm of the frame's latent offset, from ``offsets`` (N, num_ws,
     w_dim) when given, else the model's training offsets with 0 for test frames; camera: the EG3D
     label used, tracked cameras in scratch mode, refined ones in pretrained mode)."""
@@ -552,6 +350,7 @@ def write_prior_outputs(
                 "generator": model.generator.state_dict(),
                 "w_id": model.w_id.data,
                 "head_proxy": None if data.proxy is None else data.proxy.as_dict(),
+                "training": training,
             },
             tmp,
         )
@@ -572,3 +371,104 @@ def write_prior_outputs(
     )
     with atomic_path(frames_parquet) as tmp:
         table.to_parquet(tmp, index=False)
+
+
+def prior_stage(
+    *,
+    crops: str | os.PathLike[str],
+    masks: str | os.PathLike[str],
+    camera_parquet: str | os.PathLike[str],
+    crop_parquet: str | os.PathLike[str],
+    features_parquet: str | os.PathLike[str],
+    settings: dict[str, Any],
+    outputs: dict[str, str | os.PathLike[str]],
+    checkpoint: str | os.PathLike[str] | None = None,
+    weights_dir: str | os.PathLike[str] | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+    run_id: str = "",
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Rule prior: the personalized generator of one subject, fitted from scratch or personalized from
+    an EG3D ``checkpoint`` (``settings["mode"]``), with P_ID, the frame table, the sheet and metrics.
+
+    settings: the validated ``prior`` config section; outputs: paths "generator", "identity",
+    "frames", "sheet", "metrics" (the checkpoint and step log go beside "generator"). The split is the
+    features stage's; weights_dir and manifest: where pretrained mode finds its ArcFace weights (config
+    ``weights``). Returns the metrics written to outputs["metrics"].
+    """
+    from talk3d_core.camera import read_camera_table, vector_column
+    from talk3d_core.crop import read_crop_table
+    from talk3d_core.features import read_features_meta, split_by_time
+    from talk3d_core.model.head_proxy import fit_head_proxy
+    from talk3d_core.util.config import from_settings
+    from talk3d_core.util.io import list_frames, write_json
+
+    out_dir = Path(outputs["generator"]).parent
+    cameras = read_camera_table(camera_parquet)
+    camera = cameras.attrs["camera"]  # the focal, radius and pivot the labels were made with
+    meta = read_features_meta(features_parquet)
+    train = np.asarray(split_by_time(meta["n_frames"], meta["test_fraction"])) == "train"
+    labels = vector_column(cameras, "label")
+    landmarks = read_crop_table(crop_parquet).lm68
+    proxy = fit_head_proxy(
+        landmarks, labels, camera["size"], frames=np.flatnonzero(train), what=str(crop_parquet)
+    )
+    log.info(
+        "head proxy: %.5f world units/mm, mid-eye at %s, landmark RMS %.2f px",
+        proxy.scale, [round(v, 4) for v in proxy.mideye], proxy.rms_px,
+    )  # fmt: skip
+    pretrained = settings["mode"] == "pretrained"
+    if pretrained:
+        from talk3d_core.model.eg3d.checkpoint import generator_from_checkpoint, load_eg3d_checkpoint
+
+        if checkpoint is None:
+            raise ValueError("prior mode 'pretrained' needs an EG3D checkpoint (prior.checkpoint)")
+        generator = generator_from_checkpoint(
+            load_eg3d_checkpoint(checkpoint), plane_axes=settings["plane_axes"]
+        )
+        gen_config = generator.config
+        log.info("pretrained generator: %s (%s axes)", checkpoint, settings["plane_axes"])
+    else:
+        # Fitted from scratch, nothing outside the tri-plane box is real: render it empty.
+        gen_config = getattr(GeneratorConfig, settings["generator"])(empty_outside_box=True)
+    data = load_subject(
+        list_frames(crops), list_frames(masks), labels, train, gen_config.image_resolution,
+        background=settings["background"], proxy=None if pretrained else proxy,
+    )  # fmt: skip
+    if pretrained:
+        from talk3d_core.personalize import PretrainedConfig, personalize
+
+        model, refined, offsets = personalize(
+            data, cameras[["yaw", "pitch", "roll"]].to_numpy(), landmarks, generator, out_dir,
+            pivot=camera["pivot"], cfg=from_settings(PretrainedConfig, settings["pretrained"]), run_id=run_id,
+            restart_on_mismatch=True, device=device, weights_dir=weights_dir, manifest=manifest,
+        )  # fmt: skip
+        data = dataclasses.replace(data, cameras=refined)
+    else:
+        offsets = None  # the model's own training-frame offsets
+        model = train_scratch_prior(
+            data, out_dir, gen_config=gen_config, prior_config=from_settings(PriorConfig, settings),
+            run_id=run_id, restart_on_mismatch=True, device=device,
+        )  # fmt: skip
+    training = training_record(settings["mode"], settings["background"], camera)
+    write_prior_outputs(
+        model, data, generator_pt=outputs["generator"], identity_pt=outputs["identity"],
+        frames_parquet=outputs["frames"], training=training, offsets=offsets,
+    )  # fmt: skip
+    metrics = evaluate_prior(model, data)
+    for split_name in ("train", "test"):
+        value = metrics[f"{split_name}_psnr"]
+        shown = "no frames" if value is None else f"{value:.2f} dB"
+        log.info("face-region PSNR, %s frames: %s", split_name, shown)
+    sheet = prior_sheet(
+        model, outputs["sheet"], radius=camera["radius"], pivot=camera["pivot"], focal=camera["focal"],
+        proxy=proxy,
+    )  # fmt: skip
+    for view in sheet["views"]:
+        log.info(
+            "P_ID at yaw %+.0f pitch %+.0f: %.1f%% semi-transparent pixels, landmark depth error %.1f mm",
+            view["yaw"], view["pitch"], 100 * view["semi_transparent"], view["landmark_depth_mm"],
+        )  # fmt: skip
+    metrics |= {"mode": settings["mode"], "head_proxy": proxy.as_dict(), "views": sheet["views"]}
+    write_json(outputs["metrics"], metrics)
+    return metrics

@@ -2,19 +2,17 @@
 
 Pieces, each usable alone:
 
-- :class:`VideoWriter` streams uint8 RGB frames into ffmpeg (libx264, yuv420p, BT.709, ``+faststart``)
-  and muxes an audio file as AAC, so the file plays in browsers; it is atomic (a temp file beside the
-  target, renamed on a clean close) and never holds the whole video in memory.
 - Camera paths (EG3D 25-number labels): ``tracked`` (the prior's per-frame cameras), ``fixed`` (the
   frontal camera) and novel views (:func:`view_cameras`), named ``"{yaw}_{pitch}"`` for the
-  workflow's ``views/{yaw}_{pitch}.mp4`` targets (:func:`view_name`, :func:`parse_view`,
-  :func:`paper_views`).
+  workflow's ``views/{yaw}_{pitch}.mp4`` targets (:func:`view_name`, :func:`parse_view`; the grid is
+  the config's ``render.views``).
 - :func:`drive_conditions`: a driving clip's conditions, its own audio with eye/rotation/landmark
   tokens borrowed from subject frames played back and forth (:func:`ping_pong`).
 - :class:`PasteBack`: composites each render into its full source frame (crop.parquet affines,
   optional region masks).
 - :func:`render_video`: renders in batches (eval mode, no ray jitter), resizes, pastes back,
-  and writes the video and, optionally, a depth video of the same length.
+  and writes the video (:class:`talk3d_core.util.media.VideoWriter`) and, optionally, a depth video
+  of the same length.
 
 Indexing: ``conditions``, ``cameras`` and a :class:`PasteBack` all describe the same N clip frames;
 ``frames`` picks which of them the video shows, in order (video frame i is clip frame ``frames[i]``).
@@ -28,13 +26,10 @@ import logging
 import math
 import os
 import re
-import subprocess
-import tempfile
 import time
 from collections.abc import Collection, Iterator, Sequence
-from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -43,246 +38,19 @@ from torch import Tensor
 
 from talk3d_core.camera import eg3d_camera
 from talk3d_core.crop import paste_back, read_crop_table
-from talk3d_core.io import atomic_path, list_frames, read_rgb
-from talk3d_core.masks import LABELS, read_mask
-from talk3d_core.media import MediaError, ffmpeg_exe, file_url, probe, run_ffmpeg
-from talk3d_core.pictures import depth_to_uint8
-from talk3d_core.prior import to_uint8
-from talk3d_core.train import FrameConditions, TalkingHead
+from talk3d_core.face.regions import LABELS
+from talk3d_core.masks import read_mask
+from talk3d_core.model.subject import FrameConditions, SubjectData
+from talk3d_core.model.talking_head import TalkingHead
+from talk3d_core.report.depth import depth_to_uint8
+from talk3d_core.util.images import to_uint8
+from talk3d_core.util.io import list_frames, read_rgb
+from talk3d_core.util.media import VideoWriter
 
 log = logging.getLogger(__name__)
 
-# The paper's novel-view grid (head angles in degrees; the frontal view is the self-driven video).
-PAPER_YAWS = (-30, -15, 15, 30)
-PAPER_PITCHES = (-20, -10, 10, 20)
 MAX_VIEW_YAW = 90.0  # beyond it the camera sees the back of a head it never saw
 MAX_VIEW_PITCH = 89.0  # look_at_cam2world's limit (the camera's up vector degenerates at the poles)
-
-_STDERR_TAIL_LINES = 8
-
-
-# ------------------------------------------------------------------------------------ video writer
-
-
-def _rate(fps: float) -> str:
-    """``fps`` as an ffmpeg rational: 25 -> "25/1", 30000 / 1001 -> "30000/1001"."""
-    rate = Fraction(fps).limit_denominator(1001)
-    return f"{rate.numerator}/{rate.denominator}"
-
-
-def _tail(text: str, lines: int = _STDERR_TAIL_LINES) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:]) or "(ffmpeg printed nothing)"
-
-
-class VideoWriter:
-    """Streams uint8 RGB frames (H, W, 3) to an H.264 ``.mp4`` through an ffmpeg subprocess.
-
-    Video: libx264 at ``crf`` (0..51, lower is better; 18 is visually lossless), yuv420p with BT.709
-    colour tags, ``fps`` frames per second, ``+faststart`` (index first, so browsers start playing
-    before the download ends). An odd width or height is made even by repeating the last column or
-    row (yuv420p needs even sizes); :attr:`size` is the size written. Frames go to ffmpeg's stdin
-    as they come: nothing but one frame is held in memory.
-
-    Audio: ``audio`` (any file ffmpeg reads, e.g. the subject's ``audio.wav``) is muxed as AAC,
-    starting ``audio_offset_s`` seconds into the file and cut at the video's length (a shorter audio
-    track simply ends early). It is added in a second, copy-only pass once the frame count is known.
-
-    Atomic: ffmpeg writes a temp file beside ``path`` that is renamed onto it by :meth:`close`; an
-    exception inside the ``with`` block (or :meth:`abort`) kills ffmpeg and deletes the temp files.
-    ffmpeg failures raise :class:`~talk3d_core.media.MediaError` naming ``path`` with the tail of
-    ffmpeg's stderr.
-
-    Use as a context manager::
-
-        with VideoWriter("out.mp4", audio="audio.wav") as video:
-            for frame in frames:
-                video.write(frame)
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        fps: float = 25.0,
-        crf: int = 18,
-        audio: str | os.PathLike[str] | None = None,
-        audio_offset_s: float = 0.0,
-        codec: str = "libx264",
-        preset: str = "medium",
-        audio_bitrate: str = "128k",
-    ) -> None:
-        self.path = Path(path)
-        if not (math.isfinite(fps) and fps > 0):
-            raise ValueError(f"{self.path}: fps must be a positive number, got {fps}")
-        if not 0 <= crf <= 51:
-            raise ValueError(f"{self.path}: crf must be within 0..51, got {crf}")
-        if not (math.isfinite(audio_offset_s) and audio_offset_s >= 0):
-            raise ValueError(f"{self.path}: audio_offset_s must be >= 0 seconds, got {audio_offset_s}")
-        self.fps, self.crf, self.codec, self.preset = float(fps), int(crf), codec, preset
-        self.audio = None if audio is None else Path(audio)
-        self.audio_offset_s, self.audio_bitrate = float(audio_offset_s), audio_bitrate
-        if self.audio is not None:
-            info = probe(self.audio)  # fail before any rendering, naming the file
-            if info.audio is None:
-                raise MediaError(f"{self.audio}: has no audio stream to mux into {self.path}")
-            if info.duration_s is not None and self.audio_offset_s >= info.duration_s:
-                raise MediaError(
-                    f"{self.audio}: audio offset {self.audio_offset_s:.3f} s is past its end "
-                    f"({info.duration_s:.3f} s); nothing to mux into {self.path}"
-                )
-        self.frames = 0
-        self.size: tuple[int, int] | None = None  # (width, height) written, even
-        self._input_size: tuple[int, int] | None = None  # (width, height) of the frames given
-        self._proc: subprocess.Popen | None = None
-        self._stderr: IO[bytes] | None = None
-        self._target: contextlib.AbstractContextManager[Path] | None = None
-        self._target_tmp: Path | None = None
-        self._video_tmp: Path | None = None
-        self._done = False
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    @property
-    def duration_s(self) -> float:
-        """Length of the video written so far, frames / fps (seconds)."""
-        return self.frames / self.fps
-
-    def _start(self, width: int, height: int) -> None:
-        self._input_size = (width, height)
-        self.size = (width + width % 2, height + height % 2)
-        self._target = atomic_path(self.path)
-        self._target_tmp = self._target.__enter__()
-        if self.audio is None:
-            out = self._target_tmp
-        else:  # video-only first pass, muxed with the audio into the target on close
-            fd, name = tempfile.mkstemp(
-                prefix=f".{self.path.stem}.", suffix=".video.mp4", dir=self.path.parent
-            )
-            os.close(fd)
-            out = self._video_tmp = Path(name)
-        w, h = self.size
-        args = [
-            ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", _rate(self.fps),
-            "-i", "pipe:0", "-an",
-            # RGB -> limited-range BT.709 YUV, tagged as such so players convert back the same way.
-            "-vf", "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p",
-            "-c:v", self.codec, "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
-            "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
-        ]  # fmt: skip
-        if self.audio is None:
-            args += ["-movflags", "+faststart"]
-        args += ["-f", "mp4", file_url(out)]
-        # stderr goes to a file: an unread pipe could fill up and stall ffmpeg.
-        self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr
-        )
-
-    def _stderr_text(self) -> str:
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", errors="replace")
-
-    def _failure(self, when: str) -> MediaError:
-        assert self._proc is not None
-        with contextlib.suppress(OSError):
-            self._proc.stdin.close()  # type: ignore[union-attr]
-        code = self._proc.wait()
-        return MediaError(f"{self.path}: ffmpeg failed {when} (exit {code}):\n{_tail(self._stderr_text())}")
-
-    def write(self, frame: np.ndarray) -> None:
-        """Append one frame: uint8 RGB (H, W, 3), the same size as the first frame."""
-        if self._done:
-            raise ValueError(f"{self.path}: the video is already closed")
-        frame = np.asarray(frame)
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or min(frame.shape[:2]) < 1:
-            raise ValueError(
-                f"{self.path}: frames must be uint8 RGB (H, W, 3), got {frame.dtype} {frame.shape}"
-            )
-        height, width = frame.shape[:2]
-        if self._proc is None:
-            self._start(width, height)
-        elif (width, height) != self._input_size:
-            raise ValueError(
-                f"{self.path}: frame {self.frames} is {width}x{height}, earlier frames are "
-                f"{self._input_size[0]}x{self._input_size[1]}"  # type: ignore[index]
-            )
-        if self.size != self._input_size:
-            frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-        try:
-            self._proc.stdin.write(np.ascontiguousarray(frame).data)  # type: ignore[union-attr]
-        except (BrokenPipeError, ValueError):  # ffmpeg exited (bad arguments, disk full, ...)
-            raise self._failure(f"while encoding frame {self.frames}") from None
-        self.frames += 1
-
-    def close(self) -> Path:
-        """Finish encoding, mux the audio, move the file into place; returns the target path."""
-        if self._done:
-            return self.path
-        if self._proc is None:
-            self.abort()
-            raise MediaError(f"{self.path}: no frames were written; refusing to write an empty video")
-        try:
-            try:
-                self._proc.stdin.close()  # type: ignore[union-attr]
-            except BrokenPipeError:
-                pass  # ffmpeg already exited; its exit status below says why
-            if self._proc.wait() != 0:
-                raise self._failure("while encoding")
-            if self.audio is not None:
-                run_ffmpeg(
-                    [
-                        "-y", "-i", file_url(self._video_tmp),  # type: ignore[arg-type]
-                        "-ss", f"{self.audio_offset_s:.6f}", "-t", f"{self.duration_s:.6f}",
-                        "-i", file_url(self.audio),
-                        "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
-                        "-c:a", "aac", "-b:a", self.audio_bitrate, "-movflags", "+faststart",
-                        "-f", "mp4", file_url(self._target_tmp),  # type: ignore[arg-type]
-                    ],
-                    what=f"{self.path} (muxing audio from {self.audio})",
-                )  # fmt: skip
-            target, self._target = self._target, None
-            target.__exit__(None, None, None)  # type: ignore[union-attr]  # rename into place
-        except BaseException:
-            self.abort()
-            raise
-        self._cleanup()
-        return self.path
-
-    def abort(self) -> None:
-        """Stop: kill ffmpeg if it runs and delete every temp file; the target is not written."""
-        if self._done:
-            return
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-        if self._proc is not None:
-            with contextlib.suppress(OSError):
-                self._proc.stdin.close()  # type: ignore[union-attr]
-            self._proc.wait()
-        if self._target is not None:
-            failed = RuntimeError(f"{self.path}: aborted")
-            self._target.__exit__(RuntimeError, failed, None)  # deletes the temp file
-            self._target = None
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        self._done = True
-        if self._video_tmp is not None:
-            self._video_tmp.unlink(missing_ok=True)
-            self._video_tmp = None
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-
 
 # ------------------------------------------------------------------------------------ camera paths
 
@@ -390,11 +158,6 @@ def parse_view(name: str) -> tuple[float, float]:
     if canonical != name:
         raise ValueError(f"view name {name!r} is not in canonical form; write it as {canonical!r}")
     return yaw, pitch
-
-
-def paper_views() -> list[str]:
-    """The paper's 16 novel views, yaw -30/-15/+15/+30 x pitch -20/-10/+10/+20, as view names."""
-    return [view_name(yaw, pitch) for yaw in PAPER_YAWS for pitch in PAPER_PITCHES]
 
 
 # ------------------------------------------------------------------------------ driving conditions
@@ -755,65 +518,51 @@ def render_video(
 
 # ------------------------------------------------------------------------------ workflow targets
 
-
-@dataclasses.dataclass
-class SubjectClip:
-    """What the render and evaluation stages read of a trained subject: every frame's conditions, the
-    prior's per-frame cameras (N, 25) and the held-out frames (the features' test split)."""
-
-    conditions: FrameConditions
-    cameras: np.ndarray
-    test: np.ndarray
-
-    @classmethod
-    def from_files(
-        cls, features_parquet: str | os.PathLike[str], prior_frames_parquet: str | os.PathLike[str]
-    ) -> SubjectClip:
-        import pandas as pd
-
-        from talk3d_core.features import read_features
-
-        table = read_features(features_parquet)
-        cameras = tracked_cameras(np.stack(pd.read_parquet(prior_frames_parquet)["camera"].to_numpy()))
-        if len(cameras) != len(table.frame):
-            raise ValueError(
-                f"{prior_frames_parquet}: {len(cameras)} cameras, {features_parquet} has {len(table.frame)} "
-                "frames; re-run the prior"
-            )
-        test = np.flatnonzero(table.split == "test")
-        if len(test) == 0:
-            raise ValueError(f"{features_parquet}: no held-out (test) frames to render")
-        return cls(FrameConditions.from_features(table), cameras, test)
-
-    def view(self, name: str, camera: dict[str, Any]) -> np.ndarray:
-        """Every frame's camera (N, 25), the held-out ones replaced by the novel view ``name``
-        ("{yaw}_{pitch}"); camera: the camera stage's settings (focal, radius, pivot)."""
-        cams = self.cameras.copy()
-        cams[self.test] = camera_path(name, len(self.test), **_geometry(camera))
-        return cams
-
-    def drive(
-        self, audio_features: np.ndarray, camera: dict[str, Any], drive_camera: str = "tracked"
-    ) -> tuple[FrameConditions, np.ndarray, np.ndarray]:
-        """A driving clip of M frames: its conditions (:func:`drive_conditions` over the held-out
-        frames), cameras (M, 25) ("tracked": the held-out frames' in :func:`ping_pong` order, "fixed":
-        frontal) and the source frame of each (M,), for paste-back."""
-        cond = drive_conditions(self.conditions, audio_features, self.test)
-        order = ping_pong(self.test, len(cond))
-        tracked = self.cameras[order] if drive_camera == "tracked" else None
-        return cond, camera_path(drive_camera, len(cond), tracked=tracked, **_geometry(camera)), order
+#: The three render rules: the held-out frames (video), driven by other audio (drive), a novel view.
+RENDER_MODES = ("video", "drive", "view")
 
 
-def _geometry(camera: dict[str, Any]) -> dict[str, Any]:
+def _geometry(head: TalkingHead) -> dict[str, Any]:
+    """The camera geometry (focal, radius, pivot) the model's prior was trained with."""
+    camera = head.training_record["camera"]
     return {k: camera[k] for k in ("focal", "radius", "pivot")}
+
+
+def _held_out(data: SubjectData) -> np.ndarray:
+    test = data.test
+    if len(test) == 0:
+        raise ValueError("the subject has no held-out (test) frames to render")
+    return test
+
+
+def novel_view_cameras(head: TalkingHead, data: SubjectData, name: str) -> np.ndarray:
+    """Every frame's camera (N, 25), the held-out ones replaced by the novel view ``name``
+    ("{yaw}_{pitch}") of the model's camera geometry."""
+    test = _held_out(data)
+    cams = tracked_cameras(data.cameras)
+    cams[test] = camera_path(name, len(test), **_geometry(head))
+    return cams
+
+
+def drive_clip(
+    head: TalkingHead, data: SubjectData, audio_features: np.ndarray, drive_camera: str = "tracked"
+) -> tuple[FrameConditions, np.ndarray, np.ndarray]:
+    """A driving clip of M frames: its conditions (:func:`drive_conditions` over the held-out frames),
+    cameras (M, 25) ("tracked": the held-out frames' in :func:`ping_pong` order, "fixed": frontal)
+    and the source frame of each (M,), for paste-back."""
+    test = _held_out(data)
+    cond = drive_conditions(data.conditions, audio_features, test)
+    order = ping_pong(test, len(cond))
+    tracked = tracked_cameras(data.cameras)[order] if drive_camera == "tracked" else None
+    return cond, camera_path(drive_camera, len(cond), tracked=tracked, **_geometry(head)), order
 
 
 def render_target(
     head: TalkingHead,
-    clip: SubjectClip,
+    data: SubjectData,
     out_mp4: str | os.PathLike[str],
     *,
-    camera: dict[str, Any],
+    mode: str = "video",
     view: str | None = None,
     drive_audio_features: np.ndarray | None = None,
     audio: str | os.PathLike[str] | None = None,
@@ -823,30 +572,86 @@ def render_target(
     fps: float = 25.0,
     **options: Any,
 ) -> dict[str, Any]:
-    """One of the workflow's videos of a subject:
+    """One of the workflow's videos of a subject (``data``: its cameras, split and conditions):
 
-    - default: the held-out frames from their tracked cameras, ``audio`` (the clip's) from the first
-      held-out frame on, optionally pasted back and with a depth video;
-    - ``view`` "{yaw}_{pitch}": the same frames and audio seen from that novel view (no paste-back: a
-      novel view has no source frame);
-    - ``drive_audio_features`` (M, W, D): driven by other audio (``audio``: its file), with eye, pose and
-      (``drive_camera`` "tracked") cameras of the held-out frames played back and forth, or the frontal
-      camera ("fixed").
+    - mode "video": the held-out frames from their tracked cameras, ``audio`` (the clip's) from the
+      first held-out frame on, optionally pasted back and with a depth video;
+    - mode "view" (``view`` "{yaw}_{pitch}"): the same frames and audio seen from that novel view (no
+      paste-back: a novel view has no source frame);
+    - mode "drive" (``drive_audio_features`` (M, W, D)): driven by other audio (``audio``: its file),
+      with eye, pose and (``drive_camera`` "tracked") cameras of the held-out frames played back and
+      forth, or the frontal camera ("fixed").
 
-    camera: the camera stage's settings (focal, radius, pivot); ``options``: :func:`render_video`'s
-    batch_size, output_size, crf, progress. Returns :func:`render_video`'s summary.
+    ``options``: :func:`render_video`'s batch_size, output_size, crf, progress. Returns
+    :func:`render_video`'s summary.
     """
-    if drive_audio_features is not None:
-        cond, cams, order = clip.drive(drive_audio_features, camera, drive_camera)
+    if mode not in RENDER_MODES:
+        raise ValueError(f"render mode must be one of {', '.join(RENDER_MODES)}, got {mode!r}")
+    if mode == "drive":
+        if drive_audio_features is None:
+            raise ValueError("render mode 'drive' needs the driving audio's features")
+        cond, cams, order = drive_clip(head, data, drive_audio_features, drive_camera)
         return render_video(
             head, cond, cams, out_mp4, audio=audio, paste=None if paste is None else paste.select(order),
             fps=fps, **options,
         )  # fmt: skip
-    cams = clip.cameras
-    if view is not None:
-        cams = clip.view(view, camera)
+    test = _held_out(data)
+    cams = tracked_cameras(data.cameras)
+    if mode == "view":
+        if view is None:
+            raise ValueError("render mode 'view' needs a view name '{yaw}_{pitch}'")
+        cams = novel_view_cameras(head, data, view)
         paste = depth_mp4 = None
     return render_video(
-        head, clip.conditions, cams, out_mp4, frames=clip.test, audio=audio,
-        audio_offset_s=float(clip.test[0]) / fps, paste=paste, depth_mp4=depth_mp4, fps=fps, **options,
+        head, data.conditions, cams, out_mp4, frames=test, audio=audio,
+        audio_offset_s=float(test[0]) / fps, paste=paste, depth_mp4=depth_mp4, fps=fps, **options,
     )  # fmt: skip
+
+
+def render_stage(
+    *,
+    mode: str,
+    model_pt: str | os.PathLike[str],
+    features_parquet: str | os.PathLike[str],
+    prior_frames: str | os.PathLike[str],
+    audio: str | os.PathLike[str],
+    settings: dict[str, Any],
+    fps: float,
+    video_mp4: str | os.PathLike[str],
+    depth_mp4: str | os.PathLike[str] | None = None,
+    view: str | None = None,
+    drive_features: str | os.PathLike[str] | None = None,
+    frames: str | os.PathLike[str] | None = None,
+    crop_parquet: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Rules render_video, render_drive, render_view (``mode`` "video", "drive", "view"): one video of
+    a trained subject. settings: the validated ``render`` config section; ``frames`` and
+    ``crop_parquet`` (full source frames and their crop affines) enable paste-back where the settings
+    ask for it and the mode has source frames. Returns :func:`render_video`'s summary."""
+    from talk3d_core.features import read_features
+    from talk3d_core.model.subject import read_subject_data
+    from talk3d_core.model.talking_head import load_talking_head
+    from talk3d_core.util.runs import pick_device
+
+    head = load_talking_head(model_pt, pick_device(device))
+    data = read_subject_data(read_features(features_parquet), prior_frames)
+    paste = None
+    if settings["paste_back"] and mode != "view" and frames is not None and crop_parquet is not None:
+        paste = PasteBack.from_files(
+            frames, crop_parquet, feather_px=settings["feather_px"],
+            # a model drawn on black has its own opacity as its region (else the black square is pasted)
+            use_opacity=head.training_record["background"] == "black",
+        )  # fmt: skip
+    drive = read_features(drive_features, kind="drive").audio if drive_features is not None else None
+    summary = render_target(
+        head, data, video_mp4, mode=mode, view=view, drive_audio_features=drive, audio=audio,
+        drive_camera=settings["drive_camera"], paste=paste, depth_mp4=depth_mp4, fps=fps,
+        batch_size=settings["batch_size"], output_size=settings["output_size"], crf=settings["crf"],
+        progress=False,
+    )  # fmt: skip
+    log.info(
+        "%s: %d frames at %dx%d, the model renders %.1f frames/s (%.1f s in all)",
+        summary["video"], summary["frames"], *summary["size"], summary["render_fps"], summary["seconds"],
+    )  # fmt: skip
+    return summary

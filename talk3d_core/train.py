@@ -19,14 +19,13 @@ TensorBoard scalars (``tensorboard/``) and sample renders (``samples/``) every `
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,13 +34,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
-from talk3d_core.deltaplane import DeltaplaneConfig, DeltaplaneNet
-from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator, camera_rays
-from talk3d_core.features import FeatureTable
-from talk3d_core.io import atomic_path
-from talk3d_core.prior import SubjectData, open_checkpoint, step_seed, to_uint8, to_unit
+from talk3d_core.model.deltaplane import DeltaplaneConfig
+from talk3d_core.model.subject import SubjectData, mouth_boxes
+from talk3d_core.model.talking_head import Prior, TalkingHead
+from talk3d_core.nets.arcface import identity_loss
+from talk3d_core.nets.lipsync_expert import sync_expert_loss
+from talk3d_core.nets.lpips import lpips_loss
+from talk3d_core.nets.optional import OptionalNets
+from talk3d_core.util.config import from_settings
+from talk3d_core.util.images import to_uint8, to_unit
+from talk3d_core.util.io import atomic_path
+from talk3d_core.util.runs import Run, check_finite, fingerprint, pick_device, seed_step
+from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,7 @@ class TrainConfig:
     on the face region, lip-sync expert x0.01 after ``sync_warmup_epochs``.
     """
 
-    steps: int = 20000
+    steps: int = 3000
     batch_size: int = 2
     lr: float = 5e-4
     lr_decay: float = 0.98
@@ -71,7 +77,7 @@ class TrainConfig:
     sync_warmup_epochs: float = 20.0
     weight_mouth_zoom: float = 0.0
     mouth_zoom: int = 32
-    sr_steps: int = 1000
+    sr_steps: int = 300
     lr_sr: float = 1e-4
     checkpoint_every: int = 200
     sample_every: int = 500
@@ -86,9 +92,6 @@ class TrainConfig:
             raise ValueError(f"mouth_zoom must be >= 4 rays a side, got {self.mouth_zoom}")
 
 
-# --------------------------------------------------------------------------------------- conditions
-
-
 def configs_from_settings(train: dict[str, Any]) -> tuple[DeltaplaneConfig, TrainConfig]:
     """The network and training configs of a validated ``train`` config section (schema in
     workflow/schemas/config.schema.yaml): its ``net`` preset with the section's token and
@@ -97,114 +100,7 @@ def configs_from_settings(train: dict[str, Any]) -> tuple[DeltaplaneConfig, Trai
         tokens=tuple(train["tokens"]), conditioning=train["conditioning"], audio_frames=train["audio_frames"],
         decoder_conditioning=train["decoder_conditioning"],
     )  # fmt: skip
-    return net_config, TrainConfig(**{f.name: train[f.name] for f in dataclasses.fields(TrainConfig)})
-
-
-@dataclass
-class FrameConditions:
-    """The per-frame conditioning inputs of the deltaplane predictor (N frames).
-
-    audio (N, W, D) feature windows; eye (N,) AU45 scale; rotation (N, 3) yaw/pitch/roll degrees;
-    ldm (N, 6) landmark token in [-1, 1]. A driving clip has its own audio and borrows the rest.
-    """
-
-    audio: np.ndarray
-    eye: np.ndarray
-    rotation: np.ndarray
-    ldm: np.ndarray
-
-    @classmethod
-    def from_features(cls, table: FeatureTable) -> FrameConditions:
-        if table.kind != "subject":
-            raise ValueError("FrameConditions.from_features needs a subject features table")
-        return cls(table.audio, table.eye, table.rotation, table.ldm)
-
-    def __len__(self) -> int:
-        return len(self.audio)
-
-    def gather(self, frames: Sequence[int] | np.ndarray, audio_frames: int, device: torch.device) -> dict:
-        """Conditioning of ``frames`` as the predictor takes it: "audio" (B, S, W, D), the windows of
-        the S = ``audio_frames`` frames around each frame (the frame at S // 2, clamped at the clip's
-        ends), "eye" (B,), "rotation" (B, 3), "ldm" (B, 6)."""
-        frames = np.asarray(frames, dtype=np.int64)
-        offsets = np.arange(audio_frames) - audio_frames // 2
-        around = np.clip(frames[:, None] + offsets[None], 0, len(self) - 1)
-
-        def tensor(x: np.ndarray) -> Tensor:
-            return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device)
-
-        return {
-            "audio": tensor(self.audio[around]),
-            "eye": tensor(self.eye[frames]),
-            "rotation": tensor(self.rotation[frames]),
-            "ldm": tensor(self.ldm[frames]),
-        }
-
-
-def load_training_data(
-    crops: str | os.PathLike[str],
-    masks: str | os.PathLike[str],
-    prior_frames: str | os.PathLike[str],
-    features: str | os.PathLike[str],
-    size: int,
-    *,
-    background: str = "black",
-    mouth_zoom: int = 0,
-) -> tuple[SubjectData, FrameConditions]:
-    """Crops and masks (resized to ``size``, background as the prior saw it), the prior's frame cameras
-    (``prior/frames.parquet``: tracked, or refined by the pretrained prior), the features stage's split
-    and each frame's conditioning. ``mouth_zoom`` > 0 also reads each crop's mouth box at the crop's
-    full resolution (``data.mouth_patch``, ``data.mouth_box``, see :func:`mouth_patches`)."""
-    import pandas as pd
-
-    from talk3d_core.features import read_features
-    from talk3d_core.io import list_frames
-    from talk3d_core.prior import load_subject
-
-    table = read_features(features)
-    frames = pd.read_parquet(prior_frames)
-    if len(frames) != len(table.frame) or not np.array_equal(frames["frame"].to_numpy(), table.frame):
-        raise ValueError(
-            f"{prior_frames}: {len(frames)} frames, {features} has {len(table.frame)}; re-run the prior"
-        )
-    if not np.array_equal(frames["split"].to_numpy(str), table.split.astype(str)):
-        raise ValueError(f"{prior_frames}: its train/test split differs from {features}; re-run the prior")
-    cameras = np.stack(frames["camera"].to_numpy()).astype(np.float32)
-    crop_paths, mask_paths = list_frames(crops), list_frames(masks)
-    data = load_subject(crop_paths, mask_paths, cameras, table.split == "train", size, background=background)
-    if mouth_zoom:
-        data.mouth_patch, data.mouth_box = mouth_patches(crop_paths, mask_paths, mouth_zoom, background)
-    return data, FrameConditions.from_features(table)
-
-
-def mouth_patches(
-    crop_paths: Sequence[str | os.PathLike[str]],
-    mask_paths: Sequence[str | os.PathLike[str]],
-    zoom: int,
-    background: str = "black",
-) -> tuple[Tensor, Tensor]:
-    """The mouth box of each crop at the crop's own resolution, resampled to ``zoom``^2 pixels.
-
-    Returns patches (N, 3, zoom, zoom) uint8 and boxes (N, 3) float: top, left and side as fractions
-    of the crop side (the box of :func:`mouth_boxes`), for :func:`zoom_cameras`.
-    """
-    from talk3d_core.prior import BACKGROUND_LABEL, MOUTH_LABELS
-
-    patches, boxes = [], []
-    for crop_path, mask_path in zip(crop_paths, mask_paths, strict=True):
-        with Image.open(crop_path) as im:
-            rgb = np.array(im.convert("RGB"))
-        with Image.open(mask_path) as im:
-            labels = np.asarray(im.resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
-        if background == "black":
-            rgb[labels == BACKGROUND_LABEL] = 0
-        mouth = torch.from_numpy(np.isin(labels, MOUTH_LABELS))[None, None]
-        ((top, left, side),) = mouth_boxes(mouth)
-        patch = Image.fromarray(rgb[top : top + side, left : left + side])
-        patches.append(np.asarray(patch.resize((zoom, zoom), Image.Resampling.BOX)))
-        boxes.append(np.array([top, left, side], np.float32) / rgb.shape[0])
-    patch_tensor = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous()
-    return patch_tensor, torch.from_numpy(np.stack(boxes))
+    return net_config, from_settings(TrainConfig, train)
 
 
 def zoom_cameras(cameras: Tensor, boxes: Tensor) -> Tensor:
@@ -219,194 +115,30 @@ def zoom_cameras(cameras: Tensor, boxes: Tensor) -> Tensor:
     return out
 
 
-# -------------------------------------------------------------------------------------------- model
-
-
-class TalkingHead(nn.Module):
-    """The prior's generator (frozen but for its super-resolution in the ``sr`` stage), the identity
-    tri-plane and the deltaplane predictor: renders frame conditions from cameras."""
-
-    def __init__(
-        self,
-        generator: TriPlaneGenerator,
-        identity_planes: Tensor,
-        w_id: Tensor,
-        net_config: DeltaplaneConfig,
-        *,
-        audio_dim: int,
-        audio_window: int,
-    ) -> None:
-        super().__init__()
-        gen = generator.config
-        self.generator = generator
-        self.generator.requires_grad_(False)
-        self.register_buffer("identity_planes", identity_planes.detach().clone())  # (1, 3, C, R, R)
-        self.register_buffer("w_id", w_id.detach().clone())  # (1, num_ws, w_dim)
-        self.net = DeltaplaneNet(
-            net_config,
-            plane_channels=gen.plane_channels,
-            plane_resolution=gen.plane_resolution,
-            plane_axes=gen.plane_axes,
-            audio_dim=audio_dim,
-            audio_window=audio_window,
-        )
-        self.net_config = net_config
-        self.audio_dim, self.audio_window = audio_dim, audio_window
-
-    def deltaplanes(self, cond: dict[str, Tensor], drop: Collection[str] = ()) -> Tensor:
-        """dP (B, 3, C, R, R) for conditions of B frames; ``drop`` zeroes the named tokens."""
-        batch = len(next(iter(cond.values())))
-        return self.net(self.identity_planes.expand(batch, -1, -1, -1, -1), cond, drop)
-
-    def forward(
-        self,
-        cond: dict[str, Tensor],
-        cameras: Tensor,
-        *,
-        drop: Collection[str] = (),
-        identity_only: bool = False,
-        jitter: bool | None = None,
-    ) -> dict[str, Tensor]:
-        """Render P_ID + dP from cameras (B, 25); ``identity_only`` renders P_ID alone (dP = 0).
-        Returns the generator's render dict plus ``deltaplanes`` (None with identity_only)."""
-        batch = len(cameras)
-        planes = self.identity_planes.expand(batch, -1, -1, -1, -1)
-        delta = None if identity_only else self.deltaplanes(cond, drop)
-        if delta is not None:
-            planes = planes + delta
-        out = self.generator.render(planes, cameras, self.w_id.expand(batch, -1, -1), jitter=jitter)
-        return out | {"deltaplanes": delta}
-
-    def render_raw(
-        self, planes: Tensor, cameras: Tensor, resolution: int, jitter: bool | None = None
-    ) -> Tensor:
-        """Volume-rendered RGB (B, 3, resolution, resolution) of tri-planes (B, 3, C, R, R), without the
-        super-resolution (e.g. a zoomed camera on the mouth, see :func:`zoom_cameras`)."""
-        gen = self.generator
-        origins, directions = camera_rays(cameras.to(planes.dtype), resolution)
-        features, _, _ = gen.renderer(planes, gen.decoder, origins, directions, jitter)
-        return features[..., :3].transpose(1, 2).reshape(len(planes), 3, resolution, resolution)
-
-    @property
-    def device(self) -> torch.device:
-        return self.identity_planes.device
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything needed to rebuild the model (see :func:`load_talking_head`)."""
-        return {
-            "generator_config": dataclasses.asdict(self.generator.config),
-            "generator": self.generator.state_dict(),
-            "identity_planes": self.identity_planes.cpu(),
-            "w_id": self.w_id.cpu(),
-            "net_config": dataclasses.asdict(self.net_config),
-            "net": self.net.state_dict(),
-            "audio_dim": self.audio_dim,
-            "audio_window": self.audio_window,
-        }
-
-
-def _generator_config(d: dict[str, Any]) -> GeneratorConfig:
-    return GeneratorConfig(**{**d, "sr_channels": tuple(d["sr_channels"])})
-
-
-def load_prior(
-    generator_pt: str | os.PathLike[str], identity_pt: str | os.PathLike[str]
-) -> tuple[TriPlaneGenerator, Tensor, Tensor]:
-    """The prior stage's generator (eval mode), P_ID (1, 3, C, R, R) and w_id (1, num_ws, w_dim)."""
-    saved = torch.load(generator_pt, map_location="cpu", weights_only=True)
-    for key in ("config", "generator", "w_id"):
-        if key not in saved:
-            raise ValueError(f"{generator_pt}: no '{key}' entry; not a prior generator.pt, re-run the prior")
-    generator = TriPlaneGenerator(_generator_config(saved["config"]))
-    generator.load_state_dict(saved["generator"])
-    identity = torch.load(identity_pt, map_location="cpu", weights_only=True)
-    planes = identity.get("planes") if isinstance(identity, dict) else None
-    cfg = generator.config
-    expected = (1, 3, cfg.plane_channels, cfg.plane_resolution, cfg.plane_resolution)
-    if planes is None or tuple(planes.shape) != expected:
-        got = None if planes is None else tuple(planes.shape)
-        raise ValueError(f"{identity_pt}: identity tri-plane of shape {got}, the generator needs {expected}")
-    return generator.eval(), planes, saved["w_id"]
-
-
-def load_talking_head(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> TalkingHead:
-    """Rebuild a trained :class:`TalkingHead` from ``deltaplane.pt`` (eval mode)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    missing = {"generator_config", "generator", "identity_planes", "w_id", "net_config", "net"} - set(saved)
-    if missing:
-        raise ValueError(f"{path}: missing {sorted(missing)}; not a deltaplane checkpoint, re-run train")
-    generator = TriPlaneGenerator(_generator_config(saved["generator_config"]))
-    generator.load_state_dict(saved["generator"])
-    head = TalkingHead(
-        generator,
-        saved["identity_planes"],
-        saved["w_id"],
-        DeltaplaneConfig.from_dict(saved["net_config"]),
-        audio_dim=saved["audio_dim"],
-        audio_window=saved["audio_window"],
-    )
-    head.net.load_state_dict(saved["net"])
-    return head.to(device).eval()
-
-
 # ------------------------------------------------------------------------------------------- losses
 
-ImageLoss = Callable[[Tensor, Tensor], Tensor]
-SyncLoss = Callable[[Tensor, Tensor], Tensor]
 
-
-@dataclass
-class LossModels:
-    """The optional networks behind some loss terms; None where unavailable (see ``reasons``)."""
-
-    lpips: ImageLoss | None = None
-    identity: ImageLoss | None = None
-    sync: SyncLoss | None = None
-    reasons: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def available(
-        cls, device: torch.device, cfg: TrainConfig, *, sync_weights: str | None = None
-    ) -> LossModels:
-        """Build every optional loss with a nonzero weight; log one line per missing one."""
-        from talk3d_core.perceptual import identity_loss, lpips_loss
-
-        models = cls()
-        wanted: dict[str, Callable[[], tuple[Any, str]]] = {}
-        if cfg.weight_lpips > 0 or cfg.weight_mouth > 0:
-            wanted["lpips"] = lambda: lpips_loss(device)
-        if cfg.weight_identity > 0:
-            wanted["identity"] = lambda: identity_loss(device)
-        if cfg.weight_sync > 0:
-            from talk3d_core.syncnet import sync_expert_loss
-
-            wanted["sync"] = lambda: sync_expert_loss(device, weights=sync_weights)
-        for name, build in wanted.items():
-            loss, reason = build()
-            setattr(models, name, loss)
-            if loss is None:
-                models.reasons[name] = reason
-                log.info("%s loss unavailable: %s; training without it", name, reason)
-        return models
-
-
-def mouth_boxes(mouth: Tensor, pad: float = 0.3, min_size: int = 8) -> list[tuple[int, int, int]]:
-    """Square boxes (top, left, side) in pixels around each mask's mouth (B, 1, S, S), ``pad`` of the
-    side added around; the image centre's lower half where a mask has no mouth pixel."""
-    size = mouth.shape[-1]
-    boxes = []
-    for m in mouth[:, 0].cpu().numpy():
-        rows, cols = np.nonzero(m)
-        if len(rows) == 0:
-            boxes.append((size // 2, size // 4, size // 2))
-            continue
-        side = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
-        side = int(min(size, max(min_size, math.ceil(side * (1 + 2 * pad)))))
-        cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
-        top = int(np.clip(round(cy - side / 2), 0, size - side))
-        left = int(np.clip(round(cx - side / 2), 0, size - side))
-        boxes.append((top, left, side))
-    return boxes
+def loss_nets(
+    cfg: TrainConfig,
+    device: torch.device,
+    sync_weights: str | os.PathLike[str] | None = None,
+    *,
+    weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
+    manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
+) -> OptionalNets:
+    """The optional nets behind the loss terms with a nonzero weight (LPIPS also serves the mouth
+    term), ArcFace and the lip-sync expert from ``weights_dir`` (``sync_weights``: another expert
+    file); each missing one is logged and its term skipped."""
+    builders: dict[str, Callable[[], tuple[Any, str]]] = {}
+    if cfg.weight_lpips > 0 or cfg.weight_mouth > 0:
+        builders["lpips"] = lambda: lpips_loss(device)
+    if cfg.weight_identity > 0:
+        builders["identity"] = lambda: identity_loss(device, weights_dir=weights_dir, manifest=manifest)
+    if cfg.weight_sync > 0:
+        builders["sync_expert"] = lambda: sync_expert_loss(
+            device, weights=sync_weights, weights_dir=weights_dir
+        )
+    return OptionalNets.load(builders, purpose="training")
 
 
 def deltaplane_losses(
@@ -415,7 +147,7 @@ def deltaplane_losses(
     face: Tensor,
     mouth: Tensor,
     cfg: TrainConfig,
-    models: LossModels,
+    nets: OptionalNets,
 ) -> dict[str, Tensor]:
     """Weighted loss terms of a rendered batch and their ``total``.
 
@@ -429,24 +161,24 @@ def deltaplane_losses(
         "l1_raw": F.l1_loss(raw, F.interpolate(target, size=raw.shape[-2:], mode="area")),
     }
     weights = {"l1": cfg.weight_l1, "l1_raw": cfg.weight_l1_raw}
-    if models.lpips is not None and cfg.weight_lpips > 0:
-        terms["lpips"], weights["lpips"] = models.lpips(image, target).mean(), cfg.weight_lpips
+    if nets.lpips is not None and cfg.weight_lpips > 0:
+        terms["lpips"], weights["lpips"] = nets.lpips(image, target).mean(), cfg.weight_lpips
     if cfg.weight_mouth > 0:
         m = mouth.float()
         # Normalised by the mouth's own pixel count, so a small mouth weighs as much as a wide one.
         mouth_term = ((image - target).pow(2) * m).sum() / (3 * m.sum()).clamp(min=1.0)
-        if models.lpips is not None:
+        if nets.lpips is not None:
             crops = [
                 (image[i : i + 1, :, t : t + s, x : x + s], target[i : i + 1, :, t : t + s, x : x + s])
                 for i, (t, x, s) in enumerate(mouth_boxes(mouth))
             ]
             a = torch.cat([F.interpolate(c[0], size=(64, 64), mode="bilinear") for c in crops])
             b = torch.cat([F.interpolate(c[1], size=(64, 64), mode="bilinear") for c in crops])
-            mouth_term = mouth_term + models.lpips(a, b).mean()
+            mouth_term = mouth_term + nets.lpips(a, b).mean()
         terms["mouth"], weights["mouth"] = mouth_term, cfg.weight_mouth
-    if models.identity is not None and cfg.weight_identity > 0:
+    if nets.identity is not None and cfg.weight_identity > 0:
         f = face.float()
-        terms["identity"] = models.identity(image * f, target * f).mean()
+        terms["identity"] = nets.identity(image * f, target * f).mean()
         weights["identity"] = cfg.weight_identity
     terms["total"] = sum(weights[k] * v for k, v in terms.items())
     return terms
@@ -460,44 +192,17 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: float) -> float:
     return cfg.lr * cfg.lr_decay ** math.floor(step / (steps_per_epoch * cfg.decay_every_epochs))
 
 
-def _fingerprint(*arrays: Tensor | np.ndarray | None) -> str:
-    digest = hashlib.sha256()
-    for a in arrays:
-        if a is not None:
-            digest.update(np.ascontiguousarray(a.numpy() if isinstance(a, Tensor) else a).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _save(
-    path: Path, head: TalkingHead, optimizer: torch.optim.Optimizer, step: int, stage: str, meta: dict
-) -> None:
-    """Atomic checkpoint: weights that train, the optimiser of ``stage`` ("main" or "sr"), settings."""
-    with atomic_path(path) as tmp:
-        torch.save(
-            {
-                "step": step,
-                "stage": stage,
-                "net": head.net.state_dict(),
-                "superresolution": head.generator.superresolution.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "meta": meta,
-            },
-            tmp,
-        )
-
-
 @torch.no_grad()
 def sample_sheet(
     head: TalkingHead,
     data: SubjectData,
-    conditions: FrameConditions,
     frames: Sequence[int],
     out_png: str | os.PathLike[str],
 ) -> None:
     """Crops (top row) over renders (bottom row) of ``frames``, for looking at progress."""
     was_training = head.training
     head.eval()
-    cond = conditions.gather(frames, head.net_config.audio_frames, head.device)
+    cond = data.conditions.gather(frames, head.net_config.audio_frames, head.device)
     out = head(cond, data.cameras[list(frames)].to(head.device), jitter=False)
     head.train(was_training)
     top = data.crops[list(frames)].permute(0, 2, 3, 1).numpy()
@@ -518,14 +223,13 @@ def _sample_frames(data: SubjectData, n: int = 4) -> list[int]:
 
 def train_deltaplane(
     data: SubjectData,
-    conditions: FrameConditions,
-    prior: tuple[TriPlaneGenerator, Tensor, Tensor],
+    prior: Prior,
     out_dir: str | os.PathLike[str],
     *,
     net_config: DeltaplaneConfig,
-    train_config: TrainConfig = TrainConfig(),
+    train_config: TrainConfig,
     sync_audio: tuple[np.ndarray, float] | None = None,
-    sync_weights: str | None = None,
+    nets: OptionalNets | None = None,
     progress: bool | None = None,
     run_id: str = "",
     restart_on_mismatch: bool = False,
@@ -535,50 +239,45 @@ def train_deltaplane(
     """Train the deltaplane predictor (then fine-tune the super-resolution) on ``data``'s training
     frames; resume from ``out_dir/checkpoint.pt``.
 
-    data: crops, masks and cameras (the prior's frame cameras) of every frame; conditions: the same
-    frames' conditioning; prior: (generator, P_ID, w_id) from :func:`load_prior`. ``sync_audio``: the
-    Wav2Lip mel (80, T) of the clip and the fps, for the lip-sync expert term. Writes ``checkpoint.pt``
-    every ``checkpoint_every`` steps and at the end of each stage, ``train_log.jsonl``,
-    ``tensorboard/`` and ``samples/step_XXXXXX.png``. A checkpoint of other settings (or another
-    ``run_id``, e.g. the code hash) is an error, or with ``restart_on_mismatch`` set aside.
-    ``on_checkpoint(head, step, stage)`` runs after each checkpoint is written (e.g. to score the model
-    at chosen steps); the head is in eval mode during the call, and since every step reseeds the random
-    generator, what the call draws does not change the training.
+    data: crops, masks, cameras (the prior's frame cameras) and conditions of every frame; prior: the
+    prior stage's model (:func:`talk3d_core.model.talking_head.load_prior`). ``sync_audio``: the
+    Wav2Lip mel (80, T) of the clip and the fps, for the lip-sync expert term; ``nets``: the loss nets
+    (default :func:`loss_nets` with no lip-sync expert weights). Writes ``checkpoint.pt`` every
+    ``checkpoint_every`` steps and at the end of each stage, ``train_log.jsonl``, ``tensorboard/`` and
+    ``samples/step_XXXXXX.png``. A checkpoint of other settings (or another ``run_id``, e.g. the code
+    hash) is an error, or with ``restart_on_mismatch`` set aside. ``on_checkpoint(head, step, stage)``
+    runs after each checkpoint is written (e.g. to score the model at chosen steps); the head is in
+    eval mode during the call, and since every step reseeds the random generator, what the call draws
+    does not change the training.
     """
     from tensorboardX import SummaryWriter
-    from tqdm import tqdm
 
     cfg = train_config
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if len(conditions) != len(data.train):
-        raise ValueError(f"{out_dir}: {len(conditions)} frames of conditions for {len(data.train)} frames")
-    if data.mouth is None:
-        raise ValueError(f"{out_dir}: the training data has no mouth masks")
+    conditions = data.conditions
+    if conditions is None or len(conditions) != len(data.train):
+        got = "no" if conditions is None else len(conditions)
+        raise ValueError(f"{out_dir}: {got} frames of conditions for {len(data.train)} frames")
+    if data.crops is None or data.mouth is None or data.face is None:
+        raise ValueError(f"{out_dir}: the training data has no crops or masks")
     patch = data.mouth_patch
     if cfg.weight_mouth_zoom > 0 and (patch is None or patch.shape[-1] != cfg.mouth_zoom):
         raise ValueError(
             f"{out_dir}: weight_mouth_zoom needs mouth patches of {cfg.mouth_zoom} px "
-            "(load_training_data(..., mouth_zoom=...))"
+            "(read_subject_data(..., mouth_zoom=...))"
         )
     train_index = np.flatnonzero(data.train)
     if len(train_index) == 0:
         raise ValueError(f"{out_dir}: no training frames")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    generator, planes, w_id = prior
+    device = pick_device(device)
     torch.manual_seed(cfg.seed)
     head = TalkingHead(
-        generator,
-        planes,
-        w_id,
-        net_config,
-        audio_dim=conditions.audio.shape[2],
-        audio_window=conditions.audio.shape[1],
-    ).to(device)
-    models = LossModels.available(device, cfg, sync_weights=sync_weights)
-    if models.sync is not None and sync_audio is None:
-        models.sync, models.reasons["sync"] = None, "no audio given for the lip-sync expert"
-        log.info("sync loss unavailable: no audio given; training without it")
+        prior.generator, prior.identity_planes, prior.w_id, net_config, audio_dim=conditions.audio.shape[2],
+        audio_window=conditions.audio.shape[1], training=prior.training,
+    ).to(device)  # fmt: skip
+    nets = nets if nets is not None else loss_nets(cfg, device, None)
+    if nets.sync_expert is not None and sync_audio is None:
+        nets.missing("sync_expert", "no audio given for the lip-sync expert")
     meta = {
         # Everything that shapes the result but the sr budget: a finished fine-tune may be extended (the
         # main budget stays: the fine-tune was fitted to that stage's end).
@@ -589,33 +288,34 @@ def train_deltaplane(
         },
         "net_config": dataclasses.asdict(net_config),
         "run_id": run_id,
-        "data": _fingerprint(data.crops, data.face, data.mouth, data.cameras, data.train, data.mouth_patch),
-        "conditions": _fingerprint(conditions.audio, conditions.eye, conditions.rotation, conditions.ldm),
-        "prior": _fingerprint(planes, w_id),
-        "losses": sorted(k for k in ("lpips", "identity", "sync") if getattr(models, k) is not None),
+        "data": fingerprint(data.crops, data.face, data.mouth, data.cameras, data.train, data.mouth_patch),
+        "conditions": fingerprint(conditions.audio, conditions.eye, conditions.rotation, conditions.ldm),
+        "prior": fingerprint(prior.identity_planes, prior.w_id),
+        "losses": sorted(k for k in ("lpips", "identity", "sync_expert") if getattr(nets, k) is not None),
     }
-    checkpoint, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
-    step = 0
-    state = open_checkpoint(out_dir, meta, restart_on_mismatch, device, step_key="step")
+    total = cfg.steps + cfg.sr_steps
+    run = Run(
+        out_dir, meta, total=total, device=device, restart_on_mismatch=restart_on_mismatch, desc="train",
+        progress=progress,
+    )  # fmt: skip
+    state = run.state
     if state is None:  # starting over: the last run's curves and samples would mislead
         for folder in ("tensorboard", "samples"):
             shutil.rmtree(out_dir / folder, ignore_errors=True)
     else:
         head.net.load_state_dict(state["net"])
         head.generator.superresolution.load_state_dict(state["superresolution"])
-        step = state["step"]
+    step = run.start
     batch_size = min(cfg.batch_size, len(train_index))
     steps_per_epoch = len(train_index) / batch_size
     sync_after = cfg.sync_warmup_epochs * steps_per_epoch
-    total = cfg.steps + cfg.sr_steps
     # Only a run with steps to take opens an event file (a finished run resumed leaves the folder alone).
     writer = (
         SummaryWriter(str(out_dir / "tensorboard"), purge_step=step, flush_secs=30) if step < total else None
     )
     samples = _sample_frames(data)
-    bar = tqdm(total=total, initial=step, disable=None if progress is None else not progress, desc="train")
     optimizer: torch.optim.Optimizer | None = None
-    with open(log_path, "a") as log_file:
+    with run:
         while step < total:
             stage = "main" if step < cfg.steps else "sr"
             if optimizer is None or optimizer.stage != stage:  # type: ignore[attr-defined]
@@ -623,7 +323,7 @@ def train_deltaplane(
                 if state is not None and state.get("stage", "main") == stage and state["step"] == step:
                     optimizer.load_state_dict(state["optimizer"])
             started = time.perf_counter()
-            torch.manual_seed(step_seed(cfg.seed, step))
+            seed_step(cfg.seed, step)
             frames = train_index[torch.randint(len(train_index), (batch_size,)).numpy()]
             cameras = data.cameras[frames].to(device)
             cond = conditions.gather(frames, net_config.audio_frames, device)
@@ -635,7 +335,7 @@ def train_deltaplane(
                     group["lr"] = lr
                 out = head(cond, cameras, jitter=True)
                 terms = deltaplane_losses(
-                    out, target, data.face[frames].to(device), data.mouth[frames].to(device), cfg, models
+                    out, target, data.face[frames].to(device), data.mouth[frames].to(device), cfg, nets
                 )
                 if cfg.weight_mouth_zoom > 0:
                     planes = head.identity_planes + out["deltaplanes"]
@@ -644,10 +344,8 @@ def train_deltaplane(
                     truth = to_unit(data.mouth_patch[frames].to(device))
                     terms["mouth_zoom"] = F.l1_loss(raw, truth)
                     terms["total"] = terms["total"] + cfg.weight_mouth_zoom * terms["mouth_zoom"]
-                if models.sync is not None and step >= sync_after:
-                    terms["sync"] = _sync_term(
-                        head, data, conditions, train_index, sync_audio, models.sync, device
-                    )
+                if nets.sync_expert is not None and step >= sync_after:
+                    terms["sync"] = _sync_term(head, data, train_index, sync_audio, nets.sync_expert, device)
                     terms["total"] = terms["total"] + cfg.weight_sync * terms["sync"]
             else:
                 lr = cfg.lr_sr
@@ -657,33 +355,33 @@ def train_deltaplane(
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             values = torch.stack([v.detach() for v in terms.values()]).tolist()
-            if not np.isfinite(values).all():
-                bad = [k for k, v in zip(terms, values, strict=True) if not np.isfinite(v)]
-                raise FloatingPointError(
-                    f"{out_dir}: training diverged at step {step + 1} (non-finite {', '.join(bad)});"
-                    f" {checkpoint} holds the last good state"
-                )
+            check_finite(terms, values, f"{out_dir}: training", step + 1, run.checkpoint)
             optimizer.step()
             step += 1
             record = {"step": step, "stage": stage, "lr": lr}
             record |= {k: round(v, 6) for k, v in zip(terms, values, strict=True)}
             record["seconds"] = round(time.perf_counter() - started, 4)
-            log_file.write(json.dumps(record) + "\n")
+            run.step(record)
             for key, value in [*zip(terms, values, strict=True), ("lr", lr)]:
                 writer.add_scalar(f"{stage}/{key}", value, step)
-            bar.update(1)
             stage_end = step in (cfg.steps, total)
             if step % cfg.checkpoint_every == 0 or stage_end:
-                log_file.flush()
-                _save(checkpoint, head, optimizer, step, stage, meta)
+                run.save(
+                    {
+                        "step": step,
+                        "stage": stage,
+                        "net": head.net.state_dict(),
+                        "superresolution": head.generator.superresolution.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                    }
+                )
                 log.info("step %d (%s): loss %.4f, l1 %.4f", step, stage, record["total"], record["l1"])
                 if on_checkpoint is not None:
                     was_training = head.training
                     on_checkpoint(head.eval(), step, stage)
                     head.train(was_training)
             if step % cfg.sample_every == 0 or stage_end:
-                sample_sheet(head, data, conditions, samples, out_dir / "samples" / f"step_{step:06d}.png")
-    bar.close()
+                sample_sheet(head, data, samples, out_dir / "samples" / f"step_{step:06d}.png")
     if writer is not None:
         writer.close()
     return head.eval()
@@ -703,14 +401,13 @@ def _stage_optimizer(head: TalkingHead, stage: str, cfg: TrainConfig) -> torch.o
 def _sync_term(
     head: TalkingHead,
     data: SubjectData,
-    conditions: FrameConditions,
     train_index: np.ndarray,
     sync_audio: tuple[np.ndarray, float],
-    sync: SyncLoss,
+    sync: Callable[[Tensor, Tensor], Tensor],
     device: torch.device,
 ) -> Tensor:
     """Lip-sync expert loss of one window of consecutive training frames (uses the torch RNG)."""
-    from talk3d_core.syncnet import SYNC_FRAMES, mel_window
+    from talk3d_core.nets.lipsync_expert import SYNC_FRAMES, mel_window
 
     mel, fps = sync_audio
     # Windows that lie entirely inside the training frames.
@@ -719,7 +416,7 @@ def _sync_term(
     ]
     start = int(starts[int(torch.randint(len(starts), ()).item())])
     frames = np.arange(start, start + SYNC_FRAMES)
-    cond = conditions.gather(frames, head.net_config.audio_frames, device)
+    cond = data.conditions.gather(frames, head.net_config.audio_frames, device)
     out = head(cond, data.cameras[frames].to(device), jitter=True)
     window = torch.as_tensor(mel_window(mel, start, fps), dtype=torch.float32, device=device)
     return sync(out["image"][None], window[None]).mean()
@@ -766,3 +463,62 @@ def plot_loss_curves(
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def train_stage(
+    *,
+    generator_pt: str | os.PathLike[str],
+    identity_pt: str | os.PathLike[str],
+    crops: str | os.PathLike[str],
+    masks: str | os.PathLike[str],
+    prior_frames: str | os.PathLike[str],
+    features_parquet: str | os.PathLike[str],
+    audio_wav: str | os.PathLike[str],
+    settings: dict[str, Any],
+    fps: float,
+    model_pt: str | os.PathLike[str],
+    curves_png: str | os.PathLike[str],
+    weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
+    manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
+    run_id: str = "",
+    device: str | None = None,
+) -> TalkingHead:
+    """Rule train: the deltaplane predictor and the super-resolution fine-tune of one subject, saved to
+    ``model_pt`` (``deltaplane.pt``) with the loss curves; the checkpoint, step log, TensorBoard events
+    and samples go beside it. settings: the validated ``train`` config section; weights_dir and
+    manifest: where the loss nets' weights are (config ``weights``)."""
+    from talk3d_core.features import read_features
+    from talk3d_core.model.subject import read_subject_data
+    from talk3d_core.model.talking_head import load_prior
+
+    out_dir = Path(model_pt).parent
+    prior = load_prior(generator_pt, identity_pt)
+    net_config, cfg = configs_from_settings(settings)
+    data = read_subject_data(
+        read_features(features_parquet), prior_frames, crops=crops, masks=masks,
+        size=prior.generator.config.image_resolution, background=prior.training["background"],
+        mouth_zoom=cfg.mouth_zoom if cfg.weight_mouth_zoom > 0 else 0,
+    )  # fmt: skip
+    log.info(
+        "training on %d frames (%d held out): %d + %d steps, tokens %s, %s conditioning of the %s",
+        int(data.train.sum()), int((~data.train).sum()), cfg.steps, cfg.sr_steps,
+        ", ".join(net_config.tokens), net_config.conditioning,
+        "bottleneck and decoder" if net_config.decoder_conditioning else "bottleneck",
+    )  # fmt: skip
+    device_ = pick_device(device)
+    nets = loss_nets(cfg, device_, settings["sync_weights"], weights_dir=weights_dir, manifest=manifest)
+    sync_audio = None
+    if nets.sync_expert is not None:  # the expert's own mel of the clip's audio
+        from talk3d_core.nets.lipsync_expert import wav2lip_mel
+        from talk3d_core.util.media import read_wav_float
+
+        wav, rate = read_wav_float(audio_wav)
+        sync_audio = (wav2lip_mel(wav, rate), fps)
+    head = train_deltaplane(
+        data, prior, out_dir, net_config=net_config, train_config=cfg, sync_audio=sync_audio, nets=nets,
+        run_id=run_id, restart_on_mismatch=True, device=device,
+    )  # fmt: skip
+    with atomic_path(model_pt) as tmp:
+        torch.save(head.to_dict(), tmp)
+    plot_loss_curves(out_dir / "train_log.jsonl", curves_png)
+    return head

@@ -1,6 +1,8 @@
-"""Shared fixtures: tiny synthetic media made with ffmpeg's lavfi sources, cached for the session.
+"""Shared fixtures and builders: tiny synthetic media made with ffmpeg's lavfi sources (cached for the
+session), the tiny generator and deltaplane sizes, and tiny subjects, priors and landmarks.
 
 Clips are small (160x120, 2-4 s) so that making and ingesting one takes a fraction of a second.
+Test modules import the builders with ``from conftest import ...``; no test module imports another.
 """
 
 from __future__ import annotations
@@ -10,9 +12,108 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from talk3d_core.media import ffmpeg_exe
+from talk3d_core.camera import eg3d_camera
+from talk3d_core.model.deltaplane import DeltaplaneConfig
+from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.model.personalized import training_record
+from talk3d_core.model.subject import FrameConditions, SubjectData
+from talk3d_core.model.talking_head import Prior
+from talk3d_core.util.media import ffmpeg_exe
+
+#: The reference clips (../shared/data); tests that use them skip when it is absent.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+#: A generator far smaller than the CPU preset: 16^2 planes of 8 channels, 16^2 rays, 32 px images.
+TINY = GeneratorConfig.cpu(
+    z_dim=32, w_dim=32, plane_resolution=16, plane_channels=8, channel_base=512, channel_max=32,
+    decoder_hidden=16, decoder_output_dim=8, neural_rendering_resolution=16, depth_resolution=8,
+    depth_resolution_importance=8, image_resolution=32, sr_channels=(16, 8),
+)  # fmt: skip
+#: A deltaplane U-Net to match :data:`TINY`.
+NET = DeltaplaneConfig.cpu(
+    widths=(8, 16, 32), heads=2, head_dim=8, token_dim=16, attention_blocks=1, audio_frames=3
+)
+#: The camera geometry of the tiny subjects (VIVE3D's focal and pivot).
+ORBIT = dict(focal=3.6, radius=2.7, pivot=(0.0, 0.05, 0.2))
+
+
+def tiny_subject(n: int = 8) -> SubjectData:
+    """A bright disc ('head') on a dark background, seen from slightly different yaws (32 px)."""
+    yy, xx = np.mgrid[:32, :32]
+    crops, faces = [], []
+    for i in range(n):
+        cx = 16 + (i - n / 2) * 0.5
+        disc = ((xx - cx) ** 2 + (yy - 16) ** 2 < 81).astype(np.float32)
+        crops.append(np.stack([disc * 200 + 25, disc * 150 + 25, disc * 100 + 25]).astype(np.uint8))
+        faces.append(disc[None])
+    yaw = np.linspace(-5, 5, n)
+    cams = eg3d_camera(yaw, np.zeros(n), np.zeros(n), **ORBIT)
+    return SubjectData(
+        cameras=torch.tensor(cams, dtype=torch.float32),
+        train=np.arange(n) < n - 2,
+        crops=torch.tensor(np.stack(crops)),
+        face=torch.tensor(np.stack(faces)).bool(),
+    )
+
+
+def talking_disc(n: int = 12) -> SubjectData:
+    """A bright disc ('face') whose dark 'mouth' opens with the first audio feature of the frame."""
+    yy, xx = np.mgrid[:32, :32]
+    disc = (xx - 16) ** 2 + (yy - 16) ** 2 < 100
+    opening = (np.sin(np.arange(n) * 1.3) + 1) / 2  # 0..1
+    crops, mouths = [], []
+    for o in opening:
+        mouth = ((xx - 16) / 5.0) ** 2 + ((yy - 21) / (0.5 + 2.5 * o)) ** 2 < 1
+        rgb = np.where(disc, 200, 20) * np.where(mouth, 0.2, 1.0)
+        crops.append(np.stack([rgb, rgb * 0.8, rgb * 0.6]).astype(np.uint8))
+        mouths.append(mouth[None])
+    cams = eg3d_camera(np.zeros(n), np.zeros(n), np.zeros(n), **ORBIT)
+    audio = np.zeros((n, 2, 4), np.float32)
+    audio[:, :, 0] = opening[:, None] * 2 - 1
+    conditions = FrameConditions(
+        audio=audio,
+        eye=np.zeros(n, np.float32),
+        rotation=np.zeros((n, 3), np.float32),
+        ldm=np.zeros((n, 6), np.float32),
+    )
+    return SubjectData(
+        cameras=torch.tensor(cams, dtype=torch.float32),
+        train=np.arange(n) < n - 3,
+        conditions=conditions,
+        crops=torch.tensor(np.stack(crops)),
+        face=torch.tensor(np.repeat(disc[None, None], n, axis=0)),
+        mouth=torch.tensor(np.stack(mouths)),
+    )
+
+
+def tiny_prior(seed: int = 0, background: str = "black") -> Prior:
+    """An untrained :data:`TINY` generator with a random identity, as the prior stage would hand it on."""
+    torch.manual_seed(seed)
+    generator = TriPlaneGenerator(TINY).eval()
+    with torch.no_grad():
+        w = generator.mapping(torch.randn(1, TINY.z_dim), torch.zeros(1, 25))
+        planes = generator.planes(w, noise_mode="const")
+    return Prior(generator, planes, w, training_record("scratch", background, ORBIT))
+
+
+def face_landmarks(opening: float = 0.0, *, n: int = 1) -> np.ndarray:
+    """(n, 68, 2) landmarks: scattered points with a mouth whose inner lips are ``opening`` apart."""
+    rng = np.random.default_rng(0)
+    lm = np.repeat(rng.uniform(0, 100, size=(1, 68, 2)), n, axis=0)
+    # Inner lips 60-67: corners 60, 64; upper 61-63 at y = 50, lower 67, 66, 65 straight below.
+    xs = np.array([40.0, 45.0, 50.0, 55.0, 60.0])
+    lm[:, 60] = (35.0, 50.0 + opening / 2)
+    lm[:, 64] = (65.0, 50.0 + opening / 2)
+    lm[:, [61, 62, 63], 0] = xs[1:4]
+    lm[:, [61, 62, 63], 1] = 50.0
+    lm[:, [67, 66, 65], 0] = xs[1:4]
+    lm[:, [67, 66, 65], 1] = 50.0 + opening
+    return lm
+
 
 # Per container: video codec options, audio codec options (each a common pairing in the wild).
 CONTAINER_CODECS = {
@@ -169,7 +270,7 @@ def talking_face(tmp_path_factory) -> TalkingFace:
 
 def write_arcface_manifest(folder: Path, dest: str) -> Path:
     """A weights manifest with one ArcFace entry (a placeholder URL and checksum) installed at ``dest``."""
-    from talk3d_core.perceptual import ARCFACE_WEIGHTS
+    from talk3d_core.nets.arcface import ARCFACE_WEIGHTS
 
     manifest = folder / "manifest.yaml"
     manifest.write_text(

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_mouth import face_landmarks
-from test_train import NET, talking_disc, tiny_prior
+from conftest import NET, face_landmarks, talking_disc, tiny_prior
 
 import talk3d_core.ablation as ablation
-from talk3d_core.train import TalkingHead
+from talk3d_core.model.talking_head import TalkingHead
 
 
 def fake_landmarks(images, backend: str = "mediapipe", **_) -> np.ndarray:
@@ -20,17 +19,17 @@ def fake_landmarks(images, backend: str = "mediapipe", **_) -> np.ndarray:
 
 
 def test_differences_are_the_settings_scores_subtracted(tmp_path, monkeypatch):
-    data, conditions = talking_disc(n=24)
+    data = talking_disc(n=24)
     data.train[:] = np.arange(24) < 8  # 16 held-out frames
     torch.manual_seed(0)
-    generator, planes, w = tiny_prior()
-    head = TalkingHead(generator, planes, w, NET, audio_dim=4, audio_window=2)
+    prior = tiny_prior()
+    head = TalkingHead(prior.generator, prior.identity_planes, prior.w_id, NET, audio_dim=4, audio_window=2)
     with torch.no_grad():  # leave the zero start, so that each setting renders something else
         for p in head.net.parameters():
             if not p.any():
                 p.normal_(0, 0.5)
     monkeypatch.setattr(ablation, "landmarks_of_images", fake_landmarks)
-    result = ablation.audio_ablation(head.eval(), data, conditions, sheet_png=tmp_path / "sheet.png")
+    result = ablation.audio_ablation(head.eval(), data, sheet_png=tmp_path / "sheet.png")
     assert result["frames"] == 16 and (tmp_path / "sheet.png").is_file()
     settings = result["settings"]
     assert settings["full"]["lmd"] != settings["no_audio"]["lmd"]  # the audio token changes the render

@@ -1,4 +1,4 @@
-"""Tests of talk3d_core.audio_features: frame alignment (click tests), windows, normalisation, and the
+"""Tests of talk3d_core.nets.audio_features: frame alignment (click tests), windows, normalisation, and the
 wav2vec2/HuBERT code paths on tiny randomly initialised models (no download)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from talk3d_core import audio_features as af
-from talk3d_core.weights import WeightsError
+from talk3d_core.nets import audio_features as af
+from talk3d_core.util.weights import WeightsError
 
 RATE = 16000
 FPS = 25.0

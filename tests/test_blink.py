@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from talk3d_core.blink import (
+from talk3d_core.face.blink import (
     AU45_MAX,
     DEFAULT_FULL_CLOSURE,
     BlinkBackendError,
@@ -221,7 +221,7 @@ def test_demo_clip_blinks_are_found(talking_face):
 def test_german_first_ten_seconds(tmp_path):
     from talk3d_core.ingest import ingest_video
     from talk3d_core.landmarks import detect_landmarks
-    from talk3d_core.media import run_ffmpeg
+    from talk3d_core.util.media import run_ffmpeg
 
     cut = tmp_path / "german_10s.mp4"
     encode = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", "-c:a", "aac"]

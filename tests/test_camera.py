@@ -16,8 +16,6 @@ from talk3d_core.camera import (
     EG3D_FOCAL,
     EG3D_PIVOT,
     EG3D_RADIUS,
-    MEAN_FACE_68,
-    MEDIAPIPE_68,
     VIVE3D_FOCAL,
     VIVE3D_PIVOT,
     camera_table,
@@ -35,6 +33,7 @@ from talk3d_core.camera import (
     write_camera_table,
 )
 from talk3d_core.crop import smooth_track
+from talk3d_core.face.template import MEAN_FACE_68, MEDIAPIPE_68
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

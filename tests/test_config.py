@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from talk3d_core.config import ConfigError, load_schema, load_subjects, validate_config
+from talk3d_core.util.config import ConfigError, load_schema, load_subjects, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")

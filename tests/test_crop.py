@@ -17,7 +17,8 @@ import pytest
 
 from talk3d_core import crop
 from talk3d_core.demo import make_demo_clip
-from talk3d_core.media import file_url, run_ffmpeg
+from talk3d_core.face import template
+from talk3d_core.util.media import file_url, run_ffmpeg
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(
@@ -108,8 +109,8 @@ def test_canonical_template_scales_with_size_and_zooms_about_the_centre():
     # Pixel-centre coordinates: (p + 0.5) / size is the same framing at any size.
     np.testing.assert_allclose((t256 + 0.5) / 256, (t512 + 0.5) / 512)
     frac = (t512 + 0.5) / 512
-    assert frac[1, 0] - frac[0, 0] == pytest.approx(crop.TEMPLATE_EYE_DISTANCE)
-    assert frac[:2, 1] == pytest.approx([crop.TEMPLATE_EYE_HEIGHT] * 2)
+    assert frac[1, 0] - frac[0, 0] == pytest.approx(template.TEMPLATE_EYE_DISTANCE)
+    assert frac[:2, 1] == pytest.approx([template.TEMPLATE_EYE_HEIGHT] * 2)
     assert frac[:, 0].mean() == pytest.approx(0.5)  # left-right symmetric
     zoomed = (crop.canonical_template(512, zoom=1.5) + 0.5) / 512
     np.testing.assert_allclose(zoomed - 0.5, 1.5 * (frac - 0.5))
@@ -425,7 +426,7 @@ def test_crop_clip_writes_crops_and_table(demo, tmp_path):
     assert sorted(p.name for p in crops_dir.iterdir()) == [f"{i:06d}.png" for i in range(12)]
     table = crop.read_crop_table(table_path)
     assert table.meta == json.loads(json.dumps(meta)) and table.size == 64
-    assert meta["template"]["name"] == crop.TEMPLATE_NAME and meta["frame_size"] == [512, 512]
+    assert meta["template"]["name"] == template.CROP_TEMPLATE_NAME and meta["frame_size"] == [512, 512]
     jitter = meta["jitter"]
     assert jitter["smoothed"]["accel_rms_px"] < jitter["unsmoothed"]["accel_rms_px"]
     np.testing.assert_array_equal(table.frame, np.arange(12))

@@ -1,4 +1,4 @@
-"""Tests of the deltaplane U-Net (talk3d_core.deltaplane): shapes, zero start, gradients to every token
+"""Tests of the deltaplane U-Net (talk3d_core.model.deltaplane): shapes, zero start, gradients to every token
 encoder, token dropping, roll-out axis bookkeeping for both plane conventions, validation."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from talk3d_core.deltaplane import (
+from talk3d_core.model.deltaplane import (
     TOKEN_NAMES,
     AudioEncoder,
     ConditionalAffine,
@@ -23,8 +23,8 @@ from talk3d_core.deltaplane import (
     roll_out,
     sinusoidal_encoding,
 )
-from talk3d_core.eg3d.config import PLANE_AXES
-from talk3d_core.eg3d.renderer import sample_triplane
+from talk3d_core.model.eg3d.config import PLANE_AXES
+from talk3d_core.model.eg3d.renderer import sample_triplane
 
 MEL_DIM, MEL_WINDOW = 320, 16  # the CPU pipeline's log-mel windows
 # Behaviour tests run a tiny network on 3 x 4 x 16^2 planes; the sizes have their own tests.

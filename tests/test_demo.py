@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from talk3d_core.demo import SOURCE, make_demo_clip, synth_speech
-from talk3d_core.media import ffmpeg_exe
+from talk3d_core.util.media import ffmpeg_exe
 
 DURATION_S, FPS, SIZE = 3.0, 25, 256
 N_FRAMES = int(DURATION_S * FPS)

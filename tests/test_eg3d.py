@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from talk3d_core.camera import EG3D_FOCAL, eg3d_camera
-from talk3d_core.eg3d import (
+from talk3d_core.model.eg3d import (
     PLANE_AXES,
     GeneratorConfig,
     ImportanceRenderer,
@@ -20,7 +20,7 @@ from talk3d_core.eg3d import (
     composite,
     sample_triplane,
 )
-from talk3d_core.eg3d.layers import modulated_conv2d, setup_filter, upfirdn2d, upsample2d
+from talk3d_core.model.eg3d.layers import modulated_conv2d, setup_filter, upfirdn2d, upsample2d
 
 
 def frontal_camera(batch: int = 1, yaw: float = 0.0) -> torch.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from talk3d_core.eg3d.checkpoint import (
+from talk3d_core.model.eg3d.checkpoint import (
     EG3D_FFHQ512_128_G_SHAPES,
     CheckpointError,
     PersistentRecord,
@@ -582,8 +582,8 @@ def test_names_follow_torch_state_dict_for_real_modules(tmp_path: Path):
 
 
 def test_snapshot_loads_into_our_paper_size_generator(full_snapshot: Path):
-    """The loader and talk3d_core.eg3d agree on every name and shape of the 512-128 generator."""
-    from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
+    """The loader and talk3d_core.model.eg3d agree on every name and shape of the 512-128 generator."""
+    from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
 
     generator = TriPlaneGenerator(GeneratorConfig.paper())
     ours = {name: tuple(t.shape) for name, t in generator.state_dict().items()}

@@ -22,8 +22,17 @@ def test_conda_env_has_the_same_pins_as_pyproject():
     assert sorted(pip_section) == sorted(project["dependencies"])
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][^,;]*", req) for req in project["dependencies"])
     assert "ffmpeg" in env["dependencies"]
-    # Snakemake's per-rule conda environment is this same file.
-    assert (ROOT / "workflow/envs/core.yaml").resolve() == (ROOT / "environment.yml").resolve()
+    # Snakemake's per-rule conda environment lists the same packages, and is a file of its own (a
+    # link inside workflow/ breaks the workflow's use as a Snakemake module).
+    rules_env = ROOT / "workflow/envs/core.yaml"
+    assert not rules_env.is_symlink()
+    assert yaml.safe_load(rules_env.read_text())["dependencies"] == env["dependencies"]
+    assert yaml.safe_load(rules_env.read_text())["channels"] == env["channels"]
+
+
+def test_no_links_inside_the_workflow():
+    links = [p for p in (ROOT / "workflow").rglob("*") if p.is_symlink()]
+    assert links == []
 
 
 def test_torch_is_the_cpu_pin_without_cuda_packages():

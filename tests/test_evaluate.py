@@ -9,7 +9,6 @@ import torch
 
 from talk3d_core.evaluate import (
     COLUMNS,
-    Backends,
     Metric,
     aue_metric,
     face_metrics,
@@ -22,7 +21,8 @@ from talk3d_core.evaluate import (
     sync_metrics,
     write_metrics,
 )
-from talk3d_core.report_page import Clip, video_page
+from talk3d_core.nets.optional import OptionalNets
+from talk3d_core.report.video_page import Clip, video_page
 
 
 def by_metric(rows: list[Metric]) -> dict[str, Metric]:
@@ -37,7 +37,7 @@ def face_images(n: int = 3, size: int = 32, seed: int = 0) -> np.ndarray:
 def test_identical_images_score_perfectly_and_noise_lowers_them():
     truth = face_images()
     face = np.ones(truth.shape[:3], bool)
-    b = Backends(reasons={"lpips": "no lpips here"})
+    b = OptionalNets(reasons={"lpips": "no lpips here"})
     same = by_metric(face_metrics("self", truth, truth, face, b))
     assert same["psnr"].value > 90 and same["ssim"].value == pytest.approx(1.0, abs=1e-6)
     assert same["psnr"].unit == "dB" and same["psnr"].frames == 3
@@ -56,7 +56,7 @@ def test_psnr_counts_only_the_face_region():
     render[:, :16] = 0  # wrong only outside the face region
     face = np.zeros(truth.shape[:3], bool)
     face[:, 16:] = True
-    rows = by_metric(face_metrics("self", render, truth, face, Backends(reasons={"lpips": "x"})))
+    rows = by_metric(face_metrics("self", render, truth, face, OptionalNets(reasons={"lpips": "x"})))
     assert rows["psnr"].value > 90
 
 
@@ -69,7 +69,7 @@ def test_lpips_row_uses_the_backend_when_present():
 
     truth = face_images(n=10)
     rows = by_metric(
-        face_metrics("self", truth, truth, np.ones(truth.shape[:3], bool), Backends(lpips=fake_lpips))
+        face_metrics("self", truth, truth, np.ones(truth.shape[:3], bool), OptionalNets(lpips=fake_lpips))
     )
     assert rows["lpips"].status == "ok" and rows["lpips"].value == pytest.approx(0.0)
     assert [s[0] for s in calls] == [8, 2]  # in batches
@@ -115,20 +115,19 @@ def eye_landmarks(closure: np.ndarray) -> np.ndarray:
 
 
 def test_aue_is_zero_for_the_same_eyes_and_grows_with_a_missed_blink():
-    from talk3d_core.blink import calibrate_au45, eye_aspect_ratio
+    from talk3d_core.face.blink import calibrate_au45, eye_aspect_ratio
 
     closure = np.zeros(100)
     for start in (20, 50, 80):
         closure[start : start + 3] = [0.5, 0.9, 0.5]
     truth = eye_landmarks(closure)
     calibration = calibrate_au45(eye_aspect_ratio(truth))
-    b = Backends(au45_calibration=calibration)
-    assert aue_metric("self", truth, truth, b)[0].value == pytest.approx(0.0, abs=1e-6)
+    assert aue_metric("self", truth, truth, calibration, "mp")[0].value == pytest.approx(0.0, abs=1e-6)
     open_eyes = eye_landmarks(np.zeros(100))
-    missed = aue_metric("self", open_eyes, truth, b)[0]
-    assert missed.value > 0.05 and missed.unit == "AU45" and "ear-au45" in missed.backend
-    no_calibration = aue_metric("self", truth, truth, Backends(reasons={"aue": "no calibration"}))[0]
-    assert no_calibration.status == "unavailable" and no_calibration.reason == "no calibration"
+    missed = aue_metric("self", open_eyes, truth, calibration, "mp")[0]
+    assert missed.value > 0.05 and missed.unit == "AU45" and missed.backend == "ear-au45 (mp)"
+    no_calibration = aue_metric("self", truth, truth, None, "mp")[0]
+    assert no_calibration.status == "unavailable" and "no AU45 calibration" in no_calibration.reason
 
 
 def test_motion_metrics_follow_the_audio():
@@ -149,10 +148,10 @@ def test_motion_metrics_follow_the_audio():
 
 
 def test_missing_models_give_unavailable_rows_with_reasons():
-    b = Backends(
-        identity={"dlib": None, "arcface": None},
-        reasons={"identity:dlib": "dlib missing", "identity:arcface": "no ArcFace weights",
-                 "fid": "no inception", "sync": "no syncnet_v2.model"},
+    b = OptionalNets(
+        embedders={"dlib": None, "arcface": None},
+        reasons={"embedders:dlib": "dlib missing", "embedders:arcface": "no ArcFace weights",
+                 "fid": "no inception", "syncnet": "no syncnet_v2.model"},
     )  # fmt: skip
     images = face_images()
     rows = identity_metrics("self", images, b, truth=images)
@@ -175,7 +174,7 @@ def test_identity_metric_with_a_backend():
             return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     images = face_images()
-    b = Backends(identity={"toy": Embedder()})
+    b = OptionalNets(embedders={"toy": Embedder()})
     same = identity_metrics("self", images, b, truth=images)[0]
     assert same.value == pytest.approx(1.0) and same.backend == "toy" and same.unit == "cosine"
     reference = {"toy": Embedder().embed(images[:1])[0]}

@@ -20,7 +20,7 @@ from talk3d_core.features import (
     subject_features,
 )
 from talk3d_core.ingest import ingest_audio
-from talk3d_core.io import list_frames
+from talk3d_core.util.io import list_frames
 
 
 def test_split_is_by_time():

@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from talk3d_core import fid as fid_module
-from talk3d_core.fid import (
-    FEATURE_DIM,
-    feature_stats,
-    fid,
-    fid_model,
-    frechet_distance,
-    inception_path,
-    tf_bilinear_resize,
-)
+from talk3d_core.metrics.fid import feature_stats, fid, frechet_distance
+from talk3d_core.nets import inception as inception_module
+from talk3d_core.nets.inception import FEATURE_DIM, fid_model, inception_path, tf_bilinear_resize
 
 needs_inception = pytest.mark.skipif(
     inception_path() is None or not inception_path().is_file(),
@@ -123,7 +116,7 @@ def test_missing_or_wrong_inception_file_says_why(tmp_path: Path, monkeypatch: p
     wrong.write_bytes(b"not the inception")
     model, reason = fid_model(wrong)
     assert model is None and "is not the FID Inception: sha1" in reason
-    assert fid_module.INCEPTION_SHA1 in reason
+    assert inception_module.INCEPTION_SHA1 in reason
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     model, reason = fid_model()

@@ -3,21 +3,18 @@ the geometry-prior terms are finite and pull the tri-planes towards it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from test_prior import TINY, tiny_subject
+from conftest import TINY, tiny_subject
 
-from talk3d_core.camera import MEAN_FACE_68, eg3d_camera
-from talk3d_core.head_proxy import EMPTY_RADIUS, SOLID_RADIUS, HeadProxy, fit_head_proxy, project_points
-from talk3d_core.prior import (
-    PriorConfig,
-    ScratchPrior,
-    SubjectData,
-    geometry_losses,
-    prior_sheet,
-    train_scratch_prior,
-)
+from talk3d_core.camera import eg3d_camera
+from talk3d_core.face.template import MEAN_FACE_68
+from talk3d_core.model.head_proxy import EMPTY_RADIUS, SOLID_RADIUS, HeadProxy, fit_head_proxy, project_points
+from talk3d_core.model.personalized import PersonalizedGenerator
+from talk3d_core.prior import PriorConfig, geometry_losses, prior_sheet, train_scratch_prior
 
 PROXY = HeadProxy(scale=0.00205, mideye=(0.0, 0.06, 0.195), rms_px=0.0)
 
@@ -75,7 +72,7 @@ def test_proxy_volume():
 def test_geometry_terms_have_finite_gradients_on_an_empty_scene():
     """A fresh generator can render rays with no density at all; the depth term must not turn
     them into NaN gradients (0/0 in the depth's weighted mean)."""
-    model = ScratchPrior(TINY, 2, seed=0)
+    model = PersonalizedGenerator(TINY, 2, seed=0)
     with torch.no_grad():  # kill all density: the decoder's sigma logit becomes very negative
         model.generator.decoder.net[-1].bias[0] = -200.0
     cameras = torch.tensor(_cameras(2), dtype=torch.float32)
@@ -94,13 +91,13 @@ def test_geometry_terms_have_finite_gradients_on_an_empty_scene():
 
 def test_training_with_the_proxy_fills_its_core(tmp_path):
     base = tiny_subject()
-    data = SubjectData(**{**base.__dict__, "person": base.face.clone(), "proxy": PROXY})
+    data = dataclasses.replace(base, person=base.face.clone(), proxy=PROXY)
     cfg = PriorConfig(steps=40, batch_size=2, checkpoint_every=40, shape_points=256)
     model = train_scratch_prior(data, tmp_path, gen_config=TINY, prior_config=cfg)
     torch.manual_seed(0)
     solid = PROXY.sample_solid(512)
     empty = PROXY.sample_empty(512, TINY.box_warp)
-    fresh = ScratchPrior(TINY, int(data.train.sum()), seed=0)
+    fresh = PersonalizedGenerator(TINY, int(data.train.sum()), seed=0)
     with torch.no_grad():
         for m in (fresh, model):
             m.eval()

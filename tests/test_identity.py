@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import write_arcface_manifest
 
-from talk3d_core.identity import (
+from talk3d_core.nets.arcface import ARCFACE_WEIGHTS
+from talk3d_core.nets.identity import (
     BACKENDS,
     DLIB_FALLBACK_BOX,
     DlibEmbedder,
@@ -16,7 +17,6 @@ from talk3d_core.identity import (
     identity_similarity,
     mean_identity,
 )
-from talk3d_core.perceptual import ARCFACE_WEIGHTS
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(
@@ -38,7 +38,7 @@ def _aligned_crops(clip: str, n: int, step: int) -> np.ndarray:
     import imageio_ffmpeg
 
     from talk3d_core.crop import crop_affines, warp_crop
-    from talk3d_core.landmark_backends.dlib_hog import DlibBackend
+    from talk3d_core.face.landmark_backends.dlib_hog import DlibBackend
 
     reader = imageio_ffmpeg.read_frames(str(SHARED_DATA / "videos" / clip))
     width, height = next(reader)["size"]
@@ -175,7 +175,7 @@ def test_arcface_without_weights_says_why(tmp_path: Path):
 def test_arcface_embedder_feeds_the_network_generator_range_batches(monkeypatch: pytest.MonkeyPatch):
     import torch
 
-    from talk3d_core import perceptual
+    from talk3d_core.nets import arcface
 
     seen = []
 
@@ -183,7 +183,7 @@ def test_arcface_embedder_feeds_the_network_generator_range_batches(monkeypatch:
         seen.append((tuple(x.shape), float(x.min()), float(x.max())))
         return x.mean(dim=(2, 3))
 
-    monkeypatch.setattr(perceptual, "arcface_embedder", lambda device, **kwargs: (fake_arcface, ""))
+    monkeypatch.setattr(arcface, "arcface_embedder", lambda device, **kwargs: (fake_arcface, ""))
     embedder, reason = identity_embedder("arcface")
     assert reason == "" and embedder.name == "arcface-ir-se50"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from talk3d_core.image_metrics import psnr, ssim
+from talk3d_core.metrics.image import psnr, ssim
 
 
 def test_psnr_known_values():

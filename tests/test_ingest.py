@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from talk3d_core.ingest import ingest_audio, ingest_video
-from talk3d_core.media import MediaError, ffmpeg_version, read_wav
+from talk3d_core.util.media import MediaError, ffmpeg_version, read_wav
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"reference clips not found at {DATA}")

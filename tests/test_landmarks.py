@@ -14,10 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from talk3d_core.ingest import ingest_video
-from talk3d_core.io import list_frames
-from talk3d_core.landmark_backends import Face, box_iou, open_backend, select_main
-from talk3d_core.landmark_backends.fan import (
+from talk3d_core.face.landmark_backends import Face, box_iou, open_backend, select_main
+from talk3d_core.face.landmark_backends.fan import (
     HEATMAP_SIZE,
     INPUT_SIZE,
     WEIGHTS_NAME,
@@ -25,7 +23,8 @@ from talk3d_core.landmark_backends.fan import (
     heatmap_peaks,
     heatmap_to_source,
 )
-from talk3d_core.landmark_backends.mediapipe_mesh import MESH_TO_IBUG68, mesh_to_ibug68
+from talk3d_core.face.landmark_backends.mediapipe_mesh import MESH_TO_IBUG68, mesh_to_ibug68
+from talk3d_core.ingest import ingest_video
 from talk3d_core.landmarks import (
     N_LANDMARKS,
     FaceTrackError,
@@ -38,8 +37,9 @@ from talk3d_core.landmarks import (
     track_landmarks,
     write_landmarks,
 )
-from talk3d_core.media import run_ffmpeg
-from talk3d_core.weights import WeightsError
+from talk3d_core.util.io import list_frames
+from talk3d_core.util.media import run_ffmpeg
+from talk3d_core.util.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

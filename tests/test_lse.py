@@ -10,20 +10,16 @@ import pytest
 import python_speech_features
 import torch
 
-from talk3d_core.lse import (
-    DEFAULT_SYNCNET_V2,
+from talk3d_core.metrics.motion import ENERGY_FLOOR_DB, audio_energy, mouth_motion_stats, speech_mask
+from talk3d_core.metrics.sync import (
     DEFAULT_WINDOW,
     EMBEDDING_DIM,
-    ENERGY_FLOOR_DB,
     PAD_VALUE,
     SYNCNET_SIZE,
     VSHIFT,
     SyncNetV2,
     SyncScorer,
-    audio_energy,
     load_syncnet_v2,
-    mouth_motion_stats,
-    speech_mask,
     sync_distances,
     sync_offset_scores,
     sync_scorer,
@@ -166,10 +162,6 @@ def test_sync_scorer_without_weights_gives_a_reason(tmp_path: Path) -> None:
     broken.write_bytes(b"\x00" * 16)
     scorer, reason = sync_scorer(broken)
     assert scorer is None and "broken.model" in reason
-
-
-def test_default_weights_path() -> None:
-    assert DEFAULT_SYNCNET_V2 == REPO_ROOT / "resources" / "weights" / "syncnet" / "syncnet_v2.model"
 
 
 # ---------------------------------------------------------------------------------------------- front ends

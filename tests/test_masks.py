@@ -18,7 +18,7 @@ import torch
 import yaml
 from scipy import ndimage
 
-from talk3d_core import bisenet
+from talk3d_core.face import bisenet
 from talk3d_core.masks import (
     LABELS,
     PALETTE,
@@ -29,7 +29,7 @@ from talk3d_core.masks import (
     read_mask,
     region_masks,
 )
-from talk3d_core.weights import WeightsError
+from talk3d_core.util.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

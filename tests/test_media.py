@@ -5,7 +5,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from talk3d_core.media import (
+from talk3d_core.util.media import (
     MediaError,
     ffmpeg_exe,
     ffmpeg_version,

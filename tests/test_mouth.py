@@ -11,13 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, face_landmarks
 
-import talk3d_core.mouth as mouth
+import talk3d_core.metrics.mouth as mouth
 from talk3d_core.crop import crop_affines, warp_crop
-from talk3d_core.io import read_rgb
-from talk3d_core.landmark_backends import Face
-from talk3d_core.media import run_ffmpeg
-from talk3d_core.mouth import (
+from talk3d_core.face.landmark_backends import Face
+from talk3d_core.metrics.mouth import (
     MOUTH_POINTS,
     REFERENCE_SIZE,
     MouthScores,
@@ -28,27 +27,12 @@ from talk3d_core.mouth import (
     mouth_scores,
     paired_differences,
 )
+from talk3d_core.util.io import read_rgb
+from talk3d_core.util.media import run_ffmpeg
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(
     not (SHARED_DATA / "videos").is_dir(), reason=f"reference clips not found at {SHARED_DATA}/videos"
 )
-
-
-def face_landmarks(opening: float = 0.0, *, n: int = 1) -> np.ndarray:
-    """(n, 68, 2) landmarks: scattered points with a mouth whose inner lips are ``opening`` apart."""
-    rng = np.random.default_rng(0)
-    lm = np.repeat(rng.uniform(0, 100, size=(1, 68, 2)), n, axis=0)
-    # Inner lips 60-67: corners 60, 64; upper 61-63 at y = 50, lower 67, 66, 65 straight below.
-    xs = np.array([40.0, 45.0, 50.0, 55.0, 60.0])
-    lm[:, 60] = (35.0, 50.0 + opening / 2)
-    lm[:, 64] = (65.0, 50.0 + opening / 2)
-    lm[:, [61, 62, 63], 0] = xs[1:4]
-    lm[:, [61, 62, 63], 1] = 50.0
-    lm[:, [67, 66, 65], 0] = xs[1:4]
-    lm[:, [67, 66, 65], 1] = 50.0 + opening
-    return lm
 
 
 # ------------------------------------------------------------------------------ opening, LMD, r

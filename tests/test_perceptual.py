@@ -9,14 +9,8 @@ import pytest
 import torch
 from conftest import write_arcface_manifest
 
-from talk3d_core.perceptual import (
-    _LPIPS_SLICES,
-    ARCFACE_WEIGHTS,
-    LPIPS_TRUNK_FILES,
-    _lpips_trunk_state,
-    identity_loss,
-    lpips_loss,
-)
+from talk3d_core.nets.arcface import ARCFACE_WEIGHTS, identity_loss
+from talk3d_core.nets.lpips import _LPIPS_SLICES, LPIPS_TRUNK_FILES, _lpips_trunk_state, lpips_loss
 
 
 def test_lpips_without_trunk_weights_or_package_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 # The NVlabs persistence-layout pickler is shared with the loader's own tests.
 from test_eg3d_checkpoint import (
@@ -29,11 +30,12 @@ from test_eg3d_checkpoint import (
 )
 
 from talk3d_core.camera import eg3d_camera, rotation_angle_deg
-from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
-from talk3d_core.eg3d.checkpoint import CheckpointError, generator_from_checkpoint, load_eg3d_checkpoint
-from talk3d_core.eg3d.layers import setup_filter
+from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.model.eg3d.checkpoint import CheckpointError, generator_from_checkpoint, load_eg3d_checkpoint
+from talk3d_core.model.eg3d.layers import setup_filter
+from talk3d_core.model.subject import SubjectData
+from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.personalize import (
-    ImageLosses,
     PretrainedConfig,
     StepBudgetExhausted,
     nearest_pivot,
@@ -42,7 +44,7 @@ from talk3d_core.personalize import (
     refine_cameras,
     select_pivots,
 )
-from talk3d_core.prior import SubjectData, evaluate_prior
+from talk3d_core.prior import evaluate_prior
 
 _PLAIN = {
     "OSGDecoder": _OSGDecoder,
@@ -51,14 +53,9 @@ _PLAIN = {
     "ImportanceRenderer": _ImportanceRenderer,
 }
 
-TINY = GeneratorConfig.cpu(
-    z_dim=32, w_dim=32, plane_resolution=16, plane_channels=8, channel_base=512, channel_max=32,
-    decoder_hidden=16, decoder_output_dim=8, neural_rendering_resolution=16, depth_resolution=8,
-    depth_resolution_importance=8, image_resolution=32, sr_channels=(16, 8),
-)  # fmt: skip
 PIVOT = (0.0, 0.05, 0.2)
 RADIUS, FOCAL = 2.7, 3.6
-NO_EXTRA_LOSSES = ImageLosses(lpips_reason="not in this test", identity_reason="not in this test")
+NO_EXTRA_LOSSES = OptionalNets(reasons={"lpips": "not in this test", "identity": "not in this test"})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,7 +368,7 @@ FFHQ_512_INIT = {
 
 def test_generator_from_checkpoint_reads_the_ffhq_512_128_kwargs():
     """The kwargs and tensor shapes of ffhq(-fixed-triplane)512-128.pkl give the paper's generator."""
-    from talk3d_core.eg3d.checkpoint import EG3D_FFHQ512_128_G_SHAPES, EG3DCheckpoint
+    from talk3d_core.model.eg3d.checkpoint import EG3D_FFHQ512_128_G_SHAPES, EG3DCheckpoint
 
     ckpt = EG3DCheckpoint(
         path=Path("ffhq-fixed-triplane512-128.pkl"),
@@ -455,7 +452,7 @@ def test_personalize_recovers_cameras_of_a_teacher(tmp_path: Path):
 
     prior, cameras, offsets = personalize(
         scene.data, scene.angles, scene.landmarks, generator, tmp_path / "run",
-        pivot=PIVOT, cfg=cfg, image_losses=NO_EXTRA_LOSSES, device="cpu",
+        pivot=PIVOT, cfg=cfg, nets=NO_EXTRA_LOSSES, device="cpu",
     )  # fmt: skip
 
     n, num_ws = len(scene.data.train), generator.num_ws
@@ -491,7 +488,7 @@ TINY_RUN = PretrainedConfig(
 
 
 def run(scene: Scene, out_dir: Path, **kwargs: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
-    kwargs = dict(pivot=PIVOT, cfg=TINY_RUN, image_losses=NO_EXTRA_LOSSES, device="cpu") | kwargs
+    kwargs = dict(pivot=PIVOT, cfg=TINY_RUN, nets=NO_EXTRA_LOSSES, device="cpu") | kwargs
     return personalize(scene.data, scene.angles, scene.landmarks, student(scene), out_dir, **kwargs)
 
 
@@ -537,11 +534,11 @@ def test_personalize_rejects_mismatched_inputs(tmp_path: Path):
     with pytest.raises(ValueError, match="landmarks must have shape"):
         personalize(
             scene.data, scene.angles, scene.landmarks[:5], student(scene), tmp_path / "d", pivot=PIVOT,
-            cfg=TINY_RUN, image_losses=NO_EXTRA_LOSSES,
+            cfg=TINY_RUN, nets=NO_EXTRA_LOSSES,
         )  # fmt: skip
     small = dataclasses.replace(scene.data, crops=scene.data.crops[:, :, :16, :16])
     with pytest.raises(ValueError, match="the generator makes 32 px"):
         personalize(
             small, scene.angles, scene.landmarks, student(scene), tmp_path / "d", pivot=PIVOT, cfg=TINY_RUN,
-            image_losses=NO_EXTRA_LOSSES,
+            nets=NO_EXTRA_LOSSES,
         )  # fmt: skip

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from talk3d_core.media import read_wav_float
-from talk3d_core.preview import ingest_preview
+from talk3d_core.report.ingest_preview import ingest_preview
+from talk3d_core.util.media import read_wav_float
 
 
 def write_wav(path, samples, rate=16000, channels=1):

@@ -7,37 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, tiny_subject
 from PIL import Image
 
-from talk3d_core.camera import eg3d_camera
-from talk3d_core.eg3d import GeneratorConfig
-from talk3d_core.prior import PriorConfig, SubjectData, evaluate_prior, prior_sheet, train_scratch_prior
-
-TINY = GeneratorConfig.cpu(
-    z_dim=32, w_dim=32, plane_resolution=16, plane_channels=8, channel_base=512, channel_max=32,
-    decoder_hidden=16, decoder_output_dim=8, neural_rendering_resolution=16, depth_resolution=8,
-    depth_resolution_importance=8, image_resolution=32, sr_channels=(16, 8),
-)  # fmt: skip
-
-
-def tiny_subject(n: int = 8) -> SubjectData:
-    """A bright disc ('head') on a dark background, seen from slightly different yaws."""
-    yy, xx = np.mgrid[:32, :32]
-    crops, faces = [], []
-    for i in range(n):
-        cx = 16 + (i - n / 2) * 0.5
-        disc = ((xx - cx) ** 2 + (yy - 16) ** 2 < 81).astype(np.float32)
-        crops.append(np.stack([disc * 200 + 25, disc * 150 + 25, disc * 100 + 25]).astype(np.uint8))
-        faces.append(disc[None])
-    yaw = np.linspace(-5, 5, n)
-    cams = eg3d_camera(yaw, np.zeros(n), np.zeros(n), radius=2.7, pivot=(0, 0.05, 0.2), focal=3.6)
-    train = np.arange(n) < n - 2
-    return SubjectData(
-        crops=torch.tensor(np.stack(crops)),
-        face=torch.tensor(np.stack(faces)).bool(),
-        cameras=torch.tensor(cams, dtype=torch.float32),
-        train=train,
-    )
+from talk3d_core.prior import PriorConfig, evaluate_prior, prior_sheet, train_scratch_prior
 
 
 def test_fit_improves_and_evaluates(tmp_path):
@@ -107,7 +80,7 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path):
 
 
 def test_load_subject_paints_the_background(tmp_path):
-    from talk3d_core.prior import load_subject
+    from talk3d_core.model.subject import load_subject
 
     crop = np.full((8, 8, 3), 200, np.uint8)
     labels = np.zeros((8, 8), np.uint8)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from talk3d_core import provenance
+from talk3d_core.util import provenance
 
 
 @pytest.fixture
@@ -36,6 +36,6 @@ def test_unknown_module_is_an_error(fake_package):
 
 
 def test_real_stage_closure():
-    names = {p.name for p in provenance.module_closure("talk3d_core.preview")}
-    assert names == {"__init__.py", "io.py", "media.py", "preview.py"}
-    assert len(provenance.source_hash("talk3d_core.preview")) == 16
+    names = {p.name for p in provenance.module_closure("talk3d_core.report.ingest_preview")}
+    assert names == {"__init__.py", "io.py", "media.py", "ingest_preview.py"}
+    assert len(provenance.source_hash("talk3d_core.report.ingest_preview")) == 16

@@ -13,17 +13,15 @@ import torch
 
 from talk3d_core.camera import eg3d_camera
 from talk3d_core.crop import CropTable, read_crop_table, write_crop_table
-from talk3d_core.deltaplane import DeltaplaneConfig
-from talk3d_core.eg3d import GeneratorConfig, TriPlaneGenerator
-from talk3d_core.media import MediaError, ffmpeg_exe, probe, write_wav
-from talk3d_core.pictures import depth_to_uint8
+from talk3d_core.model.deltaplane import DeltaplaneConfig
+from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.model.subject import FrameConditions
+from talk3d_core.model.talking_head import TalkingHead
 from talk3d_core.render import (
     PasteBack,
-    VideoWriter,
     camera_path,
     drive_conditions,
     fixed_cameras,
-    paper_views,
     parse_view,
     ping_pong,
     render_video,
@@ -32,7 +30,8 @@ from talk3d_core.render import (
     view_cameras,
     view_name,
 )
-from talk3d_core.train import FrameConditions, TalkingHead
+from talk3d_core.report.depth import depth_to_uint8
+from talk3d_core.util.media import MediaError, VideoWriter, ffmpeg_exe, probe, write_wav
 
 FPS = 25.0
 ORBIT = dict(focal=3.6, radius=2.7, pivot=(0.0, 0.05, 0.2))
@@ -177,7 +176,11 @@ def test_writer_rejects_empty_videos_and_bad_audio(tmp_path, speech_wav):
 
 
 def test_view_names_round_trip_and_bad_names_fail():
-    views = paper_views()
+    import yaml
+
+    grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/config.yaml").read_text())["render"]
+    views = [view_name(yaw, pitch) for yaw in grid["views"]["yaw"] for pitch in grid["views"]["pitch"]]
+    assert views == [f"{yaw}_{pitch}" for yaw in grid["views"]["yaw"] for pitch in grid["views"]["pitch"]]
     assert len(views) == len(set(views)) == 16 and "-30_20" in views and "15_-10" in views
     for name in views + ["0_0", "7.5_-2.5"]:
         assert view_name(*parse_view(name)) == name

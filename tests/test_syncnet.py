@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from talk3d_core import syncnet
-from talk3d_core.syncnet import (
-    DEFAULT_SYNC_WEIGHTS,
+from talk3d_core.nets import lipsync_expert as syncnet
+from talk3d_core.nets.lipsync_expert import (
     MEL_SILENCE,
     MEL_STEPS,
     SYNC_FRAMES,
@@ -165,19 +164,15 @@ def test_bad_checkpoints_give_errors_naming_the_file(expert_file, tmp_path: Path
 # Loss
 
 
-def test_default_weights_path_is_under_resources():
-    assert DEFAULT_SYNC_WEIGHTS == REPO_ROOT / "resources" / "weights" / "syncnet" / "lipsync_expert.pth"
-
-
-def test_loss_without_weights_says_where_they_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_loss_without_weights_says_where_they_go(tmp_path: Path):
     loss, reason = sync_expert_loss("cpu", weights=tmp_path / "lipsync_expert.pth")
     assert loss is None
     assert f"no lip-sync expert weights at {tmp_path / 'lipsync_expert.pth'}" in reason
     assert "Wav2Lip" in reason
 
-    monkeypatch.setattr(syncnet, "DEFAULT_SYNC_WEIGHTS", tmp_path / "default" / "lipsync_expert.pth")
-    loss, reason = sync_expert_loss("cpu")
-    assert loss is None and str(tmp_path / "default" / "lipsync_expert.pth") in reason
+    # Without a file named, the expert is looked for in the weights folder.
+    loss, reason = sync_expert_loss("cpu", weights_dir=tmp_path / "weights")
+    assert loss is None and str(tmp_path / "weights" / "syncnet" / "lipsync_expert.pth") in reason
 
 
 def test_loss_with_a_broken_file_says_why(tmp_path: Path):

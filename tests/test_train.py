@@ -8,69 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_prior import TINY
+from conftest import NET, talking_disc, tiny_prior
 
 from talk3d_core.camera import eg3d_camera
-from talk3d_core.deltaplane import DeltaplaneConfig
-from talk3d_core.eg3d import TriPlaneGenerator
-from talk3d_core.prior import SubjectData
+from talk3d_core.model.deltaplane import DeltaplaneConfig
+from talk3d_core.model.subject import mouth_boxes
+from talk3d_core.model.talking_head import TalkingHead, load_talking_head
+from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.train import (
-    FrameConditions,
-    LossModels,
-    TalkingHead,
     TrainConfig,
     configs_from_settings,
     deltaplane_losses,
     learning_rate,
-    load_talking_head,
-    mouth_boxes,
+    loss_nets,
     train_deltaplane,
     zoom_cameras,
 )
 
-NET = DeltaplaneConfig.cpu(
-    widths=(8, 16, 32), heads=2, head_dim=8, token_dim=16, attention_blocks=1, audio_frames=3
-)
 NO_EXTRAS = dict(weight_lpips=0.0, weight_identity=0.0, weight_sync=0.0)
-
-
-def talking_disc(n: int = 12) -> tuple[SubjectData, FrameConditions]:
-    """A bright disc ('face') whose dark 'mouth' opens with the first audio feature of the frame."""
-    yy, xx = np.mgrid[:32, :32]
-    disc = (xx - 16) ** 2 + (yy - 16) ** 2 < 100
-    opening = (np.sin(np.arange(n) * 1.3) + 1) / 2  # 0..1
-    crops, mouths = [], []
-    for o in opening:
-        mouth = ((xx - 16) / 5.0) ** 2 + ((yy - 21) / (0.5 + 2.5 * o)) ** 2 < 1
-        rgb = np.where(disc, 200, 20) * np.where(mouth, 0.2, 1.0)
-        crops.append(np.stack([rgb, rgb * 0.8, rgb * 0.6]).astype(np.uint8))
-        mouths.append(mouth[None])
-    cams = eg3d_camera(np.zeros(n), np.zeros(n), np.zeros(n), radius=2.7, pivot=(0, 0.05, 0.2), focal=3.6)
-    data = SubjectData(
-        crops=torch.tensor(np.stack(crops)),
-        face=torch.tensor(np.repeat(disc[None, None], n, axis=0)),
-        cameras=torch.tensor(cams, dtype=torch.float32),
-        train=np.arange(n) < n - 3,
-        mouth=torch.tensor(np.stack(mouths)),
-    )
-    audio = np.zeros((n, 2, 4), np.float32)
-    audio[:, :, 0] = opening[:, None] * 2 - 1
-    conditions = FrameConditions(
-        audio=audio,
-        eye=np.zeros(n, np.float32),
-        rotation=np.zeros((n, 3), np.float32),
-        ldm=np.zeros((n, 6), np.float32),
-    )
-    return data, conditions
-
-
-def tiny_prior(seed: int = 0) -> tuple[TriPlaneGenerator, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(seed)
-    generator = TriPlaneGenerator(TINY).eval()
-    with torch.no_grad():
-        w = generator.mapping(torch.randn(1, TINY.z_dim), torch.zeros(1, 25))
-        planes = generator.planes(w, noise_mode="const")
-    return generator, planes, w
 
 
 def _log(path) -> list[dict]:
@@ -97,24 +52,24 @@ def test_mouth_boxes_cover_the_mouth_and_stay_inside():
 
 
 def test_losses_weigh_the_mouth_by_its_own_pixels():
-    data, _ = talking_disc(2)
+    data = talking_disc(2)
     target = data.crops[:2].float() / 127.5 - 1
     out = {
         "image": target.clone(),
         "image_raw": torch.nn.functional.interpolate(target, size=16, mode="area"),
     }
     cfg = TrainConfig(**NO_EXTRAS)
-    terms = deltaplane_losses(out, target, data.face[:2], data.mouth[:2], cfg, LossModels())
+    terms = deltaplane_losses(out, target, data.face[:2], data.mouth[:2], cfg, OptionalNets())
     assert float(terms["total"]) == 0.0 and set(terms) == {"l1", "l1_raw", "mouth", "total"}
     wrong = out | {"image": target + data.mouth[:2].float() * 0.5}  # error only inside the mouth
-    terms = deltaplane_losses(wrong, target, data.face[:2], data.mouth[:2], cfg, LossModels())
+    terms = deltaplane_losses(wrong, target, data.face[:2], data.mouth[:2], cfg, OptionalNets())
     assert float(terms["mouth"]) == pytest.approx(0.25)
 
 
 def test_tiny_overfit_loss_falls_and_both_stages_log(tmp_path):
-    data, conditions = talking_disc()
+    data = talking_disc()
     cfg = TrainConfig(steps=40, sr_steps=6, lr=3e-3, checkpoint_every=20, sample_every=20, **NO_EXTRAS)
-    head = train_deltaplane(data, conditions, tiny_prior(), tmp_path, net_config=NET, train_config=cfg)
+    head = train_deltaplane(data, tiny_prior(), tmp_path, net_config=NET, train_config=cfg)
     log = _log(tmp_path)
     assert [r["step"] for r in log] == list(range(1, 47))
     assert [r["stage"] for r in log] == ["main"] * 40 + ["sr"] * 6
@@ -129,19 +84,19 @@ def test_tiny_overfit_loss_falls_and_both_stages_log(tmp_path):
     # The saved model renders what the trained one renders.
     torch.save(head.to_dict(), tmp_path / "deltaplane.pt")
     again = load_talking_head(tmp_path / "deltaplane.pt")
-    cond = conditions.gather([10, 11], NET.audio_frames, torch.device("cpu"))
+    cond = data.conditions.gather([10, 11], NET.audio_frames, torch.device("cpu"))
     a = head.eval()(cond, data.cameras[10:12], jitter=False)["image"]
     b = again(cond, data.cameras[10:12], jitter=False)["image"]
     assert torch.equal(a, b)
 
 
 def test_sr_stage_changes_only_the_super_resolution(tmp_path):
-    data, conditions = talking_disc()
+    data = talking_disc()
     cfg = TrainConfig(steps=4, sr_steps=3, checkpoint_every=100, sample_every=100, **NO_EXTRAS)
     prior = tiny_prior()
-    decoder_before = {k: v.clone() for k, v in prior[0].decoder.state_dict().items()}
-    sr_before = {k: v.clone() for k, v in prior[0].superresolution.state_dict().items()}
-    head = train_deltaplane(data, conditions, prior, tmp_path, net_config=NET, train_config=cfg)
+    decoder_before = {k: v.clone() for k, v in prior.generator.decoder.state_dict().items()}
+    sr_before = {k: v.clone() for k, v in prior.generator.superresolution.state_dict().items()}
+    head = train_deltaplane(data, prior, tmp_path, net_config=NET, train_config=cfg)
     assert all(torch.equal(v, head.generator.decoder.state_dict()[k]) for k, v in decoder_before.items())
     changed = [
         not torch.equal(v, head.generator.superresolution.state_dict()[k]) for k, v in sr_before.items()
@@ -168,11 +123,9 @@ def _kill_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
 
 
 def test_resume_after_a_kill_gives_the_same_weights(tmp_path, monkeypatch):
-    data, conditions = talking_disc()
+    data = talking_disc()
     cfg = TrainConfig(steps=10, sr_steps=4, checkpoint_every=3, sample_every=100, **NO_EXTRAS)
-    whole = train_deltaplane(
-        data, conditions, tiny_prior(), tmp_path / "whole", net_config=NET, train_config=cfg
-    )
+    whole = train_deltaplane(data, tiny_prior(), tmp_path / "whole", net_config=NET, train_config=cfg)
     # Killed after 5 steps (last checkpoint: 3), then again inside the sr stage, then left to finish.
     part = tmp_path / "part"
     for allowed in (5, 9, None):
@@ -181,7 +134,7 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path, monkeypatch):
         else:
             monkeypatch.undo()
         try:
-            resumed = train_deltaplane(data, conditions, tiny_prior(), part, net_config=NET, train_config=cfg)
+            resumed = train_deltaplane(data, tiny_prior(), part, net_config=NET, train_config=cfg)
         except _Killed:
             continue
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
@@ -194,18 +147,18 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path, monkeypatch):
 
 
 def test_checkpoint_callback_sees_each_checkpoint_and_changes_nothing(tmp_path):
-    data, conditions = talking_disc()
+    data = talking_disc()
     cfg = TrainConfig(steps=8, sr_steps=2, checkpoint_every=4, sample_every=100, **NO_EXTRAS)
-    plain = train_deltaplane(data, conditions, tiny_prior(), tmp_path / "a", net_config=NET, train_config=cfg)
+    plain = train_deltaplane(data, tiny_prior(), tmp_path / "a", net_config=NET, train_config=cfg)
     seen = []
 
     def look(head, step, stage):
         seen.append((step, stage, head.training))
         torch.rand(100)  # draws from the random generator, and renders (BatchNorm must not update)
-        head(conditions.gather([0, 1], NET.audio_frames, torch.device("cpu")), data.cameras[:2])
+        head(data.conditions.gather([0, 1], NET.audio_frames, torch.device("cpu")), data.cameras[:2])
 
     watched = train_deltaplane(
-        data, conditions, tiny_prior(), tmp_path / "b", net_config=NET, train_config=cfg, on_checkpoint=look
+        data, tiny_prior(), tmp_path / "b", net_config=NET, train_config=cfg, on_checkpoint=look
     )
     assert seen == [(4, "main", False), (8, "main", False), (10, "sr", False)]
     a, b = plain.state_dict(), watched.state_dict()
@@ -215,7 +168,7 @@ def test_checkpoint_callback_sees_each_checkpoint_and_changes_nothing(tmp_path):
 def test_configs_from_settings_follow_the_config_files():
     import yaml
 
-    from talk3d_core.config import load_schema, validate_config
+    from talk3d_core.util.config import load_schema, validate_config
 
     root = Path(__file__).resolve().parents[1]
     schema = load_schema(root / "workflow/schemas/config.schema.yaml")
@@ -232,26 +185,26 @@ def test_configs_from_settings_follow_the_config_files():
 
 
 def test_other_settings_are_not_resumed_silently(tmp_path):
-    data, conditions = talking_disc()
+    data = talking_disc()
     cfg = TrainConfig(steps=2, sr_steps=0, **NO_EXTRAS)
-    train_deltaplane(data, conditions, tiny_prior(), tmp_path, net_config=NET, train_config=cfg)
+    train_deltaplane(data, tiny_prior(), tmp_path, net_config=NET, train_config=cfg)
     other = TrainConfig(steps=2, sr_steps=0, lr=1e-2, **NO_EXTRAS)
     with pytest.raises(ValueError, match="other settings"):
-        train_deltaplane(data, conditions, tiny_prior(), tmp_path, net_config=NET, train_config=other)
+        train_deltaplane(data, tiny_prior(), tmp_path, net_config=NET, train_config=other)
 
 
 def test_missing_loss_models_are_logged_once_each(caplog):
     caplog.set_level("INFO")
     cfg = TrainConfig(weight_sync=0.01)
-    models = LossModels.available(torch.device("cpu"), cfg, sync_weights="/nonexistent/lipsync_expert.pth")
-    assert models.lpips is None and models.identity is None and models.sync is None
-    assert set(models.reasons) == {"lpips", "identity", "sync"}
+    nets = loss_nets(cfg, torch.device("cpu"), "/nonexistent/lipsync_expert.pth")
+    assert nets.lpips is None and nets.identity is None and nets.sync_expert is None
+    assert set(nets.reasons) == {"lpips", "identity", "sync_expert"}
     lines = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(lines) == 3 and any("/nonexistent/lipsync_expert.pth" in line for line in lines)
 
 
 def test_gather_centres_the_audio_window_and_clamps_at_the_ends():
-    _, conditions = talking_disc(6)
+    conditions = talking_disc(6).conditions
     conditions.audio[:, :, 1] = np.arange(6)[:, None]  # frame index in feature 1
     cond = conditions.gather([0, 5], 3, torch.device("cpu"))
     assert cond["audio"].shape == (2, 3, 2, 4)
@@ -260,12 +213,12 @@ def test_gather_centres_the_audio_window_and_clamps_at_the_ends():
 
 
 def test_lip_sync_expert_term_joins_after_the_warm_up(tmp_path):
-    from talk3d_core.syncnet import SyncNetColor
+    from talk3d_core.nets.lipsync_expert import SyncNetColor
 
     torch.manual_seed(0)
     weights = tmp_path / "lipsync_expert.pth"
     torch.save({"state_dict": SyncNetColor().state_dict()}, weights)  # random weights, Wav2Lip's layout
-    data, conditions = talking_disc()
+    data = talking_disc()
     steps_per_epoch = int(data.train.sum()) / 2
     cfg = TrainConfig(
         steps=4, sr_steps=0, weight_lpips=0.0, weight_identity=0.0, weight_sync=0.5,
@@ -273,8 +226,8 @@ def test_lip_sync_expert_term_joins_after_the_warm_up(tmp_path):
     )  # fmt: skip
     mel = np.full((80, 60), -4.0, np.float32)
     train_deltaplane(
-        data, conditions, tiny_prior(), tmp_path / "run", net_config=NET, train_config=cfg,
-        sync_audio=(mel, 25.0), sync_weights=str(weights),
+        data, tiny_prior(), tmp_path / "run", net_config=NET, train_config=cfg,
+        sync_audio=(mel, 25.0), nets=loss_nets(cfg, torch.device("cpu"), weights),
     )  # fmt: skip
     log = _log(tmp_path / "run")
     assert ["sync" in r for r in log] == [False, False, True, True]
@@ -282,8 +235,9 @@ def test_lip_sync_expert_term_joins_after_the_warm_up(tmp_path):
 
 
 def test_zoom_cameras_render_the_box_of_the_full_view():
-    generator, planes, w = tiny_prior()
-    head = TalkingHead(generator, planes, w, NET, audio_dim=4, audio_window=2).eval()
+    prior = tiny_prior()
+    head = TalkingHead(prior.generator, prior.identity_planes, prior.w_id, NET, audio_dim=4, audio_window=2)
+    head.eval()
     cams = eg3d_camera(
         np.array([0.0, 10.0]), np.zeros(2), np.zeros(2), radius=2.7, pivot=(0, 0.05, 0.2), focal=3.6
     )
@@ -299,7 +253,7 @@ def test_zoom_cameras_render_the_box_of_the_full_view():
 
 
 def test_zoomed_mouth_loss_trains(tmp_path):
-    data, conditions = talking_disc()
+    data = talking_disc()
     # The disc's mouth box, resampled from the crops themselves (the real stage reads full-size crops).
     boxes = torch.tensor(
         [[t / 32, x / 32, s / 32] for t, x, s in mouth_boxes(data.mouth)], dtype=torch.float32
@@ -310,8 +264,8 @@ def test_zoomed_mouth_loss_trains(tmp_path):
     ]
     data.mouth_patch, data.mouth_box = torch.cat(patches).round().byte(), boxes
     cfg = TrainConfig(steps=6, sr_steps=0, weight_mouth_zoom=16.0, mouth_zoom=8, **NO_EXTRAS)
-    train_deltaplane(data, conditions, tiny_prior(), tmp_path, net_config=NET, train_config=cfg)
+    train_deltaplane(data, tiny_prior(), tmp_path, net_config=NET, train_config=cfg)
     assert all("mouth_zoom" in r and np.isfinite(r["mouth_zoom"]) for r in _log(tmp_path))
     with pytest.raises(ValueError, match="mouth patches of 16 px"):
         bad = TrainConfig(steps=1, sr_steps=0, weight_mouth_zoom=1.0, mouth_zoom=16, **NO_EXTRAS)
-        train_deltaplane(data, conditions, tiny_prior(), tmp_path / "b", net_config=NET, train_config=bad)
+        train_deltaplane(data, tiny_prior(), tmp_path / "b", net_config=NET, train_config=bad)

@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from talk3d_core.weights import (
+from talk3d_core.util.weights import (
     DEFAULT_SCHEMA_PATH,
     WeightEntry,
     WeightsError,
@@ -169,7 +169,7 @@ def test_unpublished_checksum_is_recorded_at_first_download_and_checked_after(
 ) -> None:
     server.files["/m.bin"] = PAYLOAD
     entry = _entry(f"{server.base_url}/m.bin", sha256=None)  # type: ignore[arg-type]
-    with caplog.at_level(logging.WARNING, logger="talk3d_core.weights"):
+    with caplog.at_level(logging.WARNING, logger="talk3d_core.util.weights"):
         out = fetch(entry, tmp_path, progress=False)
     assert out.read_bytes() == PAYLOAD
     assert PAYLOAD_SHA in caplog.text and "no checksum" in caplog.text

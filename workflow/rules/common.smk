@@ -1,16 +1,18 @@
 # Shared setup: config validation, the subjects table, and helpers used by every stage.
 import functools
+import os
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(workflow.basedir).parent
-# talk3d_core lives at the repository root. Scripts find it through the installed package or, in a
-# bare conda environment, through the workflow/scripts/talk3d_core link (Snakemake puts the
-# scripts folder on their path).
+# talk3d_core lives at the repository root: this file imports it from there, and the scripts, which
+# run in other processes (perhaps in a conda environment without the package), find it through
+# PYTHONPATH, which they inherit. This checkout's code comes first, before an installed copy.
 sys.path.insert(0, str(REPO_ROOT))
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
 
-from talk3d_core.config import load_schema, load_subjects, subject_config, validate_config
-from talk3d_core.provenance import source_hash
+from talk3d_core.util.config import load_schema, load_subjects, subject_config, validate_config
+from talk3d_core.util.provenance import source_hash
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 CONFIG_SCHEMA = load_schema(SCHEMAS / "config.schema.yaml")
@@ -73,29 +75,32 @@ def view_names():
 def subject_targets(name):
     """Everything the workflow produces for one subject."""
     s = SUBJECTS[name]
-    return [
-        f"results/{name}/meta.json",
-        f"results/{name}/ingest_preview.png",
-        f"results/{name}/camera.parquet",
-        f"results/{name}/masks",
-        f"results/{name}/preprocess_sheet.png",
-        f"results/{name}/features.parquet",
-        f"results/{name}/prior/P_id.pt",
-        f"results/{name}/train/deltaplane.pt",
-        f"results/{name}/train/ablation.json",
-        f"results/{name}/video.mp4",
-        f"results/{name}/depth.mp4",
-        f"results/{name}/metrics.parquet",
-        f"results/{name}/videos.html",
-    ] + [f"results/{name}/drive/{audio}.mp4" for audio in s.drive] + [
-        f"results/{name}/views/{view}.mp4" for view in view_names()
-    ]
+    return (
+        [
+            f"results/{name}/meta.json",
+            f"results/{name}/ingest_preview.png",
+            f"results/{name}/camera.parquet",
+            f"results/{name}/masks",
+            f"results/{name}/preprocess_sheet.png",
+            f"results/{name}/features.parquet",
+            f"results/{name}/prior/P_id.pt",
+            f"results/{name}/train/deltaplane.pt",
+            f"results/{name}/train/ablation.json",
+            f"results/{name}/video.mp4",
+            f"results/{name}/depth.mp4",
+            f"results/{name}/metrics.parquet",
+            f"results/{name}/videos.html",
+        ]
+        + [f"results/{name}/drive/{audio}.mp4" for audio in s.drive]
+        + [f"results/{name}/views/{view}.mp4" for view in view_names()]
+    )
 
 
 @functools.cache  # several rules share modules; one parse reads each closure once
-def core_hash(*modules):
-    """Hash of the talk3d_core code a rule runs (this checkout's), for the rule's params."""
-    return source_hash(*modules, package_dir=REPO_ROOT / "talk3d_core")
+def core_hash(*modules, exclude=()):
+    """Hash of the talk3d_core code a rule runs (this checkout's), for the rule's params. Modules in
+    ``exclude`` (and what only they import) are left out."""
+    return source_hash(*modules, package_dir=REPO_ROOT / "talk3d_core", exclude=exclude)
 
 
 def prior_checkpoint(wildcards):

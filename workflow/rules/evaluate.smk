@@ -13,7 +13,9 @@ rule evaluate:
         drive_features=lambda wc: [
             f"results/{wc.subject}/drive/{a}/features.parquet" for a in SUBJECTS[wc.subject].drive
         ],
-        drive_audio=lambda wc: [f"results/{wc.subject}/drive/{a}/audio.wav" for a in SUBJECTS[wc.subject].drive],
+        drive_audio=lambda wc: [
+            f"results/{wc.subject}/drive/{a}/audio.wav" for a in SUBJECTS[wc.subject].drive
+        ],
     output:
         metrics="results/{subject}/metrics.parquet",
         views=report(
@@ -22,25 +24,25 @@ rule evaluate:
             category="Evaluation",
             subcategory="{subject}",
         ),
-    params:
-        evaluate=config["evaluate"],
-        drive_camera=config["render"]["drive_camera"],
-        views=view_names(),
-        camera=config["camera"],
-        fps=config["fps"],
-        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
-        code=core_hash("talk3d_core.evaluate"),
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=1,
     log:
         "results/{subject}/logs/evaluate.log",
     benchmark:
         "results/{subject}/benchmarks/evaluate.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    params:
+        evaluate=settings("evaluate"),
+        weights=config["weights"],
+        drives=lambda wildcards: list(SUBJECTS[wildcards.subject].drive),
+        drive_camera=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["render"]["drive_camera"],
+        views=view_names(),
+        fps=config["fps"],
+        code=core_hash("talk3d_core.evaluate"),
     script:
         "../scripts/evaluate.py"
 
@@ -60,11 +62,11 @@ rule video_page:
             category="Videos",
             subcategory="{subject}",
         ),
-    params:
-        code=core_hash("talk3d_core.report_page"),
     log:
         "results/{subject}/logs/video_page.log",
     conda:
         "../envs/core.yaml"
+    params:
+        code=core_hash("talk3d_core.report.video_page"),
     script:
         "../scripts/video_page.py"

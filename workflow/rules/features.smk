@@ -10,20 +10,20 @@ rule features:
         camera="results/{subject}/camera.parquet",
     output:
         "results/{subject}/features.parquet",
-    params:
-        fps=config["fps"],
-        features=config["features"],
-        code=core_hash("talk3d_core.features"),
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
     log:
         "results/{subject}/logs/features.log",
     benchmark:
         "results/{subject}/benchmarks/features.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        fps=config["fps"],
+        features=config["features"],
+        code=core_hash("talk3d_core.features"),
     script:
         "../scripts/features.py"
 
@@ -35,12 +35,12 @@ rule drive_features:
         subject="results/{subject}/features.parquet",
     output:
         "results/{subject}/drive/{audio}/features.parquet",
-    params:
-        code=core_hash("talk3d_core.features"),
-    threads: 2
     log:
         "results/{subject}/logs/drive_features_{audio}.log",
     conda:
         "../envs/core.yaml"
+    threads: 2
+    params:
+        code=core_hash("talk3d_core.features"),
     script:
         "../scripts/drive_features.py"

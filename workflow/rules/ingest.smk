@@ -6,14 +6,14 @@ rule demo_clip:
     output:
         video=DEMO_CLIP,
         truth=DEMO_CLIP.replace(".mp4", ".truth.json"),
-    params:
-        demo=config["demo"],
-        fps=config["fps"],
-        code=core_hash("talk3d_core.demo"),
     log:
         "results/logs/demo_clip.log",
     conda:
         "../envs/core.yaml"
+    params:
+        demo=config["demo"],
+        fps=config["fps"],
+        code=core_hash("talk3d_core.demo"),
     script:
         "../scripts/demo_clip.py"
 
@@ -22,13 +22,13 @@ rule demo_speech:
     """Synthetic speech for re-driving the demo subject (another seed than the clip's own audio)."""
     output:
         DEMO_SPEECH,
-    params:
-        seed=config["demo"]["seed"] + 1,
-        code=core_hash("talk3d_core.demo"),
     log:
         "results/logs/demo_speech.log",
     conda:
         "../envs/core.yaml"
+    params:
+        seed=config["demo"]["seed"] + 1,
+        code=core_hash("talk3d_core.demo"),
     script:
         "../scripts/demo_speech.py"
 
@@ -41,20 +41,20 @@ rule ingest:
         frames=directory("results/{subject}/frames"),
         audio="results/{subject}/audio.wav",
         meta="results/{subject}/meta.json",
-    params:
-        fps=config["fps"],
-        ingest=config["ingest"],
-        code=core_hash("talk3d_core.ingest"),
-    threads: 2
-    resources:
-        mem_mb=2000,
-        runtime=60,
     log:
         "results/{subject}/logs/ingest.log",
     benchmark:
         "results/{subject}/benchmarks/ingest.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        fps=config["fps"],
+        ingest=config["ingest"],
+        code=core_hash("talk3d_core.ingest"),
     script:
         "../scripts/ingest.py"
 
@@ -65,13 +65,13 @@ rule ingest_drive_audio:
         drive_audio_source,
     output:
         "results/{subject}/drive/{audio}/audio.wav",
-    params:
-        audio_rate=config["ingest"]["audio_rate"],
-        code=core_hash("talk3d_core.ingest"),
     log:
         "results/{subject}/logs/ingest_drive_audio_{audio}.log",
     conda:
         "../envs/core.yaml"
+    params:
+        audio_rate=config["ingest"]["audio_rate"],
+        code=core_hash("talk3d_core.ingest"),
     script:
         "../scripts/ingest_drive_audio.py"
 
@@ -88,13 +88,13 @@ rule ingest_preview:
             category="Ingest",
             subcategory="{subject}",
         ),
-    params:
-        fps=config["fps"],
-        preview=config["preview"],
-        code=core_hash("talk3d_core.preview"),
     log:
         "results/{subject}/logs/ingest_preview.log",
     conda:
         "../envs/core.yaml"
+    params:
+        fps=config["fps"],
+        preview=config["preview"],
+        code=core_hash("talk3d_core.report.ingest_preview"),
     script:
         "../scripts/ingest_preview.py"

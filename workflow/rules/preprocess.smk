@@ -7,22 +7,22 @@ rule landmarks:
         frames="results/{subject}/frames",
     output:
         "results/{subject}/landmarks.parquet",
-    params:
-        landmarks=config["landmarks"],
-        fps=config["fps"],
-        weights_dir=config["weights"]["dir"],
-        manifest=config["weights"]["manifest"],
-        code=core_hash("talk3d_core.landmarks"),
-    threads: 2
-    resources:
-        mem_mb=3000,
-        runtime=60,
     log:
         "results/{subject}/logs/landmarks.log",
     benchmark:
         "results/{subject}/benchmarks/landmarks.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    params:
+        landmarks=config["landmarks"],
+        fps=config["fps"],
+        weights_dir=config["weights"]["dir"],
+        manifest=config["weights"]["manifest"],
+        code=core_hash("talk3d_core.landmarks"),
     script:
         "../scripts/landmarks.py"
 
@@ -35,19 +35,19 @@ rule crop:
     output:
         crops=directory("results/{subject}/crops"),
         table="results/{subject}/crop.parquet",
-    params:
-        crop=config["crop"],
-        code=core_hash("talk3d_core.crop"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
     log:
         "results/{subject}/logs/crop.log",
     benchmark:
         "results/{subject}/benchmarks/crop.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        crop=config["crop"],
+        code=core_hash("talk3d_core.crop"),
     script:
         "../scripts/crop.py"
 
@@ -58,13 +58,13 @@ rule camera:
         "results/{subject}/crop.parquet",
     output:
         "results/{subject}/camera.parquet",
-    params:
-        camera=config["camera"],
-        code=core_hash("talk3d_core.camera"),
     log:
         "results/{subject}/logs/camera.log",
     conda:
         "../envs/core.yaml"
+    params:
+        camera=config["camera"],
+        code=core_hash("talk3d_core.camera"),
     script:
         "../scripts/camera.py"
 
@@ -76,21 +76,21 @@ rule masks:
         table="results/{subject}/crop.parquet",
     output:
         directory("results/{subject}/masks"),
-    params:
-        masks=config["masks"],
-        weights_dir=config["weights"]["dir"],
-        manifest=config["weights"]["manifest"],
-        code=core_hash("talk3d_core.masks"),
-    threads: 2
-    resources:
-        mem_mb=3000,
-        runtime=60,
     log:
         "results/{subject}/logs/masks.log",
     benchmark:
         "results/{subject}/benchmarks/masks.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    params:
+        masks=config["masks"],
+        weights_dir=config["weights"]["dir"],
+        manifest=config["weights"]["manifest"],
+        code=core_hash("talk3d_core.masks"),
     script:
         "../scripts/masks.py"
 
@@ -109,12 +109,12 @@ rule preprocess_sheet:
             category="Preprocessing",
             subcategory="{subject}",
         ),
-    params:
-        preview=config["preview"],
-        code=core_hash("talk3d_core.face_sheet"),
     log:
         "results/{subject}/logs/preprocess_sheet.log",
     conda:
         "../envs/core.yaml"
+    params:
+        preview=config["preview"],
+        code=core_hash("talk3d_core.report.preprocess_sheet"),
     script:
         "../scripts/preprocess_sheet.py"

@@ -22,24 +22,26 @@ rule prior:
             category="Prior",
             subcategory="{subject}",
         ),
-    params:
-        prior=settings("prior"),
-        # Only the mode's own code keys the checkpoint: editing one mode does not restart the other.
-        code=lambda wildcards: core_hash(
-            "talk3d_core.personalize"
-            if SUBJECT_CONFIG[wildcards.subject]["prior"]["mode"] == "pretrained"
-            else "talk3d_core.prior"
-        ),
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=1,
     log:
         "results/{subject}/logs/prior.log",
     benchmark:
         "results/{subject}/benchmarks/prior.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    params:
+        prior=settings("prior"),
+        weights=config["weights"],
+        # The scratch mode's hash leaves out the pretrained personalization: editing it does not
+        # restart a scratch prior.
+        code=lambda wildcards: (
+            core_hash("talk3d_core.prior")
+            if SUBJECT_CONFIG[wildcards.subject]["prior"]["mode"] == "pretrained"
+            else core_hash("talk3d_core.prior", exclude=("talk3d_core.personalize",))
+        ),
     script:
         "../scripts/prior.py"

@@ -13,23 +13,23 @@ rule render_video:
     output:
         video="results/{subject}/video.mp4",
         depth="results/{subject}/depth.mp4",
-    params:
-        render=config["render"],
-        fps=config["fps"],
-        camera=config["camera"],
-        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
-        code=core_hash("talk3d_core.render"),
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
     log:
         "results/{subject}/logs/render_video.log",
     benchmark:
         "results/{subject}/benchmarks/render_video.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    params:
+        mode="video",
+        view=None,
+        render=settings("render"),
+        fps=config["fps"],
+        code=core_hash("talk3d_core.render"),
     script:
         "../scripts/render.py"
 
@@ -46,23 +46,23 @@ rule render_drive:
         crop_table="results/{subject}/crop.parquet",
     output:
         video="results/{subject}/drive/{audio}.mp4",
-    params:
-        render=config["render"],
-        fps=config["fps"],
-        camera=config["camera"],
-        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
-        code=core_hash("talk3d_core.render"),
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
     log:
         "results/{subject}/logs/render_drive_{audio}.log",
     benchmark:
         "results/{subject}/benchmarks/render_drive_{audio}.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    params:
+        mode="drive",
+        view=None,
+        render=settings("render"),
+        fps=config["fps"],
+        code=core_hash("talk3d_core.render"),
     script:
         "../scripts/render.py"
 
@@ -76,22 +76,22 @@ rule render_view:
         audio="results/{subject}/audio.wav",
     output:
         video="results/{subject}/views/{view}.mp4",
-    params:
-        render=config["render"],
-        fps=config["fps"],
-        camera=config["camera"],
-        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
-        code=core_hash("talk3d_core.render"),
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
     log:
         "results/{subject}/logs/render_view_{view}.log",
     benchmark:
         "results/{subject}/benchmarks/render_view_{view}.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    params:
+        mode="view",
+        view=lambda wildcards: wildcards.view,
+        render=settings("render"),
+        fps=config["fps"],
+        code=core_hash("talk3d_core.render"),
     script:
         "../scripts/render.py"

@@ -21,22 +21,22 @@ rule train:
             category="Training",
             subcategory="{subject}",
         ),
-    params:
-        train=settings("train"),
-        fps=config["fps"],
-        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
-        code=core_hash("talk3d_core.train"),
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=480,
-        gpu=1,
     log:
         "results/{subject}/logs/train.log",
     benchmark:
         "results/{subject}/benchmarks/train.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=480,
+        gpu=1,
+    params:
+        train=settings("train"),
+        weights=config["weights"],
+        fps=config["fps"],
+        code=core_hash("talk3d_core.train"),
     script:
         "../scripts/train.py"
 
@@ -58,19 +58,18 @@ rule ablation:
             category="Training",
             subcategory="{subject}",
         ),
-    params:
-        ablation=config["ablation"],
-        background=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["prior"]["background"],
-        code=core_hash("talk3d_core.ablation"),
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
     log:
         "results/{subject}/logs/ablation.log",
     benchmark:
         "results/{subject}/benchmarks/ablation.tsv"
     conda:
         "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        ablation=settings("ablation"),
+        code=core_hash("talk3d_core.ablation"),
     script:
         "../scripts/ablation.py"

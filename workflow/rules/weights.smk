@@ -1,15 +1,12 @@
 # Model weights: every file a backend needs, fetched from the manifest with checksum verification.
 import re
 
-from talk3d_core.weights import load_manifest
-
+from talk3d_core.util.weights import load_manifest
 
 WEIGHTS_DIR = config["weights"]["dir"].rstrip("/")
 WEIGHTS = {
     entry.dest: entry
-    for entry in load_manifest(
-        config["weights"]["manifest"], SCHEMAS / "weights_manifest.schema.yaml"
-    )
+    for entry in load_manifest(config["weights"]["manifest"], SCHEMAS / "weights_manifest.schema.yaml")
 }
 
 
@@ -17,16 +14,16 @@ rule fetch_weight:
     """Download one manifest entry to resources/weights/<dest> (resumable, sha256-verified, atomic)."""
     output:
         f"{WEIGHTS_DIR}/{{dest}}",
-    params:
-        entry=lambda wc: WEIGHTS[wc.dest],
-        weights_dir=lambda wc, output: output[0][: -len(wc.dest)],
+    log:
+        "results/logs/weights/{dest}.log",
     wildcard_constraints:
         dest="|".join(map(re.escape, WEIGHTS)) or "(?!)",
     retries: 2
-    log:
-        "results/logs/weights/{dest}.log",
     conda:
         "../envs/core.yaml"
+    params:
+        entry=lambda wc: WEIGHTS[wc.dest],
+        weights_dir=lambda wc, output: output[0][: -len(wc.dest)],
     script:
         "../scripts/fetch_weight.py"
 

@@ -2,7 +2,7 @@
 
 from talk3d_core.camera import camera_table, write_camera_table
 from talk3d_core.crop import read_crop_table
-from talk3d_core.logs import log_to
+from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     opts = snakemake.params.camera

@@ -1,9 +1,9 @@
 """Adapter: rule crop -> talk3d_core.crop.crop_clip."""
 
 from talk3d_core.crop import crop_clip
-from talk3d_core.io import list_frames
 from talk3d_core.landmarks import read_landmarks
-from talk3d_core.logs import log_to
+from talk3d_core.util.io import list_frames
+from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     opts = snakemake.params.crop

@@ -1,8 +1,8 @@
 """Adapter: rule features -> talk3d_core.features.subject_features."""
 
 from talk3d_core.features import subject_features
-from talk3d_core.io import list_frames
-from talk3d_core.logs import log_to
+from talk3d_core.util.io import list_frames
+from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     opts = snakemake.params.features

@@ -1,7 +1,7 @@
 """Adapter: rule ingest -> talk3d_core.ingest.ingest_video."""
 
 from talk3d_core.ingest import ingest_video
-from talk3d_core.logs import log_to
+from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     opts = snakemake.params.ingest

@@ -1,7 +1,7 @@
-"""Adapter: rule ingest_preview -> talk3d_core.preview.ingest_preview."""
+"""Adapter: rule ingest_preview -> talk3d_core.report.ingest_preview.ingest_preview."""
 
-from talk3d_core.logs import log_to
-from talk3d_core.preview import ingest_preview
+from talk3d_core.report.ingest_preview import ingest_preview
+from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     opts = snakemake.params.preview

@@ -1,8 +1,8 @@
 """Adapter: rule landmarks -> talk3d_core.landmarks.detect_landmarks."""
 
-from talk3d_core.io import list_frames
 from talk3d_core.landmarks import detect_landmarks, write_landmarks
-from talk3d_core.logs import log_to
+from talk3d_core.util.io import list_frames
+from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     opts = snakemake.params.landmarks

@@ -1,9 +1,9 @@
 """Adapter: rule masks -> talk3d_core.masks.masks_clip."""
 
 from talk3d_core.crop import read_crop_table
-from talk3d_core.io import list_frames
-from talk3d_core.logs import log_to
 from talk3d_core.masks import masks_clip
+from talk3d_core.util.io import list_frames
+from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     crops = read_crop_table(snakemake.input.table)

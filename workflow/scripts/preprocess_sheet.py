@@ -1,10 +1,10 @@
-"""Adapter: rule preprocess_sheet -> talk3d_core.face_sheet.preprocess_sheet."""
+"""Adapter: rule preprocess_sheet -> talk3d_core.report.preprocess_sheet.preprocess_sheet."""
 
 from talk3d_core.camera import read_camera_table, vector_column
 from talk3d_core.crop import read_crop_table
-from talk3d_core.face_sheet import preprocess_sheet
-from talk3d_core.io import list_frames
-from talk3d_core.logs import log_to
+from talk3d_core.report.preprocess_sheet import preprocess_sheet
+from talk3d_core.util.io import list_frames
+from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     opts = snakemake.params.preview

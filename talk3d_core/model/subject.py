@@ -1,0 +1,261 @@
+"""One subject's data as the models see it: per-frame cameras, the train/test split, the deltaplane
+predictor's conditioning and, where a stage needs them, the crops and their region masks.
+
+:func:`read_subject_data` assembles it from the stage outputs (features, the prior's frame cameras,
+crops, masks); :func:`load_subject` reads the images alone, for the prior, which runs before the
+prior's cameras exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from talk3d_core.face.regions import BACKGROUND_LABEL, FACE_LABELS, MOUTH_LABELS
+from talk3d_core.model.head_proxy import HeadProxy
+
+if TYPE_CHECKING:
+    from talk3d_core.features import FeatureTable
+
+
+@dataclass
+class FrameConditions:
+    """The per-frame conditioning inputs of the deltaplane predictor (N frames).
+
+    audio (N, W, D) feature windows; eye (N,) AU45 scale; rotation (N, 3) yaw/pitch/roll degrees;
+    ldm (N, 6) landmark token in [-1, 1]. A driving clip has its own audio and borrows the rest.
+    """
+
+    audio: np.ndarray
+    eye: np.ndarray
+    rotation: np.ndarray
+    ldm: np.ndarray
+
+    @classmethod
+    def from_features(cls, table: FeatureTable) -> FrameConditions:
+        if table.kind != "subject":
+            raise ValueError("FrameConditions.from_features needs a subject features table")
+        return cls(table.audio, table.eye, table.rotation, table.ldm)
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    def gather(self, frames: Sequence[int] | np.ndarray, audio_frames: int, device: torch.device) -> dict:
+        """Conditioning of ``frames`` as the predictor takes it: "audio" (B, S, W, D), the windows of
+        the S = ``audio_frames`` frames around each frame (the frame at S // 2, clamped at the clip's
+        ends), "eye" (B,), "rotation" (B, 3), "ldm" (B, 6)."""
+        frames = np.asarray(frames, dtype=np.int64)
+        offsets = np.arange(audio_frames) - audio_frames // 2
+        around = np.clip(frames[:, None] + offsets[None], 0, len(self) - 1)
+
+        def tensor(x: np.ndarray) -> Tensor:
+            return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device)
+
+        return {
+            "audio": tensor(self.audio[around]),
+            "eye": tensor(self.eye[frames]),
+            "rotation": tensor(self.rotation[frames]),
+            "ldm": tensor(self.ldm[frames]),
+        }
+
+    def fingerprint(self) -> str:
+        return array_fingerprint(self.audio, self.eye, self.rotation, self.ldm)
+
+
+@dataclass
+class SubjectData:
+    """One subject's frames, indexed 0..N-1.
+
+    cameras (N, 25) float EG3D labels; train (N,) bool, the rest held out; conditions: the deltaplane
+    predictor's inputs (None for the prior, which needs none). Images, None where not loaded: crops
+    (N, 3, S, S) uint8 at the generator's output size (kept as bytes: 0.75 MB a frame at 512,
+    converted per batch by :func:`talk3d_core.util.images.to_unit`); face (N, 1, S, S) bool
+    face-region mask; person (N, 1, S, S) bool foreground (every label but background) when the
+    background is painted out; mouth (N, 1, S, S) bool lips and mouth; mouth_patch (N, 3, Z, Z) uint8
+    and mouth_box (N, 3) the mouth box at the crop's full resolution, for the zoomed mouth loss.
+    proxy: the head proxy placed under these cameras (None: no geometry prior).
+    """
+
+    cameras: Tensor
+    train: np.ndarray
+    conditions: FrameConditions | None = None
+    crops: Tensor | None = None
+    face: Tensor | None = None
+    person: Tensor | None = None
+    proxy: HeadProxy | None = None
+    mouth: Tensor | None = None
+    mouth_patch: Tensor | None = None
+    mouth_box: Tensor | None = None
+
+    @property
+    def test(self) -> np.ndarray:
+        """Indices of the held-out frames."""
+        return np.flatnonzero(~self.train)
+
+    def fingerprint(self) -> str:
+        """sha256 of what the prior fits (images, cameras, split, person masks, proxy), so a checkpoint
+        is only resumed on the data it was fitted to."""
+        digest = hashlib.sha256()
+        for array in (self.crops, self.face, self.cameras, torch.as_tensor(self.train), self.person):
+            if array is not None:
+                digest.update(array.contiguous().numpy().tobytes())
+        if self.proxy is not None:
+            digest.update(json.dumps(self.proxy.as_dict(), sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+
+def array_fingerprint(*arrays: Tensor | np.ndarray | None) -> str:
+    """sha256 (16 hex digits) of the bytes of the given arrays (None skipped)."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        if a is not None:
+            digest.update(np.ascontiguousarray(a.numpy() if isinstance(a, Tensor) else a).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_subject(
+    crop_paths: Sequence[str | os.PathLike[str]],
+    mask_paths: Sequence[str | os.PathLike[str]],
+    cameras: np.ndarray,
+    train: np.ndarray,
+    size: int,
+    *,
+    background: str = "black",
+    proxy: HeadProxy | None = None,
+) -> SubjectData:
+    """Read crops and masks, resized to ``size`` (area for images, nearest for labels).
+
+    ``background="black"`` paints the background label black, what the renderer shows where a ray
+    meets no density, so the tri-planes hold the person and not the studio behind them, and keeps
+    the person mask for the opacity and empty-space terms; ``"keep"`` fits the crops as they are
+    (the studio becomes part of the volume, so only the depth and solid-core terms apply).
+    ``proxy`` (from :func:`talk3d_core.model.head_proxy.fit_head_proxy`) enables the geometry prior.
+    """
+    if background not in ("keep", "black"):
+        raise ValueError(f"background must be 'keep' or 'black', got {background!r}")
+    if not (len(crop_paths) == len(mask_paths) == len(cameras) == len(train)):
+        raise ValueError(
+            f"subject inputs disagree: {len(crop_paths)} crops, {len(mask_paths)} masks, "
+            f"{len(cameras)} cameras, {len(train)} split flags"
+        )
+    crops, faces, people, mouths = [], [], [], []
+    for crop_path, mask_path in zip(crop_paths, mask_paths, strict=True):
+        with Image.open(crop_path) as im:
+            rgb = np.array(im.convert("RGB").resize((size, size), Image.Resampling.BOX))
+        with Image.open(mask_path) as im:
+            labels = np.asarray(im.resize((size, size), Image.Resampling.NEAREST))
+        if background == "black":
+            rgb[labels == BACKGROUND_LABEL] = 0
+        crops.append(rgb)
+        faces.append(np.isin(labels, FACE_LABELS))
+        people.append(labels != BACKGROUND_LABEL)
+        mouths.append(np.isin(labels, MOUTH_LABELS))
+    return SubjectData(
+        cameras=torch.as_tensor(np.asarray(cameras, np.float32)),
+        train=np.asarray(train, bool),
+        crops=torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(),
+        face=torch.from_numpy(np.stack(faces))[:, None],
+        person=torch.from_numpy(np.stack(people))[:, None] if background == "black" else None,
+        proxy=proxy,
+        mouth=torch.from_numpy(np.stack(mouths))[:, None],
+    )
+
+
+def read_subject_data(
+    features: FeatureTable,
+    prior_frames: str | os.PathLike[str],
+    *,
+    crops: str | os.PathLike[str] | None = None,
+    masks: str | os.PathLike[str] | None = None,
+    size: int | None = None,
+    background: str = "black",
+    mouth_zoom: int = 0,
+) -> SubjectData:
+    """A trained subject's data from the stage outputs: the features stage's split and conditioning
+    (its table, :func:`talk3d_core.features.read_features`), the prior's frame cameras
+    (``prior/frames.parquet``: tracked, or refined by the pretrained prior) and, with ``crops`` and
+    ``masks`` folders, the images resized to ``size`` with the background as the prior saw it.
+    ``mouth_zoom`` > 0 also reads each crop's mouth box at the crop's full resolution (``mouth_patch``,
+    ``mouth_box``; see :func:`mouth_patches`)."""
+    import pandas as pd
+
+    from talk3d_core.util.io import list_frames
+
+    table = features
+    frames = pd.read_parquet(prior_frames)
+    n = len(table.frame)
+    if len(frames) != n or not np.array_equal(frames["frame"].to_numpy(), table.frame):
+        raise ValueError(f"{prior_frames}: {len(frames)} frames, the features have {n}; re-run the prior")
+    if not np.array_equal(frames["split"].to_numpy(str), table.split.astype(str)):
+        raise ValueError(f"{prior_frames}: its train/test split is not the features'; re-run the prior")
+    cameras = np.stack(frames["camera"].to_numpy()).astype(np.float32)
+    train = table.split == "train"
+    conditions = FrameConditions.from_features(table)
+    if crops is None:
+        return SubjectData(torch.as_tensor(cameras), np.asarray(train, bool), conditions)
+    if masks is None or size is None:
+        raise ValueError("read_subject_data: crops need masks and a size")
+    crop_paths, mask_paths = list_frames(crops), list_frames(masks)
+    data = load_subject(crop_paths, mask_paths, cameras, train, size, background=background)
+    data.conditions = conditions
+    if mouth_zoom:
+        data.mouth_patch, data.mouth_box = mouth_patches(crop_paths, mask_paths, mouth_zoom, background)
+    return data
+
+
+def mouth_boxes(mouth: Tensor, pad: float = 0.3, min_size: int = 8) -> list[tuple[int, int, int]]:
+    """Square boxes (top, left, side) in pixels around each mask's mouth (B, 1, S, S), ``pad`` of the
+    side added around; the image centre's lower half where a mask has no mouth pixel."""
+    import math
+
+    size = mouth.shape[-1]
+    boxes = []
+    for m in mouth[:, 0].cpu().numpy():
+        rows, cols = np.nonzero(m)
+        if len(rows) == 0:
+            boxes.append((size // 2, size // 4, size // 2))
+            continue
+        side = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+        side = int(min(size, max(min_size, math.ceil(side * (1 + 2 * pad)))))
+        cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+        top = int(np.clip(round(cy - side / 2), 0, size - side))
+        left = int(np.clip(round(cx - side / 2), 0, size - side))
+        boxes.append((top, left, side))
+    return boxes
+
+
+def mouth_patches(
+    crop_paths: Sequence[str | os.PathLike[str]],
+    mask_paths: Sequence[str | os.PathLike[str]],
+    zoom: int,
+    background: str = "black",
+) -> tuple[Tensor, Tensor]:
+    """The mouth box of each crop at the crop's own resolution, resampled to ``zoom``^2 pixels.
+
+    Returns patches (N, 3, zoom, zoom) uint8 and boxes (N, 3) float: top, left and side as fractions
+    of the crop side (the box of :func:`mouth_boxes`), for :func:`talk3d_core.train.zoom_cameras`.
+    """
+    patches, boxes = [], []
+    for crop_path, mask_path in zip(crop_paths, mask_paths, strict=True):
+        with Image.open(crop_path) as im:
+            rgb = np.array(im.convert("RGB"))
+        with Image.open(mask_path) as im:
+            labels = np.asarray(im.resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
+        if background == "black":
+            rgb[labels == BACKGROUND_LABEL] = 0
+        mouth = torch.from_numpy(np.isin(labels, MOUTH_LABELS))[None, None]
+        ((top, left, side),) = mouth_boxes(mouth)
+        patch = Image.fromarray(rgb[top : top + side, left : left + side])
+        patches.append(np.asarray(patch.resize((zoom, zoom), Image.Resampling.BOX)))
+        boxes.append(np.array([top, left, side], np.float32) / rgb.shape[0])
+    patch_tensor = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous()
+    return patch_tensor, torch.from_numpy(np.stack(boxes))
