@@ -539,7 +539,7 @@ def novel_view_cameras(head: TalkingHead, data: SubjectData, name: str) -> np.nd
     """Every frame's camera (N, 25), the held-out ones replaced by the novel view ``name``
     ("{yaw}_{pitch}") of the model's camera geometry."""
     test = _held_out(data)
-    cams = tracked_cameras(data.cameras)
+    cams = tracked_cameras(data.cameras).copy()  # a view of the tensor's memory otherwise
     cams[test] = camera_path(name, len(test), **_geometry(head))
     return cams
 

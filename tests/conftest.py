@@ -7,10 +7,15 @@ Test modules import the builders with ``from conftest import ...``; no test modu
 
 from __future__ import annotations
 
+import math
+import pickle
 import subprocess
+import types
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,13 +24,16 @@ import torch
 from talk3d_core.camera import eg3d_camera
 from talk3d_core.model.deltaplane import DeltaplaneConfig
 from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
+from talk3d_core.model.eg3d.layers import setup_filter
 from talk3d_core.model.personalized import training_record
 from talk3d_core.model.subject import FrameConditions, SubjectData
 from talk3d_core.model.talking_head import Prior
-from talk3d_core.util.media import ffmpeg_exe
+from talk3d_core.util.media import ffmpeg_exe, probe, write_wav
 
+#: The repository's root folder.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The reference clips (../shared/data); tests that use them skip when it is absent.
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 #: A generator far smaller than the CPU preset: 16^2 planes of 8 channels, 16^2 rays, 32 px images.
 TINY = GeneratorConfig.cpu(
@@ -282,3 +290,421 @@ def write_arcface_manifest(folder: Path, dest: str) -> Path:
         f"    dest: {dest}\n"
     )
     return manifest
+
+
+# --------------------------------------------------------------------------------------------------
+# NVlabs-layout EG3D pickles (torch_utils.persistence records; plain modules pickled by reference)
+
+
+def persistence_hook(meta: dict[str, Any]) -> Any:
+    raise AssertionError("the stand-in persistence hook must never be called")
+
+
+class EasyDictStandIn(dict):
+    """Pickles as dnnlib.util.EasyDict."""
+
+
+class PlainModuleStandIn:
+    """A non-persistent torch.nn.Module subclass, pickled by reference with its __dict__ state."""
+
+
+def stand_in_class(module: str, name: str) -> type:
+    cls = type(name, (PlainModuleStandIn,), {})
+    PICKLED_NAMES[cls] = (module, name)
+    return cls
+
+
+PICKLED_NAMES: dict[Any, tuple[str, str]] = {
+    persistence_hook: ("torch_utils.persistence", "_reconstruct_persistent_obj"),
+    EasyDictStandIn: ("dnnlib.util", "EasyDict"),
+}
+OSGDecoderStandIn = stand_in_class("training.triplane", "OSGDecoder")
+SequentialStandIn = stand_in_class("torch.nn.modules.container", "Sequential")
+SoftplusStandIn = stand_in_class("torch.nn.modules.activation", "Softplus")
+ImportanceRendererStandIn = stand_in_class("training.volumetric_rendering.renderer", "ImportanceRenderer")
+MipRayMarcher2StandIn = stand_in_class("training.volumetric_rendering.ray_marcher", "MipRayMarcher2")
+RaySamplerStandIn = stand_in_class("training.volumetric_rendering.ray_sampler", "RaySampler")
+
+
+class NVlabsStylePickler(pickle._Pickler):  # the pure-Python pickler lets us spell globals
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        spelled = PICKLED_NAMES.get(obj)
+        if spelled is None:
+            super().save_global(obj, name)
+            return
+        self.save(spelled[0])
+        self.save(spelled[1])
+        self.write(pickle.STACK_GLOBAL)
+        self.memoize(obj)
+
+    # The dispatch table holds the base class's function for plain functions; route them here too.
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[types.FunctionType] = save_global
+
+
+class PersistentStandIn:
+    """Pickles exactly like a torch_utils.persistence-decorated module instance."""
+
+    def __init__(self, class_name: str, state: dict[str, Any], source: str = "") -> None:
+        self.meta = dict(
+            type="class",
+            version=6,
+            module_src=source or f"class {class_name}:\n    pass\n",
+            class_name=class_name,
+            state=state,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (persistence_hook, (self.meta,))
+
+
+def plain_stand_in(cls: type, state: dict[str, Any]) -> Any:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj
+
+
+PLAIN_STAND_INS = {
+    "OSGDecoder": OSGDecoderStandIn,
+    "Sequential": SequentialStandIn,
+    "Softplus": SoftplusStandIn,
+    "ImportanceRenderer": ImportanceRendererStandIn,
+}
+
+
+def pickled_module(module: torch.nn.Module, **extra: Any) -> Any:
+    """``module`` as NVlabs pickles it: its __dict__ (tensors, children) in a persistence record,
+    or by reference for the classes EG3D does not decorate."""
+    state = dict(
+        training=False,
+        _parameters=OrderedDict((k, v.detach().clone()) for k, v in module._parameters.items()),
+        _buffers=OrderedDict((k, v.clone()) for k, v in module._buffers.items()),
+        _non_persistent_buffers_set=set(module._non_persistent_buffers_set),
+        _modules=OrderedDict((k, pickled_module(v)) for k, v in module._modules.items()),
+        _forward_hooks=OrderedDict(),
+    )
+    state.update(extra)
+    name = type(module).__name__
+    if name in PLAIN_STAND_INS:
+        return plain_stand_in(PLAIN_STAND_INS[name], state)
+    return PersistentStandIn(name, state)
+
+
+def nvlabs_kwargs(config: GeneratorConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(init kwargs, rendering kwargs) of NVlabs' TriPlaneGenerator for ``config``."""
+    factor = config.image_resolution // config.sr_input_resolution
+    rendering = dict(config.rendering_kwargs)
+    del rendering["decoder_output_dim"]  # NVlabs fixes it in code (32); the tensors tell ours
+    rendering |= {
+        "image_resolution": config.image_resolution,
+        "superresolution_module": "training.superresolution.SuperresolutionHybrid"
+        + ("8XDC" if factor == 4 else "2X"),
+        "gpc_reg_prob": 0.8,
+        "density_reg": 0.25,
+        "density_reg_p_dist": 0.004,
+        "reg_type": "l1",
+        "avg_camera_radius": 2.7,
+        "avg_camera_pivot": [0, 0, 0.2],
+    }
+    init = EasyDictStandIn(
+        z_dim=config.z_dim,
+        c_dim=config.c_dim,
+        w_dim=config.w_dim,
+        img_resolution=config.image_resolution,
+        img_channels=3,
+        sr_num_fp16_res=4 if config.sr_conv_clamp else 0,
+        mapping_kwargs=EasyDictStandIn(num_layers=config.mapping_layers),
+        rendering_kwargs=rendering,
+        sr_kwargs=EasyDictStandIn(
+            channel_base=32768, channel_max=512, fused_modconv_default="inference_only"
+        ),
+        channel_base=config.channel_base,
+        channel_max=config.channel_max,
+        fused_modconv_default="inference_only",
+        num_fp16_res=0,
+        conv_clamp=config.conv_clamp,
+    )
+    return init, rendering
+
+
+def write_snapshot(
+    path: Path,
+    generator: TriPlaneGenerator,
+    *,
+    init: dict[str, Any] | None = None,
+    rendering: dict[str, Any] | None = None,
+) -> Path:
+    """Pickle ``generator`` as the G_ema of an NVlabs EG3D snapshot at ``path``."""
+    default_init, default_rendering = nvlabs_kwargs(generator.config)
+    init = default_init if init is None else init
+    rendering = default_rendering if rendering is None else rendering
+    g_ema = pickled_module(
+        generator,
+        _init_args=(),
+        _init_kwargs=init,
+        rendering_kwargs=rendering,
+        neural_rendering_resolution=generator.config.neural_rendering_resolution,
+    )
+    records = g_ema.meta["state"]["_modules"]
+    if not rendering["superresolution_module"].endswith("8XDC"):
+        records["superresolution"].meta["state"]["_buffers"]["resample_filter"] = setup_filter()
+    snapshot = dict(training_set_kwargs=dict(path="ffhq.zip"), G=None, D=None, G_ema=g_ema, augment_pipe=None)
+    with path.open("wb") as f:
+        NVlabsStylePickler(f, protocol=4).dump(snapshot)
+    return path
+
+
+def random_generator(seed: int = 0) -> TriPlaneGenerator:
+    """TINY with random weights and buffers (w_avg a mapped latent, random noise maps and strengths).
+
+    Two layers are rescaled so that renders look like a trained generator's rather than a fresh one's:
+    the planes' output layers x10 (fresh ones make near-constant planes, i.e. flat images) and the
+    super-resolution's ToRGB layers x0.1 (so the final image stays near the raw one, inside [-1, 1]).
+    """
+    torch.manual_seed(seed)
+    generator = TriPlaneGenerator(TINY).eval()
+    with torch.no_grad():
+        for name, tensor in generator.state_dict().items():
+            if name.endswith("noise_const"):
+                tensor.normal_()
+            if name.endswith("noise_strength"):
+                tensor.normal_(0, 0.01)
+            if name.endswith("torgb.weight"):
+                tensor.mul_(10.0 if name.startswith("backbone") else 0.1)
+        w = generator.mapping(torch.randn(1, TINY.z_dim), torch.zeros(1, TINY.c_dim))
+        generator.backbone.mapping.w_avg.copy_(w[0, 0])
+    return generator
+
+
+# --------------------------------------------------------------------------------------------------
+# The generator of EG3D's FFHQ 512-128 checkpoints, as a name -> shape table
+
+
+def shape_table_counts(table: dict[str, tuple[int, ...]]) -> tuple[int, int]:
+    """(number of tensors, number of elements) of a name -> shape table."""
+    return len(table), sum(math.prod(shape) for shape in table.values())
+
+
+# NVlabs TriPlaneGenerator as trained for FFHQ 512 with 128^2 neural rendering
+# (ffhqrebalanced512-128.pkl, ffhq512-128.pkl, ffhq-fixed-triplane512-128.pkl): state_dict names and
+# shapes in state_dict order. Backbone: StyleGAN2 at 256^2 with 96 = 3 x 32 output channels,
+# channel_base 32768, channel_max 512, 2 mapping layers, 25-number camera label; super-resolution:
+# SuperresolutionHybrid8XDC (128 -> 256 -> 512, 256/128 channels); decoder: OSGDecoder 32 -> 64 -> 33.
+# Buffers: resample_filter (4x4 FIR), noise_const, mapping.w_avg. 176 tensors, 31,493,160 elements
+# (132 parameters with 30,662,136 elements; 44 buffers with 831,024 elements).
+EG3D_FFHQ512_128_G_SHAPES: dict[str, tuple[int, ...]] = {
+    "backbone.synthesis.b4.const": (512, 4, 4),
+    "backbone.synthesis.b4.resample_filter": (4, 4),
+    "backbone.synthesis.b4.conv1.weight": (512, 512, 3, 3),
+    "backbone.synthesis.b4.conv1.noise_strength": (),
+    "backbone.synthesis.b4.conv1.bias": (512,),
+    "backbone.synthesis.b4.conv1.resample_filter": (4, 4),
+    "backbone.synthesis.b4.conv1.noise_const": (4, 4),
+    "backbone.synthesis.b4.conv1.affine.weight": (512, 512),
+    "backbone.synthesis.b4.conv1.affine.bias": (512,),
+    "backbone.synthesis.b4.torgb.weight": (96, 512, 1, 1),
+    "backbone.synthesis.b4.torgb.bias": (96,),
+    "backbone.synthesis.b4.torgb.affine.weight": (512, 512),
+    "backbone.synthesis.b4.torgb.affine.bias": (512,),
+    "backbone.synthesis.b8.resample_filter": (4, 4),
+    "backbone.synthesis.b8.conv0.weight": (512, 512, 3, 3),
+    "backbone.synthesis.b8.conv0.noise_strength": (),
+    "backbone.synthesis.b8.conv0.bias": (512,),
+    "backbone.synthesis.b8.conv0.resample_filter": (4, 4),
+    "backbone.synthesis.b8.conv0.noise_const": (8, 8),
+    "backbone.synthesis.b8.conv0.affine.weight": (512, 512),
+    "backbone.synthesis.b8.conv0.affine.bias": (512,),
+    "backbone.synthesis.b8.conv1.weight": (512, 512, 3, 3),
+    "backbone.synthesis.b8.conv1.noise_strength": (),
+    "backbone.synthesis.b8.conv1.bias": (512,),
+    "backbone.synthesis.b8.conv1.resample_filter": (4, 4),
+    "backbone.synthesis.b8.conv1.noise_const": (8, 8),
+    "backbone.synthesis.b8.conv1.affine.weight": (512, 512),
+    "backbone.synthesis.b8.conv1.affine.bias": (512,),
+    "backbone.synthesis.b8.torgb.weight": (96, 512, 1, 1),
+    "backbone.synthesis.b8.torgb.bias": (96,),
+    "backbone.synthesis.b8.torgb.affine.weight": (512, 512),
+    "backbone.synthesis.b8.torgb.affine.bias": (512,),
+    "backbone.synthesis.b16.resample_filter": (4, 4),
+    "backbone.synthesis.b16.conv0.weight": (512, 512, 3, 3),
+    "backbone.synthesis.b16.conv0.noise_strength": (),
+    "backbone.synthesis.b16.conv0.bias": (512,),
+    "backbone.synthesis.b16.conv0.resample_filter": (4, 4),
+    "backbone.synthesis.b16.conv0.noise_const": (16, 16),
+    "backbone.synthesis.b16.conv0.affine.weight": (512, 512),
+    "backbone.synthesis.b16.conv0.affine.bias": (512,),
+    "backbone.synthesis.b16.conv1.weight": (512, 512, 3, 3),
+    "backbone.synthesis.b16.conv1.noise_strength": (),
+    "backbone.synthesis.b16.conv1.bias": (512,),
+    "backbone.synthesis.b16.conv1.resample_filter": (4, 4),
+    "backbone.synthesis.b16.conv1.noise_const": (16, 16),
+    "backbone.synthesis.b16.conv1.affine.weight": (512, 512),
+    "backbone.synthesis.b16.conv1.affine.bias": (512,),
+    "backbone.synthesis.b16.torgb.weight": (96, 512, 1, 1),
+    "backbone.synthesis.b16.torgb.bias": (96,),
+    "backbone.synthesis.b16.torgb.affine.weight": (512, 512),
+    "backbone.synthesis.b16.torgb.affine.bias": (512,),
+    "backbone.synthesis.b32.resample_filter": (4, 4),
+    "backbone.synthesis.b32.conv0.weight": (512, 512, 3, 3),
+    "backbone.synthesis.b32.conv0.noise_strength": (),
+    "backbone.synthesis.b32.conv0.bias": (512,),
+    "backbone.synthesis.b32.conv0.resample_filter": (4, 4),
+    "backbone.synthesis.b32.conv0.noise_const": (32, 32),
+    "backbone.synthesis.b32.conv0.affine.weight": (512, 512),
+    "backbone.synthesis.b32.conv0.affine.bias": (512,),
+    "backbone.synthesis.b32.conv1.weight": (512, 512, 3, 3),
+    "backbone.synthesis.b32.conv1.noise_strength": (),
+    "backbone.synthesis.b32.conv1.bias": (512,),
+    "backbone.synthesis.b32.conv1.resample_filter": (4, 4),
+    "backbone.synthesis.b32.conv1.noise_const": (32, 32),
+    "backbone.synthesis.b32.conv1.affine.weight": (512, 512),
+    "backbone.synthesis.b32.conv1.affine.bias": (512,),
+    "backbone.synthesis.b32.torgb.weight": (96, 512, 1, 1),
+    "backbone.synthesis.b32.torgb.bias": (96,),
+    "backbone.synthesis.b32.torgb.affine.weight": (512, 512),
+    "backbone.synthesis.b32.torgb.affine.bias": (512,),
+    "backbone.synthesis.b64.resample_filter": (4, 4),
+    "backbone.synthesis.b64.conv0.weight": (512, 512, 3, 3),
+    "backbone.synthesis.b64.conv0.noise_strength": (),
+    "backbone.synthesis.b64.conv0.bias": (512,),
+    "backbone.synthesis.b64.conv0.resample_filter": (4, 4),
+    "backbone.synthesis.b64.conv0.noise_const": (64, 64),
+    "backbone.synthesis.b64.conv0.affine.weight": (512, 512),
+    "backbone.synthesis.b64.conv0.affine.bias": (512,),
+    "backbone.synthesis.b64.conv1.weight": (512, 512, 3, 3),
+    "backbone.synthesis.b64.conv1.noise_strength": (),
+    "backbone.synthesis.b64.conv1.bias": (512,),
+    "backbone.synthesis.b64.conv1.resample_filter": (4, 4),
+    "backbone.synthesis.b64.conv1.noise_const": (64, 64),
+    "backbone.synthesis.b64.conv1.affine.weight": (512, 512),
+    "backbone.synthesis.b64.conv1.affine.bias": (512,),
+    "backbone.synthesis.b64.torgb.weight": (96, 512, 1, 1),
+    "backbone.synthesis.b64.torgb.bias": (96,),
+    "backbone.synthesis.b64.torgb.affine.weight": (512, 512),
+    "backbone.synthesis.b64.torgb.affine.bias": (512,),
+    "backbone.synthesis.b128.resample_filter": (4, 4),
+    "backbone.synthesis.b128.conv0.weight": (256, 512, 3, 3),
+    "backbone.synthesis.b128.conv0.noise_strength": (),
+    "backbone.synthesis.b128.conv0.bias": (256,),
+    "backbone.synthesis.b128.conv0.resample_filter": (4, 4),
+    "backbone.synthesis.b128.conv0.noise_const": (128, 128),
+    "backbone.synthesis.b128.conv0.affine.weight": (512, 512),
+    "backbone.synthesis.b128.conv0.affine.bias": (512,),
+    "backbone.synthesis.b128.conv1.weight": (256, 256, 3, 3),
+    "backbone.synthesis.b128.conv1.noise_strength": (),
+    "backbone.synthesis.b128.conv1.bias": (256,),
+    "backbone.synthesis.b128.conv1.resample_filter": (4, 4),
+    "backbone.synthesis.b128.conv1.noise_const": (128, 128),
+    "backbone.synthesis.b128.conv1.affine.weight": (256, 512),
+    "backbone.synthesis.b128.conv1.affine.bias": (256,),
+    "backbone.synthesis.b128.torgb.weight": (96, 256, 1, 1),
+    "backbone.synthesis.b128.torgb.bias": (96,),
+    "backbone.synthesis.b128.torgb.affine.weight": (256, 512),
+    "backbone.synthesis.b128.torgb.affine.bias": (256,),
+    "backbone.synthesis.b256.resample_filter": (4, 4),
+    "backbone.synthesis.b256.conv0.weight": (128, 256, 3, 3),
+    "backbone.synthesis.b256.conv0.noise_strength": (),
+    "backbone.synthesis.b256.conv0.bias": (128,),
+    "backbone.synthesis.b256.conv0.resample_filter": (4, 4),
+    "backbone.synthesis.b256.conv0.noise_const": (256, 256),
+    "backbone.synthesis.b256.conv0.affine.weight": (256, 512),
+    "backbone.synthesis.b256.conv0.affine.bias": (256,),
+    "backbone.synthesis.b256.conv1.weight": (128, 128, 3, 3),
+    "backbone.synthesis.b256.conv1.noise_strength": (),
+    "backbone.synthesis.b256.conv1.bias": (128,),
+    "backbone.synthesis.b256.conv1.resample_filter": (4, 4),
+    "backbone.synthesis.b256.conv1.noise_const": (256, 256),
+    "backbone.synthesis.b256.conv1.affine.weight": (128, 512),
+    "backbone.synthesis.b256.conv1.affine.bias": (128,),
+    "backbone.synthesis.b256.torgb.weight": (96, 128, 1, 1),
+    "backbone.synthesis.b256.torgb.bias": (96,),
+    "backbone.synthesis.b256.torgb.affine.weight": (128, 512),
+    "backbone.synthesis.b256.torgb.affine.bias": (128,),
+    "backbone.mapping.w_avg": (512,),
+    "backbone.mapping.embed.weight": (512, 25),
+    "backbone.mapping.embed.bias": (512,),
+    "backbone.mapping.fc0.weight": (512, 1024),
+    "backbone.mapping.fc0.bias": (512,),
+    "backbone.mapping.fc1.weight": (512, 512),
+    "backbone.mapping.fc1.bias": (512,),
+    "superresolution.block0.resample_filter": (4, 4),
+    "superresolution.block0.conv0.weight": (256, 32, 3, 3),
+    "superresolution.block0.conv0.noise_strength": (),
+    "superresolution.block0.conv0.bias": (256,),
+    "superresolution.block0.conv0.resample_filter": (4, 4),
+    "superresolution.block0.conv0.noise_const": (256, 256),
+    "superresolution.block0.conv0.affine.weight": (32, 512),
+    "superresolution.block0.conv0.affine.bias": (32,),
+    "superresolution.block0.conv1.weight": (256, 256, 3, 3),
+    "superresolution.block0.conv1.noise_strength": (),
+    "superresolution.block0.conv1.bias": (256,),
+    "superresolution.block0.conv1.resample_filter": (4, 4),
+    "superresolution.block0.conv1.noise_const": (256, 256),
+    "superresolution.block0.conv1.affine.weight": (256, 512),
+    "superresolution.block0.conv1.affine.bias": (256,),
+    "superresolution.block0.torgb.weight": (3, 256, 1, 1),
+    "superresolution.block0.torgb.bias": (3,),
+    "superresolution.block0.torgb.affine.weight": (256, 512),
+    "superresolution.block0.torgb.affine.bias": (256,),
+    "superresolution.block1.resample_filter": (4, 4),
+    "superresolution.block1.conv0.weight": (128, 256, 3, 3),
+    "superresolution.block1.conv0.noise_strength": (),
+    "superresolution.block1.conv0.bias": (128,),
+    "superresolution.block1.conv0.resample_filter": (4, 4),
+    "superresolution.block1.conv0.noise_const": (512, 512),
+    "superresolution.block1.conv0.affine.weight": (256, 512),
+    "superresolution.block1.conv0.affine.bias": (256,),
+    "superresolution.block1.conv1.weight": (128, 128, 3, 3),
+    "superresolution.block1.conv1.noise_strength": (),
+    "superresolution.block1.conv1.bias": (128,),
+    "superresolution.block1.conv1.resample_filter": (4, 4),
+    "superresolution.block1.conv1.noise_const": (512, 512),
+    "superresolution.block1.conv1.affine.weight": (128, 512),
+    "superresolution.block1.conv1.affine.bias": (128,),
+    "superresolution.block1.torgb.weight": (3, 128, 1, 1),
+    "superresolution.block1.torgb.bias": (3,),
+    "superresolution.block1.torgb.affine.weight": (128, 512),
+    "superresolution.block1.torgb.affine.bias": (128,),
+    "decoder.net.0.weight": (64, 32),
+    "decoder.net.0.bias": (64,),
+    "decoder.net.2.weight": (33, 64),
+    "decoder.net.2.bias": (33,),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding videos and audio tracks; a short speech-like WAV
+
+
+def decode_video(path: Path) -> np.ndarray:
+    """Every frame of a video as uint8 RGB (N, H, W, 3)."""
+    info = probe(path).video
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path)]
+    raw = subprocess.run([*args, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True)
+    return np.frombuffer(raw.stdout, np.uint8).reshape(-1, info.height, info.width, 3)
+
+
+def decode_audio(path: Path, rate: int = 16000) -> np.ndarray:
+    """The audio track as float mono samples at ``rate`` Hz."""
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a"]
+    raw = subprocess.run(
+        [*args, "-f", "s16le", "-ac", "1", "-ar", str(rate), "-"], capture_output=True, check=True
+    )
+    return np.frombuffer(raw.stdout, "<i2").astype(np.float32) / 32768
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory) -> Path:
+    """3 s at 16 kHz: 1 s of silence, then a 440 Hz tone (so an audio offset shows)."""
+    t = np.arange(3 * 16000) / 16000
+    samples = np.where(t >= 1.0, 0.5 * np.sin(2 * np.pi * 440 * t), 0.0)
+    path = tmp_path_factory.mktemp("audio") / "audio.wav"
+    write_wav(path, (samples * 32767).astype(np.int16), 16000)
+    return path
+
+
+def colour_frames(n: int, height: int, width: int) -> np.ndarray:
+    """Flat frames of distinct colours with a brightness ramp, so decoding can be checked."""
+    colours = np.array([(200, 40, 40), (40, 200, 40), (40, 40, 200), (128, 128, 128), (230, 210, 50)])
+    ramp = np.linspace(0.6, 1.0, width)[None, :, None]
+    return np.stack([(colours[i % 5] * ramp).astype(np.uint8).repeat(height, 0) for i in range(n)])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SHARED_DATA
 
 from talk3d_core.face.blink import (
     AU45_MAX,
@@ -23,8 +24,6 @@ from talk3d_core.face.blink import (
     pyfeat_au45,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(
     not (SHARED_DATA / "videos" / "german.mp4").is_file(),
     reason=f"reference clips not found in {SHARED_DATA} (../shared/data)",

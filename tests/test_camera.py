@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import SHARED_DATA
 
 from talk3d_core.camera import (
     COLUMNS,
@@ -34,8 +34,6 @@ from talk3d_core.camera import (
 )
 from talk3d_core.crop import smooth_track
 from talk3d_core.face.template import MEAN_FACE_68, MEDIAPIPE_68
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # iBUG mirror partner of each point (subject's right <-> left).
 MIRROR_68 = np.array(

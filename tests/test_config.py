@@ -1,26 +1,24 @@
 """Config and subjects-table validation: defaults, and errors that name the key or file."""
 
-from pathlib import Path
-
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
-from talk3d_core.util.config import ConfigError, load_schema, load_subjects, validate_config
+from talk3d_core.util.config import ConfigError, load_schema, load_subjects, subject_config, validate_config
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
-SUBJECTS_SCHEMA = load_schema(ROOT / "workflow/schemas/subjects.schema.yaml")
+CONFIG_SCHEMA = load_schema(REPO_ROOT / "workflow/schemas/config.schema.yaml")
+SUBJECTS_SCHEMA = load_schema(REPO_ROOT / "workflow/schemas/subjects.schema.yaml")
 
 
 def test_shipped_config_is_valid_and_complete():
-    shipped = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    shipped = yaml.safe_load((REPO_ROOT / "config/config.yaml").read_text())
     filled = validate_config(shipped, CONFIG_SCHEMA)
     # config.yaml spells out every key, so users see every knob; the schema adds nothing.
     assert filled == shipped
 
 
 def test_paper_overlay_is_valid():
-    overlay = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    overlay = yaml.safe_load((REPO_ROOT / "config/paper.yaml").read_text())
     filled = validate_config(overlay, CONFIG_SCHEMA)
     assert filled["ingest"]["max_side"] == 2048 and filled["crop"]["size"] == 512
 
@@ -111,3 +109,37 @@ def test_unknown_column_is_named(tmp_path):
 def test_missing_table_is_named(tmp_path):
     with pytest.raises(ConfigError, match="subjects table .*nope.tsv does not exist"):
         load_subjects(tmp_path / "nope.tsv", SUBJECTS_SCHEMA)
+
+
+# ------------------------------------------------------------------------------ per-subject overrides
+
+
+def overridden(overrides: dict) -> dict:
+    return validate_config({"overrides": overrides}, CONFIG_SCHEMA)
+
+
+def test_an_override_changes_only_its_subject():
+    config = overridden({"german": {"train": {"steps": 123}}})
+    german, cnn = (
+        subject_config(config, "german", CONFIG_SCHEMA),
+        subject_config(config, "cnn", CONFIG_SCHEMA),
+    )
+    assert german["train"]["steps"] == 123
+    assert cnn["train"]["steps"] == config["train"]["steps"] != 123
+    assert config["train"]["steps"] != 123  # the shared config itself is untouched
+
+
+def test_an_override_merges_nested_sections_key_by_key():
+    config = overridden({"demo": {"prior": {"pretrained": {"pivot_steps": 7}, "steps": 9}}})
+    demo = subject_config(config, "demo", CONFIG_SCHEMA)
+    assert demo["prior"]["steps"] == 9 and demo["prior"]["pretrained"]["pivot_steps"] == 7
+    # Keys beside the overridden ones keep their values, at both levels.
+    assert demo["prior"]["batch_size"] == config["prior"]["batch_size"]
+    assert demo["prior"]["pretrained"]["tune_steps"] == config["prior"]["pretrained"]["tune_steps"]
+
+
+def test_a_bad_override_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"train\.steps"):
+        subject_config(overridden({"demo": {"train": {"steps": -1}}}), "demo", CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match=r"train\.stpes"):
+        subject_config(overridden({"demo": {"train": {"stpes": 10}}}), "demo", CONFIG_SCHEMA)

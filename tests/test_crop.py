@@ -14,15 +14,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import SHARED_DATA
 
 from talk3d_core import crop
 from talk3d_core.demo import make_demo_clip
 from talk3d_core.face import template
 from talk3d_core.util.media import file_url, run_ffmpeg
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(
-    not (DATA / "videos").is_dir(), reason=f"reference clips not found in {DATA / 'videos'}"
+    not (SHARED_DATA / "videos").is_dir(), reason=f"reference clips not found in {SHARED_DATA / 'videos'}"
 )
 
 # Face-mesh vertex for each of the 68 points (jaw, brows, nose, eyes, outer and inner lips).
@@ -377,7 +377,7 @@ def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     clips = {}
     for name, fps in (("cnn", 1), ("german", 2)):
-        paths = decode_frames(DATA / "videos" / f"{name}.mp4", root / name, fps)
+        paths = decode_frames(SHARED_DATA / "videos" / f"{name}.mp4", root / name, fps)
         clips[name] = (paths, mediapipe_lm68(paths, video=False))
     return clips
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import types
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,28 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    EG3D_FFHQ512_128_G_SHAPES,
+    EasyDictStandIn,
+    ImportanceRendererStandIn,
+    MipRayMarcher2StandIn,
+    NVlabsStylePickler,
+    OSGDecoderStandIn,
+    PersistentStandIn,
+    RaySamplerStandIn,
+    SequentialStandIn,
+    SoftplusStandIn,
+    plain_stand_in,
+    shape_table_counts,
+)
 
 from talk3d_core.model.eg3d.checkpoint import (
-    EG3D_FFHQ512_128_G_SHAPES,
     CheckpointError,
     PersistentRecord,
     UnsafePickleError,
     load_eg3d_checkpoint,
     load_state_into,
     safe_load_pickle,
-    shape_table_counts,
 )
 
 _BUFFER_NAMES = ("resample_filter", "noise_const", "w_avg")
@@ -36,68 +47,6 @@ _BUFFER_NAMES = ("resample_filter", "noise_const", "w_avg")
 
 # --------------------------------------------------------------------------------------------------
 # Writing pickles in the NVlabs layout
-
-
-def _persistence_hook(meta: dict[str, Any]) -> Any:
-    raise AssertionError("the stand-in persistence hook must never be called")
-
-
-class _EasyDict(dict):
-    """Pickles as dnnlib.util.EasyDict."""
-
-
-class _PlainModule:
-    """A non-persistent torch.nn.Module subclass, pickled by reference with its __dict__ state."""
-
-
-def _plain_module_class(module: str, name: str) -> type:
-    cls = type(name, (_PlainModule,), {})
-    _SPELLING[cls] = (module, name)
-    return cls
-
-
-_SPELLING: dict[Any, tuple[str, str]] = {
-    _persistence_hook: ("torch_utils.persistence", "_reconstruct_persistent_obj"),
-    _EasyDict: ("dnnlib.util", "EasyDict"),
-}
-_OSGDecoder = _plain_module_class("training.triplane", "OSGDecoder")
-_Sequential = _plain_module_class("torch.nn.modules.container", "Sequential")
-_Softplus = _plain_module_class("torch.nn.modules.activation", "Softplus")
-_ImportanceRenderer = _plain_module_class("training.volumetric_rendering.renderer", "ImportanceRenderer")
-_MipRayMarcher2 = _plain_module_class("training.volumetric_rendering.ray_marcher", "MipRayMarcher2")
-_RaySampler = _plain_module_class("training.volumetric_rendering.ray_sampler", "RaySampler")
-
-
-class _NVlabsStylePickler(pickle._Pickler):  # the pure-Python pickler lets us spell globals
-    def save_global(self, obj: Any, name: str | None = None) -> None:
-        spelled = _SPELLING.get(obj)
-        if spelled is None:
-            super().save_global(obj, name)
-            return
-        self.save(spelled[0])
-        self.save(spelled[1])
-        self.write(pickle.STACK_GLOBAL)
-        self.memoize(obj)
-
-    # The dispatch table holds the base class's function for plain functions; route them here too.
-    dispatch = dict(pickle._Pickler.dispatch)
-    dispatch[types.FunctionType] = save_global
-
-
-class _Persistent:
-    """Pickles exactly like a torch_utils.persistence-decorated module instance."""
-
-    def __init__(self, class_name: str, state: dict[str, Any], source: str = "") -> None:
-        self.meta = dict(
-            type="class",
-            version=6,
-            module_src=source or f"class {class_name}:\n    pass\n",
-            class_name=class_name,
-            state=state,
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_persistence_hook, (self.meta,))
 
 
 def _module_dict(**attrs: Any) -> dict[str, Any]:
@@ -116,12 +65,6 @@ def _module_dict(**attrs: Any) -> dict[str, Any]:
     )
     state.update(attrs)
     return state
-
-
-def _plain(cls: type, state: dict[str, Any]) -> Any:
-    obj = cls.__new__(cls)
-    obj.__dict__.update(state)
-    return obj
 
 
 def _module_tree(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -148,10 +91,10 @@ def _wrap_tree(state: dict[str, Any], name: str) -> Any:
         fan_in = state["_parameters"]["weight"].shape[1]
         state["weight_gain"] = np.float64(1.0 / np.sqrt(fan_in))  # numpy scalars, as in NVlabs' layers
     if name == "decoder":
-        return _plain(_OSGDecoder, state)
+        return plain_stand_in(OSGDecoderStandIn, state)
     if name == "net":
-        return _plain(_Sequential, state)
-    return _Persistent(f"Stand-in{name.capitalize()}", state)
+        return plain_stand_in(SequentialStandIn, state)
+    return PersistentStandIn(f"Stand-in{name.capitalize()}", state)
 
 
 _RENDERING_KWARGS = {
@@ -178,37 +121,39 @@ _RENDERING_KWARGS = {
 }
 
 
-def _generator(tensors: dict[str, torch.Tensor], *, source: str = "") -> _Persistent:
+def _generator(tensors: dict[str, torch.Tensor], *, source: str = "") -> PersistentStandIn:
     """A TriPlaneGenerator as NVlabs pickles it, holding ``tensors`` under their state_dict names."""
     root = _module_tree(tensors)
     modules = root["_modules"]
     if "decoder" in modules:  # the Softplus between the two FC layers has no tensors
         net = modules["decoder"]["_modules"]["net"]["_modules"]
-        net["1"] = _plain(_Softplus, _module_dict(beta=1.0, threshold=20.0))
+        net["1"] = plain_stand_in(SoftplusStandIn, _module_dict(beta=1.0, threshold=20.0))
         net = OrderedDict(sorted(net.items()))
         modules["decoder"]["_modules"]["net"]["_modules"] = net
     wrapped = OrderedDict(
-        renderer=_plain(
-            _ImportanceRenderer,
+        renderer=plain_stand_in(
+            ImportanceRendererStandIn,
             _module_dict(
-                _modules=OrderedDict(ray_marcher=_plain(_MipRayMarcher2, _module_dict())),
+                _modules=OrderedDict(ray_marcher=plain_stand_in(MipRayMarcher2StandIn, _module_dict())),
                 plane_axes=torch.zeros(3, 3, 3),  # a plain attribute: not part of state_dict()
             ),
         ),
-        ray_sampler=_plain(_RaySampler, _module_dict()),
+        ray_sampler=plain_stand_in(RaySamplerStandIn, _module_dict()),
     )
     wrapped.update((k, _wrap_tree(v, k)) for k, v in modules.items())
     root["_modules"] = wrapped
-    init_kwargs = _EasyDict(
+    init_kwargs = EasyDictStandIn(
         z_dim=512,
         c_dim=25,
         w_dim=512,
         img_resolution=512,
         img_channels=3,
         sr_num_fp16_res=4,
-        mapping_kwargs=_EasyDict(num_layers=2),
+        mapping_kwargs=EasyDictStandIn(num_layers=2),
         rendering_kwargs=dict(_RENDERING_KWARGS),
-        sr_kwargs=_EasyDict(channel_base=32768, channel_max=512, fused_modconv_default="inference_only"),
+        sr_kwargs=EasyDictStandIn(
+            channel_base=32768, channel_max=512, fused_modconv_default="inference_only"
+        ),
         channel_base=32768,
         channel_max=512,
         fused_modconv_default="inference_only",
@@ -227,7 +172,7 @@ def _generator(tensors: dict[str, torch.Tensor], *, source: str = "") -> _Persis
         rendering_kwargs=dict(_RENDERING_KWARGS),
         _last_planes=None,
     )
-    return _Persistent("TriPlaneGenerator", root, source)
+    return PersistentStandIn("TriPlaneGenerator", root, source)
 
 
 def _write_snapshot(path: Path, g_ema: Any, **extra: Any) -> Path:
@@ -242,7 +187,7 @@ def _write_snapshot(path: Path, g_ema: Any, **extra: Any) -> Path:
     )
     snapshot.update(extra)
     with path.open("wb") as f:
-        _NVlabsStylePickler(f, protocol=4).dump(snapshot)
+        NVlabsStylePickler(f, protocol=4).dump(snapshot)
     return path
 
 
@@ -360,8 +305,10 @@ def test_none_entries_and_non_persistent_buffers_are_skipped(tmp_path: Path):
         _buffers=OrderedDict(kept=torch.zeros(2), scratch=torch.zeros(5), absent=None),
         _non_persistent_buffers_set={"scratch"},
     )
-    root = _module_dict(_modules=OrderedDict(layer=_Persistent("Layer", layer), empty=None), _init_kwargs={})
-    path = _write_snapshot(tmp_path / "g.pkl", _Persistent("Net", root))
+    root = _module_dict(
+        _modules=OrderedDict(layer=PersistentStandIn("Layer", layer), empty=None), _init_kwargs={}
+    )
+    path = _write_snapshot(tmp_path / "g.pkl", PersistentStandIn("Net", root))
 
     assert list(load_eg3d_checkpoint(path).state_dict) == ["layer.weight", "layer.kept"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_arcface_manifest
+from conftest import SHARED_DATA, write_arcface_manifest
 
 from talk3d_core.nets.arcface import ARCFACE_WEIGHTS
 from talk3d_core.nets.identity import (
@@ -18,7 +18,6 @@ from talk3d_core.nets.identity import (
     mean_identity,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(
     not (SHARED_DATA / "videos").is_dir(), reason=f"reference clips not found at {SHARED_DATA}/videos"
 )

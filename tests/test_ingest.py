@@ -7,13 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from PIL import Image
 
 from talk3d_core.ingest import ingest_audio, ingest_video
 from talk3d_core.util.media import MediaError, ffmpeg_version, read_wav
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"reference clips not found at {DATA}")
+needs_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"reference clips not found at {SHARED_DATA}"
+)
 
 
 def ingest(src, out, **kwargs):
@@ -261,7 +263,7 @@ def test_ingest_audio_bad_inputs(make_clip, make_audio, tmp_path, case, pattern)
 @pytest.fixture(scope="module")
 def german(tmp_path_factory):
     out = tmp_path_factory.mktemp("german")
-    return out, ingest(DATA / "videos" / "german.mp4", out)
+    return out, ingest(SHARED_DATA / "videos" / "german.mp4", out)
 
 
 @pytest.mark.parametrize("name", ["cnn", "german"])
@@ -272,7 +274,7 @@ def test_reference_clips(request, tmp_path, name):
         out, meta = request.getfixturevalue("german")
         expected = 500
     else:
-        out, meta = tmp_path, ingest(DATA / "videos" / "cnn.mp4", tmp_path)
+        out, meta = tmp_path, ingest(SHARED_DATA / "videos" / "cnn.mp4", tmp_path)
         expected = 1779
     check_outputs(out, meta)
     assert meta["n_frames"] == expected and meta["frame_size"] == [512, 512]
@@ -289,7 +291,7 @@ def test_reference_clip_at_30fps_is_resampled(german, tmp_path, ffmpeg):
     original_dir, _ = german
     clip = tmp_path / "german30.mp4"
     encode = "-vf fps=30 -c:v libx264 -preset ultrafast -crf 12 -c:a aac".split()
-    ffmpeg("-t", "4", "-i", str(DATA / "videos" / "german.mp4"), *encode, str(clip))
+    ffmpeg("-t", "4", "-i", str(SHARED_DATA / "videos" / "german.mp4"), *encode, str(clip))
     out = tmp_path / "out"
     meta = ingest(clip, out)
     check_outputs(out, meta)
@@ -313,7 +315,7 @@ def test_reference_clip_at_30fps_is_resampled(german, tmp_path, ffmpeg):
 @needs_data
 def test_reference_clip_without_face_is_a_valid_video(tmp_path):
     """no_face.mp4 (24 fps nominal, 960x540): ingest does not look for faces, later stages do."""
-    meta = ingest(DATA / "videos" / "no_face.mp4", tmp_path)
+    meta = ingest(SHARED_DATA / "videos" / "no_face.mp4", tmp_path)
     check_outputs(tmp_path, meta)
     assert abs(meta["n_frames"] - round(3.9 * 25)) <= 1
     assert meta["source_fps"] == 24.0 and meta["frame_size"] == [960, 540]
@@ -322,7 +324,7 @@ def test_reference_clip_without_face_is_a_valid_video(tmp_path):
 @pytest.mark.shared
 @needs_data
 def test_reference_driving_audio(tmp_path):
-    meta = ingest_audio(DATA / "audio" / "obama_5s.wav", tmp_path / "obama.wav")
+    meta = ingest_audio(SHARED_DATA / "audio" / "obama_5s.wav", tmp_path / "obama.wav")
     samples, rate = read_wav(tmp_path / "obama.wav")
     assert rate == 16000 and samples.ndim == 1 and samples.size == meta["samples"]
     assert meta["source_channels"] == 2 and meta["duration_s"] == pytest.approx(5.0, abs=0.02)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import REPO_ROOT, SHARED_DATA
 from PIL import Image
 
 from talk3d_core.face.landmark_backends import Face, box_iou, open_backend, select_main
@@ -41,8 +42,6 @@ from talk3d_core.util.io import list_frames
 from talk3d_core.util.media import run_ffmpeg
 from talk3d_core.util.weights import WeightsError
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(
     not (SHARED_DATA / "videos").is_dir(), reason=f"reference clips not found at {SHARED_DATA}/videos"
 )
@@ -337,7 +336,7 @@ def test_fan_missing_weights_names_the_fetch_command(tmp_path):
     manifest = _manifest(tmp_path)
     with pytest.raises(WeightsError, match=r"snakemake --cores 1 .*face_alignment/2DFAN4-test\.zip"):
         open_backend("face_alignment", weights_dir=tmp_path / "weights", manifest=manifest)
-    shipped = REPO / "resources" / "weights" / "manifest.yaml"
+    shipped = REPO_ROOT / "resources" / "weights" / "manifest.yaml"
     with pytest.raises(WeightsError, match=r"snakemake --cores 1 .*2DFAN4"):
         open_backend("face_alignment", weights_dir=tmp_path / "empty", manifest=shipped)
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import pkgutil
-from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 import talk3d_core
 from talk3d_core.util.config import load_schema, schema_defaults
 from talk3d_core.util.provenance import PACKAGE_DIR, _imports, _module_file
 
-ROOT = Path(__file__).resolve().parents[1]
 #: Layers below the stage modules (talk3d_core/<stage>.py); report/ holds rule modules too.
 LOWER = ("util", "face", "nets", "metrics", "model")
 
@@ -67,7 +66,7 @@ def test_layers_import_downwards_only():
 
 
 def test_adapters_are_thin_and_call_one_core_function():
-    for script in sorted((ROOT / "workflow/scripts").glob("*.py")):
+    for script in sorted((REPO_ROOT / "workflow/scripts").glob("*.py")):
         lines = script.read_text().splitlines()
         assert len(lines) <= 30, f"{script.name}: {len(lines)} lines; move the logic into talk3d_core"
         tree = ast.parse(script.read_text())
@@ -91,7 +90,7 @@ def config_classes() -> list[tuple[type, tuple[str, ...]]]:
     "cls, path", config_classes(), ids=lambda v: v.__name__ if isinstance(v, type) else ""
 )
 def test_config_defaults_are_the_schemas(cls, path):
-    defaults = schema_defaults(load_schema(ROOT / "workflow/schemas/config.schema.yaml"), *path)
+    defaults = schema_defaults(load_schema(REPO_ROOT / "workflow/schemas/config.schema.yaml"), *path)
     for field in dataclasses.fields(cls):
         assert field.name in defaults, f"{cls.__name__}.{field.name} has no setting in the schema"
         value = field.default

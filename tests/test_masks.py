@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT, SHARED_DATA
 from scipy import ndimage
 
 from talk3d_core.face import bisenet
@@ -31,9 +32,7 @@ from talk3d_core.masks import (
 )
 from talk3d_core.util.weights import WeightsError
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-GERMAN = SHARED / "videos" / "german.mp4"
+GERMAN = SHARED_DATA / "videos" / "german.mp4"
 
 BACKGROUND, SKIN, LIPS, INTERIOR, EYES, HAIR, TORSO = range(7)
 
@@ -591,6 +590,10 @@ def test_bisenet_missing_weights_name_the_fetch_command(tmp_path: Path) -> None:
     # The shipped manifest: either no entry yet or no file; both say which weights are needed.
     with pytest.raises(WeightsError, match="face_parsing_bisenet"):
         masks_clip(
-            paths, lm[None], tmp_path / "masks", backend="bisenet", weights_dir=REPO / "resources" / "weights"
+            paths,
+            lm[None],
+            tmp_path / "masks",
+            backend="bisenet",
+            weights_dir=REPO_ROOT / "resources" / "weights",
         )
     assert not (tmp_path / "masks").exists()

@@ -1,12 +1,15 @@
-"""ffmpeg helpers: metadata from `ffmpeg -i` (no ffprobe), WAV I/O, errors that name the file."""
+"""ffmpeg helpers: metadata from `ffmpeg -i` (no ffprobe), WAV I/O, errors that name the file, and the
+streaming H.264/AAC VideoWriter."""
 
 import subprocess
 
 import numpy as np
 import pytest
+from conftest import colour_frames, decode_audio, decode_video
 
 from talk3d_core.util.media import (
     MediaError,
+    VideoWriter,
     ffmpeg_exe,
     ffmpeg_version,
     parse_ffmpeg_info,
@@ -170,3 +173,76 @@ def test_wav_errors(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF1234notawave")
     with pytest.raises(MediaError, match=r"bad\.wav: not a PCM WAV file"):
         read_wav(tmp_path / "bad.wav")
+
+
+# ---------------------------------------------------------------------------------- video writer
+
+FPS = 25.0
+
+
+def test_writer_makes_browser_ready_h264_aac(tmp_path, speech_wav):
+    frames = colour_frames(13, 30, 40)
+    out = tmp_path / "clip.mp4"
+    with VideoWriter(out, fps=FPS, audio=speech_wav, audio_offset_s=1.0) as video:
+        for frame in frames:
+            video.write(frame)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # no temp files left
+    info = probe(out)
+    assert info.video.codec == "h264" and info.audio.codec == "aac"
+    assert (info.video.width, info.video.height, info.video.fps) == (40, 30, FPS)
+    decoded = decode_video(out)
+    assert len(decoded) == 13
+    assert np.abs(decoded.astype(float) - frames).mean() < 4
+    data = out.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat")  # +faststart: the index comes first
+    sound = decode_audio(out)
+    assert abs(len(sound) / 16000 - 13 / FPS) < 0.05  # trimmed to the video
+    # The offset skips the silent second: the tone is there from the start.
+    assert np.sqrt(np.mean(sound[800:2400] ** 2)) > 0.2
+
+
+def test_writer_pads_odd_sizes_and_checks_frames(tmp_path):
+    frames = colour_frames(3, 17, 31)
+    out = tmp_path / "odd.mp4"
+    with VideoWriter(out, crf=10) as video:
+        for frame in frames:
+            video.write(frame)
+        with pytest.raises(ValueError, match="17x31|31x17"):
+            video.write(frames[0][:, :30])
+        with pytest.raises(ValueError, match="uint8"):
+            video.write(frames[0].astype(np.float32))
+    assert video.size == (32, 18) and probe(out).audio is None
+    decoded = decode_video(out)
+    assert decoded.shape == (3, 18, 32, 3)
+    assert np.abs(decoded[:, :17, :31].astype(float) - frames).mean() < 4
+
+
+def test_failing_ffmpeg_leaves_no_file(tmp_path):
+    out = tmp_path / "bad.mp4"
+    with pytest.raises(MediaError, match="bad.mp4.*ffmpeg failed(.|\n)*no_such_encoder"):
+        with VideoWriter(out, codec="no_such_encoder") as video:
+            for frame in colour_frames(40, 64, 64):
+                video.write(frame)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exception_mid_stream_kills_ffmpeg_and_leaves_no_file(tmp_path, speech_wav):
+    out = tmp_path / "half.mp4"
+    with pytest.raises(RuntimeError, match="renderer broke"):
+        with VideoWriter(out, audio=speech_wav) as video:
+            for frame in colour_frames(3, 16, 16):
+                video.write(frame)
+            raise RuntimeError("renderer broke")
+    assert video._proc.poll() is not None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_rejects_empty_videos_and_bad_audio(tmp_path, speech_wav):
+    with pytest.raises(MediaError, match="no frames"):
+        with VideoWriter(tmp_path / "empty.mp4"):
+            pass
+    with pytest.raises(MediaError, match="missing.wav"):
+        VideoWriter(tmp_path / "x.mp4", audio=tmp_path / "missing.wav")
+    with pytest.raises(MediaError, match="past its end"):
+        VideoWriter(tmp_path / "x.mp4", audio=speech_wav, audio_offset_s=5.0)
+    assert list(tmp_path.iterdir()) == []

@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import EG3D_FFHQ512_128_G_SHAPES, TINY, nvlabs_kwargs, random_generator, write_snapshot
 
 # The NVlabs persistence-layout pickler is shared with the loader's own tests.
-from test_eg3d_checkpoint import (
-    _EasyDict,
-    _ImportanceRenderer,
-    _NVlabsStylePickler,
-    _OSGDecoder,
-    _Persistent,
-    _plain,
-    _Sequential,
-    _Softplus,
-)
-
 from talk3d_core.camera import eg3d_camera, rotation_angle_deg
 from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
 from talk3d_core.model.eg3d.checkpoint import CheckpointError, generator_from_checkpoint, load_eg3d_checkpoint
-from talk3d_core.model.eg3d.layers import setup_filter
 from talk3d_core.model.subject import SubjectData
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.personalize import (
@@ -46,122 +33,9 @@ from talk3d_core.personalize import (
 )
 from talk3d_core.prior import evaluate_prior
 
-_PLAIN = {
-    "OSGDecoder": _OSGDecoder,
-    "Sequential": _Sequential,
-    "Softplus": _Softplus,
-    "ImportanceRenderer": _ImportanceRenderer,
-}
-
 PIVOT = (0.0, 0.05, 0.2)
 RADIUS, FOCAL = 2.7, 3.6
 NO_EXTRA_LOSSES = OptionalNets(reasons={"lpips": "not in this test", "identity": "not in this test"})
-
-
-# --------------------------------------------------------------------------------------------------
-# NVlabs-layout pickles of a generator (persistence records; plain modules pickled by reference)
-
-
-def _pickled_module(module: torch.nn.Module, **extra: Any) -> Any:
-    """``module`` as NVlabs pickles it: its __dict__ (tensors, children) in a persistence record,
-    or by reference for the classes EG3D does not decorate."""
-    state = dict(
-        training=False,
-        _parameters=OrderedDict((k, v.detach().clone()) for k, v in module._parameters.items()),
-        _buffers=OrderedDict((k, v.clone()) for k, v in module._buffers.items()),
-        _non_persistent_buffers_set=set(module._non_persistent_buffers_set),
-        _modules=OrderedDict((k, _pickled_module(v)) for k, v in module._modules.items()),
-        _forward_hooks=OrderedDict(),
-    )
-    state.update(extra)
-    name = type(module).__name__
-    if name in _PLAIN:
-        return _plain(_PLAIN[name], state)
-    return _Persistent(name, state)
-
-
-def nvlabs_kwargs(config: GeneratorConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(init kwargs, rendering kwargs) of NVlabs' TriPlaneGenerator for ``config``."""
-    factor = config.image_resolution // config.sr_input_resolution
-    rendering = dict(config.rendering_kwargs)
-    del rendering["decoder_output_dim"]  # NVlabs fixes it in code (32); the tensors tell ours
-    rendering |= {
-        "image_resolution": config.image_resolution,
-        "superresolution_module": "training.superresolution.SuperresolutionHybrid"
-        + ("8XDC" if factor == 4 else "2X"),
-        "gpc_reg_prob": 0.8,
-        "density_reg": 0.25,
-        "density_reg_p_dist": 0.004,
-        "reg_type": "l1",
-        "avg_camera_radius": 2.7,
-        "avg_camera_pivot": [0, 0, 0.2],
-    }
-    init = _EasyDict(
-        z_dim=config.z_dim,
-        c_dim=config.c_dim,
-        w_dim=config.w_dim,
-        img_resolution=config.image_resolution,
-        img_channels=3,
-        sr_num_fp16_res=4 if config.sr_conv_clamp else 0,
-        mapping_kwargs=_EasyDict(num_layers=config.mapping_layers),
-        rendering_kwargs=rendering,
-        sr_kwargs=_EasyDict(channel_base=32768, channel_max=512, fused_modconv_default="inference_only"),
-        channel_base=config.channel_base,
-        channel_max=config.channel_max,
-        fused_modconv_default="inference_only",
-        num_fp16_res=0,
-        conv_clamp=config.conv_clamp,
-    )
-    return init, rendering
-
-
-def write_snapshot(
-    path: Path,
-    generator: TriPlaneGenerator,
-    *,
-    init: dict[str, Any] | None = None,
-    rendering: dict[str, Any] | None = None,
-) -> Path:
-    """Pickle ``generator`` as the G_ema of an NVlabs EG3D snapshot at ``path``."""
-    default_init, default_rendering = nvlabs_kwargs(generator.config)
-    init = default_init if init is None else init
-    rendering = default_rendering if rendering is None else rendering
-    g_ema = _pickled_module(
-        generator,
-        _init_args=(),
-        _init_kwargs=init,
-        rendering_kwargs=rendering,
-        neural_rendering_resolution=generator.config.neural_rendering_resolution,
-    )
-    records = g_ema.meta["state"]["_modules"]
-    if not rendering["superresolution_module"].endswith("8XDC"):
-        records["superresolution"].meta["state"]["_buffers"]["resample_filter"] = setup_filter()
-    snapshot = dict(training_set_kwargs=dict(path="ffhq.zip"), G=None, D=None, G_ema=g_ema, augment_pipe=None)
-    with path.open("wb") as f:
-        _NVlabsStylePickler(f, protocol=4).dump(snapshot)
-    return path
-
-
-def random_generator(seed: int = 0) -> TriPlaneGenerator:
-    """TINY with random weights and buffers (w_avg a mapped latent, random noise maps and strengths).
-
-    Two layers are rescaled so that renders look like a trained generator's rather than a fresh one's:
-    the planes' output layers x10 (fresh ones make near-constant planes, i.e. flat images) and the
-    super-resolution's ToRGB layers x0.1 (so the final image stays near the raw one, inside [-1, 1]).
-    """
-    torch.manual_seed(seed)
-    generator = TriPlaneGenerator(TINY).eval()
-    with torch.no_grad():
-        for name, tensor in generator.state_dict().items():
-            if name.endswith("noise_const"):
-                tensor.normal_()
-            if name.endswith("noise_strength"):
-                tensor.normal_(0, 0.01)
-            if name.endswith("torgb.weight"):
-                tensor.mul_(10.0 if name.startswith("backbone") else 0.1)
-        w = generator.mapping(torch.randn(1, TINY.z_dim), torch.zeros(1, TINY.c_dim))
-        generator.backbone.mapping.w_avg.copy_(w[0, 0])
-    return generator
 
 
 def render(generator: TriPlaneGenerator, ws: torch.Tensor, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -368,7 +242,7 @@ FFHQ_512_INIT = {
 
 def test_generator_from_checkpoint_reads_the_ffhq_512_128_kwargs():
     """The kwargs and tensor shapes of ffhq(-fixed-triplane)512-128.pkl give the paper's generator."""
-    from talk3d_core.model.eg3d.checkpoint import EG3D_FFHQ512_128_G_SHAPES, EG3DCheckpoint
+    from talk3d_core.model.eg3d.checkpoint import EG3DCheckpoint
 
     ckpt = EG3DCheckpoint(
         path=Path("ffhq-fixed-triplane512-128.pkl"),

@@ -3,27 +3,31 @@ names, driving conditions, paste-back and the depth video, on a tiny untrained t
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import ORBIT, REPO_ROOT, decode_video
 
 from talk3d_core.camera import eg3d_camera
 from talk3d_core.crop import CropTable, read_crop_table, write_crop_table
 from talk3d_core.model.deltaplane import DeltaplaneConfig
 from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
-from talk3d_core.model.subject import FrameConditions
+from talk3d_core.model.personalized import training_record
+from talk3d_core.model.subject import FrameConditions, SubjectData
 from talk3d_core.model.talking_head import TalkingHead
 from talk3d_core.render import (
     PasteBack,
     camera_path,
+    drive_clip,
     drive_conditions,
     fixed_cameras,
+    novel_view_cameras,
     parse_view,
     ping_pong,
+    render_target,
     render_video,
     scale_affine,
     tracked_cameras,
@@ -31,10 +35,9 @@ from talk3d_core.render import (
     view_name,
 )
 from talk3d_core.report.depth import depth_to_uint8
-from talk3d_core.util.media import MediaError, VideoWriter, ffmpeg_exe, probe, write_wav
+from talk3d_core.util.media import probe
 
 FPS = 25.0
-ORBIT = dict(focal=3.6, radius=2.7, pivot=(0.0, 0.05, 0.2))
 # Smaller than the CPU preset: 16^2 neural rendering, 32^2 output, 8 + 8 samples per ray.
 GEN = GeneratorConfig.cpu(
     z_dim=16, w_dim=16, plane_resolution=16, plane_channels=4, channel_base=256, channel_max=16,
@@ -54,7 +57,10 @@ def head() -> TalkingHead:
     with torch.no_grad():
         w = generator.mapping(torch.randn(1, GEN.z_dim), torch.zeros(1, 25))
         planes = generator.planes(w, noise_mode="const")
-    return TalkingHead(generator, planes, w, NET, audio_dim=AUDIO_DIM, audio_window=AUDIO_WINDOW)
+    training = training_record("scratch", "black", ORBIT)  # the prior's camera geometry
+    return TalkingHead(
+        generator, planes, w, NET, audio_dim=AUDIO_DIM, audio_window=AUDIO_WINDOW, training=training
+    )
 
 
 def conditions(n: int, seed: int = 0) -> FrameConditions:
@@ -67,118 +73,13 @@ def conditions(n: int, seed: int = 0) -> FrameConditions:
     )
 
 
-def decode(path: Path) -> np.ndarray:
-    """Every frame of a video as uint8 RGB (N, H, W, 3)."""
-    info = probe(path).video
-    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path)]
-    raw = subprocess.run([*args, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True)
-    return np.frombuffer(raw.stdout, np.uint8).reshape(-1, info.height, info.width, 3)
-
-
-def decode_audio(path: Path, rate: int = 16000) -> np.ndarray:
-    """The audio track as float mono samples at ``rate`` Hz."""
-    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a"]
-    raw = subprocess.run(
-        [*args, "-f", "s16le", "-ac", "1", "-ar", str(rate), "-"], capture_output=True, check=True
-    )
-    return np.frombuffer(raw.stdout, "<i2").astype(np.float32) / 32768
-
-
-@pytest.fixture(scope="module")
-def speech_wav(tmp_path_factory) -> Path:
-    """3 s at 16 kHz: 1 s of silence, then a 440 Hz tone (so an audio offset shows)."""
-    t = np.arange(3 * 16000) / 16000
-    samples = np.where(t >= 1.0, 0.5 * np.sin(2 * np.pi * 440 * t), 0.0)
-    path = tmp_path_factory.mktemp("audio") / "audio.wav"
-    write_wav(path, (samples * 32767).astype(np.int16), 16000)
-    return path
-
-
-def colour_frames(n: int, height: int, width: int) -> np.ndarray:
-    """Flat frames of distinct colours with a brightness ramp, so decoding can be checked."""
-    colours = np.array([(200, 40, 40), (40, 200, 40), (40, 40, 200), (128, 128, 128), (230, 210, 50)])
-    ramp = np.linspace(0.6, 1.0, width)[None, :, None]
-    return np.stack([(colours[i % 5] * ramp).astype(np.uint8).repeat(height, 0) for i in range(n)])
-
-
-# ---------------------------------------------------------------------------------- video writer
-
-
-def test_writer_makes_browser_ready_h264_aac(tmp_path, speech_wav):
-    frames = colour_frames(13, 30, 40)
-    out = tmp_path / "clip.mp4"
-    with VideoWriter(out, fps=FPS, audio=speech_wav, audio_offset_s=1.0) as video:
-        for frame in frames:
-            video.write(frame)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # no temp files left
-    info = probe(out)
-    assert info.video.codec == "h264" and info.audio.codec == "aac"
-    assert (info.video.width, info.video.height, info.video.fps) == (40, 30, FPS)
-    decoded = decode(out)
-    assert len(decoded) == 13
-    assert np.abs(decoded.astype(float) - frames).mean() < 4
-    data = out.read_bytes()
-    assert data.find(b"moov") < data.find(b"mdat")  # +faststart: the index comes first
-    sound = decode_audio(out)
-    assert abs(len(sound) / 16000 - 13 / FPS) < 0.05  # trimmed to the video
-    # The offset skips the silent second: the tone is there from the start.
-    assert np.sqrt(np.mean(sound[800:2400] ** 2)) > 0.2
-
-
-def test_writer_pads_odd_sizes_and_checks_frames(tmp_path):
-    frames = colour_frames(3, 17, 31)
-    out = tmp_path / "odd.mp4"
-    with VideoWriter(out, crf=10) as video:
-        for frame in frames:
-            video.write(frame)
-        with pytest.raises(ValueError, match="17x31|31x17"):
-            video.write(frames[0][:, :30])
-        with pytest.raises(ValueError, match="uint8"):
-            video.write(frames[0].astype(np.float32))
-    assert video.size == (32, 18) and probe(out).audio is None
-    decoded = decode(out)
-    assert decoded.shape == (3, 18, 32, 3)
-    assert np.abs(decoded[:, :17, :31].astype(float) - frames).mean() < 4
-
-
-def test_failing_ffmpeg_leaves_no_file(tmp_path):
-    out = tmp_path / "bad.mp4"
-    with pytest.raises(MediaError, match="bad.mp4.*ffmpeg failed(.|\n)*no_such_encoder"):
-        with VideoWriter(out, codec="no_such_encoder") as video:
-            for frame in colour_frames(40, 64, 64):
-                video.write(frame)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_exception_mid_stream_kills_ffmpeg_and_leaves_no_file(tmp_path, speech_wav):
-    out = tmp_path / "half.mp4"
-    with pytest.raises(RuntimeError, match="renderer broke"):
-        with VideoWriter(out, audio=speech_wav) as video:
-            for frame in colour_frames(3, 16, 16):
-                video.write(frame)
-            raise RuntimeError("renderer broke")
-    assert video._proc.poll() is not None
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_writer_rejects_empty_videos_and_bad_audio(tmp_path, speech_wav):
-    with pytest.raises(MediaError, match="no frames"):
-        with VideoWriter(tmp_path / "empty.mp4"):
-            pass
-    with pytest.raises(MediaError, match="missing.wav"):
-        VideoWriter(tmp_path / "x.mp4", audio=tmp_path / "missing.wav")
-    with pytest.raises(MediaError, match="past its end"):
-        VideoWriter(tmp_path / "x.mp4", audio=speech_wav, audio_offset_s=5.0)
-    assert list(tmp_path.iterdir()) == []
-
-
 # ---------------------------------------------------------------------------------- camera paths
 
 
 def test_view_names_round_trip_and_bad_names_fail():
     import yaml
 
-    grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/config.yaml").read_text())["render"]
+    grid = yaml.safe_load((REPO_ROOT / "config/config.yaml").read_text())["render"]
     views = [view_name(yaw, pitch) for yaw in grid["views"]["yaw"] for pitch in grid["views"]["pitch"]]
     assert views == [f"{yaw}_{pitch}" for yaw in grid["views"]["yaw"] for pitch in grid["views"]["pitch"]]
     assert len(views) == len(set(views)) == 16 and "-30_20" in views and "15_-10" in views
@@ -267,8 +168,8 @@ def test_render_video_with_audio_and_depth(tmp_path, head, speech_wav):
     info = probe(tmp_path / "video.mp4")
     assert info.video.codec == "h264" and info.audio.codec == "aac" and info.video.fps == FPS
     assert abs(info.duration_s - 7 / FPS) < 0.1
-    assert decode(tmp_path / "video.mp4").shape == (7, 48, 48, 3)
-    depth = decode(tmp_path / "depth.mp4")
+    assert decode_video(tmp_path / "video.mp4").shape == (7, 48, 48, 3)
+    depth = decode_video(tmp_path / "depth.mp4")
     assert depth.shape == (7, 48, 48, 3) and depth.std() > 1  # a picture, not a flat frame
     assert sorted(p.name for p in tmp_path.iterdir()) == ["depth.mp4", "video.mp4"]
 
@@ -383,7 +284,7 @@ def test_render_video_pasted_into_full_frames(tmp_path, head):
         head, conditions(4), fixed_cameras(4, **ORBIT), out, frames=[3, 1, 2], paste=paste, progress=False
     )
     assert summary["size"] == [90, 70]
-    video = decode(out)
+    video = decode_video(out)
     assert video.shape == (3, 70, 90, 3)
     far = np.ones(frame.shape[:2], bool)
     far[:60, :60] = False  # the crop box (10..50) and its seam, with room for chroma subsampling
@@ -402,3 +303,26 @@ def test_depth_pictures_near_is_bright():
     assert turbo.shape == (1, 2, 2, 3) and turbo[0, 0, 0, 0] > turbo[0, 0, 0, 2]  # near: red
     with pytest.raises(ValueError, match="far > near"):
         depth_to_uint8(depth, 2.7, 2.3)
+
+
+def test_workflow_targets_use_the_models_camera_geometry(tmp_path, head):
+    n = 8
+    tracked = eg3d_camera(np.linspace(-5, 5, n), np.zeros(n), np.zeros(n), **ORBIT)
+    data = SubjectData(torch.tensor(tracked, dtype=torch.float32), np.arange(n) < 5, conditions(n))
+    # A novel view replaces the held-out frames' cameras only, with the model's geometry.
+    cams = novel_view_cameras(head, data, "30_-20")
+    np.testing.assert_array_equal(cams[:5], tracked[:5].astype(np.float32))
+    np.testing.assert_allclose(cams[5:], view_cameras(30, -20, 3, **ORBIT))
+    # Driving audio of 7 frames borrows the held-out frames, played back and forth.
+    cond, drive_cams, order = drive_clip(head, data, np.zeros((7, AUDIO_WINDOW, AUDIO_DIM), np.float32))
+    assert len(cond) == len(drive_cams) == len(order) == 7 and set(order) <= {5, 6, 7}
+    np.testing.assert_array_equal(drive_cams, tracked[order].astype(np.float32))
+    summary = render_target(head, data, tmp_path / "v.mp4", mode="view", view="30_-20", progress=False)
+    assert summary["frames"] == 3
+    with pytest.raises(ValueError, match="render mode must be one of"):
+        render_target(head, data, tmp_path / "x.mp4", mode="orbit")
+    with pytest.raises(ValueError, match="needs a view name"):
+        render_target(head, data, tmp_path / "x.mp4", mode="view")
+    with pytest.raises(ValueError, match="needs the driving audio"):
+        render_target(head, data, tmp_path / "x.mp4", mode="drive")
+    assert not (tmp_path / "x.mp4").exists()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import NET, talking_disc, tiny_prior
+from conftest import NET, REPO_ROOT, talking_disc, tiny_prior
 
 from talk3d_core.camera import eg3d_camera
 from talk3d_core.model.deltaplane import DeltaplaneConfig
@@ -170,7 +169,7 @@ def test_configs_from_settings_follow_the_config_files():
 
     from talk3d_core.util.config import load_schema, validate_config
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO_ROOT
     schema = load_schema(root / "workflow/schemas/config.schema.yaml")
     cpu = validate_config(yaml.safe_load((root / "config/config.yaml").read_text()), schema)["train"]
     net, cfg = configs_from_settings(cpu)

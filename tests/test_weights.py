@@ -17,6 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
 from talk3d_core.util.weights import (
     DEFAULT_SCHEMA_PATH,
@@ -30,7 +31,6 @@ from talk3d_core.util.weights import (
     sha256_file,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = bytes(range(256)) * 40 + b"tail"  # 10244 bytes: several reads, not a round number
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
@@ -392,7 +392,7 @@ def test_schema_is_valid_and_documents_every_key() -> None:
 
 
 def test_shipped_manifest_is_valid() -> None:
-    entries = load_manifest(REPO / "resources" / "weights" / "manifest.yaml")
+    entries = load_manifest(REPO_ROOT / "resources" / "weights" / "manifest.yaml")
     for entry in entries:
         assert entry.url.startswith(("https://", "http://", "file://"))
 

@@ -7,6 +7,7 @@ stops the run before any job, naming the key or file.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, SHARED_DATA, random_generator, write_snapshot
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import (
     ConfigSettings,
@@ -29,25 +31,15 @@ from talk3d_core.demo import make_demo_clip
 from talk3d_core.util.media import ffmpeg_exe
 
 pytestmark = pytest.mark.workflow
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A copy of the workflow, library and config, with one short subject and a driving audio."""
     for name in ["workflow", "talk3d_core", "config"]:
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    # A few prior steps are enough to exercise the stage; the real step budget is for real runs.
-    config_yaml = tmp_path / "config/config.yaml"
-    text = config_yaml.read_text().replace("  steps: 1500\n", "  steps: 6\n")
-    text = text.replace("  steps: 3000\n", "  steps: 4\n").replace("  sr_steps: 300\n", "  sr_steps: 2\n")
-    # One novel view and a small FID reference set exercise the render and evaluation stages.
-    text = text.replace("    yaw: [-30, -15, 15, 30]\n", "    yaw: [30]\n")
-    text = text.replace("    pitch: [-20, -10, 10, 20]\n", "    pitch: [-20]\n")
-    text = text.replace("  fid_reference_frames: 500\n", "  fid_reference_frames: 8\n")
-    config_yaml.write_text(text)
+        shutil.copytree(REPO_ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "resources/weights").mkdir(parents=True)
-    shutil.copy(ROOT / "resources/weights/manifest.yaml", tmp_path / "resources/weights/manifest.yaml")
+    shutil.copy(REPO_ROOT / "resources/weights/manifest.yaml", tmp_path / "resources/weights/manifest.yaml")
     # A short synthetic talking face (the demo generator) so every preprocessing stage has a face.
     make_demo_clip(tmp_path / "clip.mp4", duration_s=3.2, size=256, seed=3)
     subprocess.run(
@@ -63,11 +55,33 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
+# Tiny budgets, set through Snakemake's config API like a user's --config (merged key by key over
+# config/config.yaml): a few prior and training steps exercise each stage, one novel view and a small
+# FID reference set the render and evaluation stages. The zoomed mouth loss is on, so it runs through
+# the workflow too.
+BUDGETS = {
+    "prior": {"steps": 6},
+    "train": {"steps": 4, "sr_steps": 2, "weight_mouth_zoom": 1.0, "mouth_zoom": 8},
+    "render": {"views": {"yaw": [30], "pitch": [-20]}},
+    "evaluate": {"fid_reference_frames": 8},
+}
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base`` key by key (nested dicts too), as Snakemake merges --config."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
 def run(project: Path, targets: list[str], config: dict | None = None, dryrun: bool = False) -> None:
     with SnakemakeApi(OutputSettings(quiet={Quietness.PROGRESS, Quietness.RULES})) as api:
         workflow = api.workflow(
             resource_settings=ResourceSettings(cores=2),
-            config_settings=ConfigSettings(config=config or {}),
+            config_settings=ConfigSettings(config=merged(BUDGETS, config or {})),
             snakefile=project / "workflow/Snakefile",
             workdir=project,
         )
@@ -114,6 +128,10 @@ def test_reruns_only_what_changed(project):
     assert {"psnr", "ssim", "lpips", "lmd", "aue", "idsim", "fid", "lse_c", "lse_d"} <= set(metrics.metric)
     missing = metrics[metrics.status != "ok"]
     assert (missing.reason != "").all() and missing.value.isna().all()
+    # The budgets reached the stages, and the zoomed mouth loss trained in the main stage.
+    log = [json.loads(line) for line in (out / "train/train_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["main"] * 4 + ["sr"] * 2
+    assert all(r["mouth_zoom"] > 0 for r in log if r["stage"] == "main")
     first = mtimes(project)
 
     run(project, ALL)  # nothing changed: nothing runs
@@ -164,11 +182,6 @@ def test_reruns_only_what_changed(project):
 def test_pretrained_mode_personalizes_an_eg3d_pickle(project):
     """prior.mode pretrained: a missing checkpoint stops before any job, naming the key and file; an
     NVlabs-layout pickle (tiny random generator) is personalized and writes the stage's outputs."""
-    import json
-
-    import pandas as pd
-    from test_personalize import random_generator, write_snapshot
-
     settings = {"mode": "pretrained", "checkpoint": "eg3d.pkl", "plane_axes": "fixed"}
     with pytest.raises(Exception, match=r"prior\.checkpoint: eg3d\.pkl does not exist"):
         run(project, ["results/clip/prior/P_id.pt"], config={"prior": settings})
@@ -219,7 +232,7 @@ def test_demo_subject_end_to_end(project):
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "snakemake", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
     )
 
 
@@ -267,12 +280,11 @@ def test_weights_rule_fetches_manifest_entries(project):
     assert (project / "results/logs/weights/toy/model.bin.log").is_file()
 
 
-SHARED = ROOT.parent / "shared" / "data"
-
-
-@pytest.mark.skipif(not (SHARED / "videos/no_face.mp4").is_file(), reason="../shared/data not present")
+@pytest.mark.skipif(not (SHARED_DATA / "videos/no_face.mp4").is_file(), reason="../shared/data not present")
 def test_clip_without_a_face_fails_clearly_and_keeps_ingest(project):
-    (project / "config/subjects.tsv").write_text(f"name\tvideo\nscenery\t{SHARED / 'videos/no_face.mp4'}\n")
+    (project / "config/subjects.tsv").write_text(
+        f"name\tvideo\nscenery\t{SHARED_DATA / 'videos/no_face.mp4'}\n"
+    )
     with pytest.raises(WorkflowError):
         run(project, ["results/scenery/landmarks.parquet"])
     log = (project / "results/scenery/logs/landmarks.log").read_text()

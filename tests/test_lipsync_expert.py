@@ -21,8 +21,6 @@ from talk3d_core.nets.lipsync_expert import (
     wav2lip_mel,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def _random_expert(seed: int = 0) -> SyncNetColor:
     """A randomly initialised expert whose BatchNorm statistics are not the defaults (so that a
