@@ -6,12 +6,6 @@ from talk3d_core.util.logs import log_to
 with log_to(snakemake.log[0]):
     inp, out = snakemake.input, snakemake.output
     ablation_stage(
-        model_pt=inp.model,
-        features_parquet=inp.features,
-        prior_frames=inp.prior_frames,
-        crops=inp.crops,
-        masks=inp.masks,
-        settings=snakemake.params.ablation,
-        metrics_json=out.metrics,
-        sheet_png=out.sheet,
-    )
+        model_pt=inp.model, features_parquet=inp.features, prior_frames=inp.prior_frames, crops=inp.crops,
+        masks=inp.masks, settings=snakemake.params.ablation, metrics_json=out.metrics, sheet_png=out.sheet,
+    )  # fmt: skip

@@ -6,20 +6,10 @@ from talk3d_core.util.logs import log_to
 with log_to(snakemake.log[0]):
     inp, out, params = snakemake.input, snakemake.output, snakemake.params
     evaluate_stage(
-        model_pt=inp.model,
-        features_parquet=inp.features,
-        prior_frames=inp.prior_frames,
-        crops=inp.crops,
-        masks=inp.masks,
-        audio_wav=inp.audio,
+        model_pt=inp.model, features_parquet=inp.features, prior_frames=inp.prior_frames, crops=inp.crops,
+        masks=inp.masks, audio_wav=inp.audio,
         drives=dict(zip(params.drives, zip(inp.drive_features, inp.drive_audio, strict=True), strict=True)),
-        settings=params.evaluate,
-        views=params.views,
-        drive_camera=params.drive_camera,
-        fps=params.fps,
-        metrics_parquet=out.metrics,
-        views_png=out.views,
-        weights_dir=snakemake.params.weights["dir"],
-        manifest=snakemake.params.weights["manifest"],
-        subject=snakemake.wildcards.subject,
-    )
+        settings=params.evaluate, views=params.views, drive_camera=params.drive_camera, fps=params.fps,
+        metrics_parquet=out.metrics, views_png=out.views, weights_dir=params.weights["dir"],
+        manifest=params.weights["manifest"], subject=snakemake.wildcards.subject,
+    )  # fmt: skip

@@ -4,17 +4,10 @@ from talk3d_core.prior import prior_stage
 from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]):
-    inp, out = snakemake.input, snakemake.output
+    inp, out, params = snakemake.input, snakemake.output, snakemake.params
     prior_stage(
-        crops=inp.crops,
-        masks=inp.masks,
-        camera_parquet=inp.camera,
-        crop_parquet=inp.crop,
-        features_parquet=inp.features,
-        checkpoint=inp.checkpoint or None,
-        settings=snakemake.params.prior,
+        crops=inp.crops, masks=inp.masks, camera_parquet=inp.camera, crop_parquet=inp.crop,
+        features_parquet=inp.features, checkpoint=inp.checkpoint or None, settings=params.prior,
         outputs={k: out[k] for k in ("generator", "identity", "frames", "sheet", "metrics")},
-        weights_dir=snakemake.params.weights["dir"],
-        manifest=snakemake.params.weights["manifest"],
-        run_id=snakemake.params.code,
-    )
+        weights_dir=params.weights["dir"], manifest=params.weights["manifest"], run_id=params.code,
+    )  # fmt: skip

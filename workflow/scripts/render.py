@@ -4,19 +4,10 @@ from talk3d_core.render import render_stage
 from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]):
-    inp, out = snakemake.input, snakemake.output
+    inp, out, params = snakemake.input, snakemake.output, snakemake.params
     render_stage(
-        mode=snakemake.params.mode,
-        model_pt=inp.model,
-        features_parquet=inp.features,
-        prior_frames=inp.prior_frames,
-        audio=inp.audio,
-        settings=snakemake.params.render,
-        fps=snakemake.params.fps,
-        video_mp4=out.video,
-        depth_mp4=out.get("depth"),
-        view=snakemake.params.view,
-        drive_features=inp.get("drive_features"),
-        frames=inp.get("frames"),
-        crop_parquet=inp.get("crop_table"),
-    )
+        mode=params.mode, model_pt=inp.model, features_parquet=inp.features, prior_frames=inp.prior_frames,
+        audio=inp.audio, settings=params.render, fps=params.fps, video_mp4=out.video,
+        depth_mp4=out.get("depth"), view=params.view, drive_features=inp.get("drive_features"),
+        frames=inp.get("frames"), crop_parquet=inp.get("crop_table"),
+    )  # fmt: skip

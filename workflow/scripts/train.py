@@ -4,20 +4,10 @@ from talk3d_core.train import train_stage
 from talk3d_core.util.logs import log_to
 
 with log_to(snakemake.log[0]):
-    inp = snakemake.input
+    inp, out, params = snakemake.input, snakemake.output, snakemake.params
     train_stage(
-        generator_pt=inp.generator,
-        identity_pt=inp.identity,
-        crops=inp.crops,
-        masks=inp.masks,
-        prior_frames=inp.prior_frames,
-        features_parquet=inp.features,
-        audio_wav=inp.audio,
-        settings=snakemake.params.train,
-        fps=snakemake.params.fps,
-        model_pt=snakemake.output.model,
-        curves_png=snakemake.output.curves,
-        weights_dir=snakemake.params.weights["dir"],
-        manifest=snakemake.params.weights["manifest"],
-        run_id=snakemake.params.code,
-    )
+        generator_pt=inp.generator, identity_pt=inp.identity, crops=inp.crops, masks=inp.masks,
+        prior_frames=inp.prior_frames, features_parquet=inp.features, audio_wav=inp.audio,
+        settings=params.train, fps=params.fps, model_pt=out.model, curves_png=out.curves,
+        weights_dir=params.weights["dir"], manifest=params.weights["manifest"], run_id=params.code,
+    )  # fmt: skip
