@@ -674,4 +674,5 @@ def personalize(
     with torch.no_grad():
         prior.w_id.copy_(fit.w_id.cpu())
         prior.offsets.copy_(frames.offsets[torch.as_tensor(train_index)])
+    prior.steps_run = total
     return prior.to(device).requires_grad_(False), cameras, frames.offsets

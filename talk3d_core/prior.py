@@ -233,6 +233,7 @@ def train_scratch_prior(
                     record["l1"],
                     record["ssim"],
                 )
+    model.steps_run = step
     model.eval()
     return model
 
@@ -351,6 +352,7 @@ def write_prior_outputs(
                 "w_id": model.w_id.data,
                 "head_proxy": None if data.proxy is None else data.proxy.as_dict(),
                 "training": training,
+                "steps_run": model.steps_run,
             },
             tmp,
         )
@@ -469,6 +471,7 @@ def prior_stage(
             "P_ID at yaw %+.0f pitch %+.0f: %.1f%% semi-transparent pixels, landmark depth error %.1f mm",
             view["yaw"], view["pitch"], 100 * view["semi_transparent"], view["landmark_depth_mm"],
         )  # fmt: skip
-    metrics |= {"mode": settings["mode"], "head_proxy": proxy.as_dict(), "views": sheet["views"]}
+    metrics |= {"mode": settings["mode"], "steps": model.steps_run, "head_proxy": proxy.as_dict()}
+    metrics["views"] = sheet["views"]
     write_json(outputs["metrics"], metrics)
     return metrics

@@ -384,6 +384,7 @@ def train_deltaplane(
                 sample_sheet(head, data, samples, out_dir / "samples" / f"step_{step:06d}.png")
     if writer is not None:
         writer.close()
+    head.steps_run = {"main": min(step, cfg.steps), "sr": max(0, step - cfg.steps)}
     return head.eval()
 
 
@@ -518,6 +519,7 @@ def train_stage(
         data, prior, out_dir, net_config=net_config, train_config=cfg, sync_audio=sync_audio, nets=nets,
         run_id=run_id, restart_on_mismatch=True, device=device,
     )  # fmt: skip
+    log.info("trained %d main + %d super-resolution steps", head.steps_run["main"], head.steps_run["sr"])
     with atomic_path(model_pt) as tmp:
         torch.save(head.to_dict(), tmp)
     plot_loss_curves(out_dir / "train_log.jsonl", curves_png)

@@ -297,6 +297,8 @@ def write_arcface_manifest(folder: Path, dest: str) -> Path:
 
 
 def persistence_hook(meta: dict[str, Any]) -> Any:
+    """Pickled as torch_utils.persistence._reconstruct_persistent_obj; the loader under test must
+    reconstruct records itself, so this is never called."""
     raise AssertionError("the stand-in persistence hook must never be called")
 
 
@@ -309,6 +311,7 @@ class PlainModuleStandIn:
 
 
 def stand_in_class(module: str, name: str) -> type:
+    """A :class:`PlainModuleStandIn` subclass that pickles as the global ``module.name``."""
     cls = type(name, (PlainModuleStandIn,), {})
     PICKLED_NAMES[cls] = (module, name)
     return cls
@@ -327,6 +330,8 @@ RaySamplerStandIn = stand_in_class("training.volumetric_rendering.ray_sampler", 
 
 
 class NVlabsStylePickler(pickle._Pickler):  # the pure-Python pickler lets us spell globals
+    """Writes the stand-ins of :data:`PICKLED_NAMES` under the NVlabs module and class names."""
+
     def save_global(self, obj: Any, name: str | None = None) -> None:
         spelled = PICKLED_NAMES.get(obj)
         if spelled is None:
@@ -359,6 +364,7 @@ class PersistentStandIn:
 
 
 def plain_stand_in(cls: type, state: dict[str, Any]) -> Any:
+    """An instance of ``cls`` with ``state`` as its __dict__ (pickled by reference, state as dict)."""
     obj = cls.__new__(cls)
     obj.__dict__.update(state)
     return obj

@@ -4,7 +4,14 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from talk3d_core.util.config import ConfigError, load_schema, load_subjects, subject_config, validate_config
+from talk3d_core.util.config import (
+    ConfigError,
+    check_overrides,
+    load_schema,
+    load_subjects,
+    subject_config,
+    validate_config,
+)
 
 CONFIG_SCHEMA = load_schema(REPO_ROOT / "workflow/schemas/config.schema.yaml")
 SUBJECTS_SCHEMA = load_schema(REPO_ROOT / "workflow/schemas/subjects.schema.yaml")
@@ -143,3 +150,26 @@ def test_a_bad_override_is_an_error_naming_the_key():
         subject_config(overridden({"demo": {"train": {"steps": -1}}}), "demo", CONFIG_SCHEMA)
     with pytest.raises(ConfigError, match=r"train\.stpes"):
         subject_config(overridden({"demo": {"train": {"stpes": 10}}}), "demo", CONFIG_SCHEMA)
+
+
+def test_overrides_for_an_unknown_subject_are_an_error_naming_both():
+    config = overridden({"germna": {"train": {"steps": 5}}})
+    with pytest.raises(ConfigError, match=r"'germna' is not a subject.*known: german, cnn"):
+        check_overrides(config, ["german", "cnn"])
+    check_overrides(overridden({"german": {"train": {"steps": 5}}}), ["german", "cnn"])  # a known name
+
+
+def test_nan_and_infinity_are_not_settings():
+    with pytest.raises(ConfigError, match=r"key 'train\.lr': nan is not a finite number"):
+        validate_config({"train": {"lr": float("nan")}}, CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match=r"key 'prior\.weight_l1': inf is not a finite number"):
+        validate_config({"prior": {"weight_l1": float("inf")}}, CONFIG_SCHEMA)
+
+
+def test_no_novel_views_must_be_said_on_purpose():
+    for empty in ({"yaw": []}, {"pitch": []}):
+        with pytest.raises(ConfigError, match=r"render\.views\.(yaw|pitch)': \[\] should be non-empty"):
+            validate_config({"render": {"views": empty}}, CONFIG_SCHEMA)
+    assert validate_config({"render": {"views": "none"}}, CONFIG_SCHEMA)["render"]["views"] == "none"
+    with pytest.raises(ConfigError, match=r"render\.views"):
+        validate_config({"render": {"views": "nothing"}}, CONFIG_SCHEMA)

@@ -101,3 +101,21 @@ def test_load_subject_paints_the_background(tmp_path):
     assert kept.person is None and black.person.sum() == 16
     with pytest.raises(ValueError, match="background must be"):
         load_subject([tmp_path / "c.png"], [tmp_path / "m.png"], cams, np.array([True]), 8, background="blue")
+
+
+def test_fewer_steps_than_a_finished_run_start_over_and_are_recorded(tmp_path):
+    """Lowering the budget after a finished run must not hand on the longer-trained model."""
+    data = tiny_subject()
+    longer = PriorConfig(steps=6, batch_size=2, checkpoint_every=3)
+    shorter = PriorConfig(steps=4, batch_size=2, checkpoint_every=2)
+    assert train_scratch_prior(data, tmp_path / "run", gen_config=TINY, prior_config=longer).steps_run == 6
+    with pytest.raises(ValueError, match="trained for 6 steps, 4 asked"):
+        train_scratch_prior(data, tmp_path / "run", gen_config=TINY, prior_config=shorter)
+    again = train_scratch_prior(
+        data, tmp_path / "run", gen_config=TINY, prior_config=shorter, restart_on_mismatch=True
+    )
+    fresh = train_scratch_prior(data, tmp_path / "fresh", gen_config=TINY, prior_config=shorter)
+    assert again.steps_run == fresh.steps_run == 4
+    a, b = again.state_dict(), fresh.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "run/train_log.jsonl").read_text().splitlines()) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -268,3 +269,21 @@ def test_zoomed_mouth_loss_trains(tmp_path):
     with pytest.raises(ValueError, match="mouth patches of 16 px"):
         bad = TrainConfig(steps=1, sr_steps=0, weight_mouth_zoom=1.0, mouth_zoom=16, **NO_EXTRAS)
         train_deltaplane(data, tiny_prior(), tmp_path / "b", net_config=NET, train_config=bad)
+
+
+def test_fewer_sr_steps_than_a_finished_run_start_over_and_are_recorded(tmp_path):
+    data = talking_disc()
+    longer = TrainConfig(steps=4, sr_steps=3, checkpoint_every=100, sample_every=100, **NO_EXTRAS)
+    shorter = dataclasses.replace(longer, sr_steps=1)
+    head = train_deltaplane(data, tiny_prior(), tmp_path / "run", net_config=NET, train_config=longer)
+    assert head.steps_run == {"main": 4, "sr": 3}
+    again = train_deltaplane(
+        data, tiny_prior(), tmp_path / "run", net_config=NET, train_config=shorter, restart_on_mismatch=True
+    )
+    fresh = train_deltaplane(data, tiny_prior(), tmp_path / "fresh", net_config=NET, train_config=shorter)
+    assert again.steps_run == fresh.steps_run == {"main": 4, "sr": 1}
+    a, b = again.state_dict(), fresh.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The saved model says how it was trained.
+    torch.save(again.to_dict(), tmp_path / "deltaplane.pt")
+    assert load_talking_head(tmp_path / "deltaplane.pt").steps_run == {"main": 4, "sr": 1}

@@ -26,6 +26,7 @@ class PersonalizedGenerator(torch.nn.Module):
             w = self.generator.mapping(z, c)
         self.w_id = torch.nn.Parameter(w.clone())
         self.offsets = torch.nn.Parameter(torch.zeros(n_train, *w.shape[1:]))
+        self.steps_run = 0  # optimiser steps that made it (recorded in the prior's outputs)
 
     def ws(self, index: torch.Tensor | None) -> torch.Tensor:
         """Latents (B, num_ws, w_dim): w_id plus the offsets of training frames ``index`` (None: identity)."""

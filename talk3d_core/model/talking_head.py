@@ -49,6 +49,7 @@ class TalkingHead(nn.Module):
     ) -> None:
         super().__init__()
         self.training_record = dict(training or {})
+        self.steps_run: dict[str, int] = {}  # optimiser steps per stage that made it (train)
         gen = generator.config
         self.generator = generator
         self.generator.requires_grad_(False)
@@ -115,6 +116,7 @@ class TalkingHead(nn.Module):
             "audio_dim": self.audio_dim,
             "audio_window": self.audio_window,
             "training": self.training_record,
+            "steps_run": self.steps_run,
         }
 
 
@@ -159,4 +161,5 @@ def load_talking_head(path: str | os.PathLike[str], device: str | torch.device =
         training=saved["training"],
     )
     head.net.load_state_dict(saved["net"])
+    head.steps_run = dict(saved.get("steps_run", {}))
     return head.to(device).eval()

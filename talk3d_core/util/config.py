@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _fill_defaults(instance: dict[str, Any], schema: Mapping[str, Any]) -> None:
     """Insert the schema's ``default`` values for missing keys, recursing into nested objects."""
+    if not isinstance(instance, dict):  # e.g. render.views: none
+        return
     for key, sub in schema.get("properties", {}).items():
         if key not in instance and "default" in sub:
             instance[key] = copy.deepcopy(sub["default"])
@@ -69,10 +72,37 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any], *, sou
     _fill_defaults(filled, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = [f"{source}: key '{_key_path(e)}': {_describe(e)}" for e in errors]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    lines = [f"{source}: key '{_key_path(e)}': {_describe(e)}" for e in errors]
+    # JSON Schema's numbers admit NaN and infinity (YAML's .nan, .inf); no setting means either.
+    lines += [f"{source}: key '{key}': {value} is not a finite number" for key, value in _non_finite(filled)]
+    if lines:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(sorted(lines)))
     return filled
+
+
+def _non_finite(node: Any, path: str = "") -> Iterable[tuple[str, float]]:
+    """(key path, value) of every NaN or infinite float in a nested config."""
+    if isinstance(node, float) and not math.isfinite(node):
+        yield path, node
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _non_finite(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from _non_finite(value, f"{path}[{i}]")
+
+
+def check_overrides(config: Mapping[str, Any], subjects: Iterable[str]) -> None:
+    """Every ``overrides.<name>`` must name a subject of the table: a typo would otherwise run that
+    subject with the default (full) budgets without a word."""
+    known = list(subjects)
+    unknown = sorted(set(config.get("overrides") or {}) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"config overrides: {', '.join(repr(u) for u in unknown)} "
+            f"{'is not a subject' if len(unknown) == 1 else 'are not subjects'} of the subjects table "
+            f"(known: {', '.join(known) or 'none'})"
+        )
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

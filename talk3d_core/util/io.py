@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,15 +26,29 @@ _FILE_MODE = 0o666 & ~_umask()
 _DIR_MODE = 0o777 & ~_umask()
 
 
+def _remove_stale(folder: Path, prefix: str, suffix: str) -> None:
+    """Remove what a killed earlier write of the same target left: the temporaries beside it named
+    ``prefix`` + 8 random characters (tempfile's) + ``suffix``."""
+    stale = re.compile(re.escape(prefix) + r"[A-Za-z0-9_]{8}" + re.escape(suffix) + "$")
+    for leftover in folder.iterdir():
+        if not stale.match(leftover.name):
+            continue
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary name keeps the suffix of ``path`` so tools that pick a format from the extension
-    (ffmpeg, PIL) still work.
+    (ffmpeg, PIL) still work. Temporaries of ``path`` left by a killed earlier write are removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path.parent, f".{path.stem}.", f".tmp{path.suffix}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -48,9 +63,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``path``; it replaces ``path`` if the block succeeds."""
+    """Yield a fresh temporary directory beside ``path``; it replaces ``path`` if the block succeeds.
+    Temporary directories of ``path`` left by a killed earlier write are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path.parent, f".{path.name}.", ".tmp")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

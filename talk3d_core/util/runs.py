@@ -121,6 +121,16 @@ class Run:
         self.checkpoint = self.out_dir / CHECKPOINT
         self.state = open_checkpoint(self.out_dir, meta, restart_on_mismatch, device, step_key=step_key)
         self.start = 0 if self.state is None else int(self.state[step_key])
+        if self.start > total:
+            # Trained further than now asked: resuming would hand on the longer-trained model as the
+            # result of fewer steps. Start over (or stop, without restart_on_mismatch).
+            if not restart_on_mismatch:
+                asked = f"trained for {self.start} steps, {total} asked"
+                raise ValueError(f"{self.checkpoint}: {asked}; delete it to start over")
+            log.info("%s holds %d steps, %d asked: starting over", self.checkpoint, self.start, total)
+            os.replace(self.checkpoint, self.out_dir / "checkpoint.stale.pt")
+            (self.out_dir / STEP_LOG).unlink(missing_ok=True)
+            self.state, self.start = None, 0
         self._desc, self._progress = desc, progress
         self._log: IO[str] | None = None
         self._bar: Any = None

@@ -11,7 +11,13 @@ REPO_ROOT = Path(workflow.basedir).parent
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
 
-from talk3d_core.util.config import load_schema, load_subjects, subject_config, validate_config
+from talk3d_core.util.config import (
+    check_overrides,
+    load_schema,
+    load_subjects,
+    subject_config,
+    validate_config,
+)
 from talk3d_core.util.provenance import source_hash
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -30,6 +36,9 @@ AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".mp4")
 
 
 # Each subject's settings: the config with its overrides.<name> merged in (validated here too).
+# An override for a name that is not in the table is an error (a typo would run full budgets); the
+# built-in demo subject's overrides in config.yaml stay allowed when a table leaves it out.
+check_overrides(config, [*SUBJECTS, *([] if "demo" in SUBJECTS else ["demo"])])
 SUBJECT_CONFIG = {name: subject_config(config, name, CONFIG_SCHEMA) for name in SUBJECTS}
 
 
@@ -69,6 +78,8 @@ def drive_audio_source(wildcards):
 def view_names():
     """The novel-view grid as view ids '<yaw>_<pitch>' (degrees), every yaw with every pitch."""
     views = config["render"]["views"]
+    if views == "none":  # no novel views, said on purpose
+        return []
     return [f"{yaw}_{pitch}" for yaw in views["yaw"] for pitch in views["pitch"]]
 
 
