@@ -58,8 +58,8 @@ ALIGN_POINTS = (
 META_KEY = b"talk3d"
 _VECTOR_COLUMNS = {"affine": 6, "inverse": 6, "lm68": 136, "align": 10}
 _COLUMNS = ("frame", *_VECTOR_COLUMNS)
-# zlib level 1 with "up" prediction, as for the ingested frames: 6.8 ms per 512 crop against 11.7 ms
-# for OpenCV's default filter at the same level and 17 ms at level 3, for files within 10%.
+# zlib level 1 with "up" prediction, as for the ingested frames: faster, files barely larger.
+# Measured rationale: docs/decisions.md#frame-png-compression
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 JITTER_REFERENCE_SIZE = 512
 

@@ -10,10 +10,9 @@ Two backends produce it:
     so it does not change with face size, in-plane rotation or translation. The two eyes are
     averaged weighted by their widths, so under yaw the foreshortened far eye (whose landmarks are
     also the least reliable) counts less. A running median over the frames is available but off by
-    default: at 25 fps a fast blink is fully closed in a single frame, and a 3-frame median halves
-    it (demo clip: blink depth 0.79 -> 0.46 of the open EAR, correlation with the drawn lid closure
-    0.95 -> 0.92), while the clips checked showed no single-frame landmark glitches; a lone glitch
-    frame is not counted as a blink anyway (blinks must span 2 frames). The open-eye level is a
+    default: at 25 fps a fast blink is fully closed in a single frame, which a 3-frame median
+    flattens, and a lone glitch frame is not counted as a blink anyway (blinks must span 2 frames).
+    Measured rationale: docs/decisions.md#ear-running-median-off-by-default. The open-eye level is a
     running high percentile of the EAR over a few seconds (eyes are open most of the time), which
     follows slow changes of the open-eye EAR with head pitch, yaw and gaze instead of reading them
     as partial closure. The relative closure ``1 - EAR / open level``
