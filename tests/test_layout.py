@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO_ROOT
 
 import talk3d_core
-from talk3d_core.util.config import load_schema, schema_defaults
+from talk3d_core.util.config import load_schema
 from talk3d_core.util.provenance import PACKAGE_DIR, _imports, _module_file
 
 #: Layers below the stage modules (talk3d_core/<stage>.py); report/ holds rule modules too.
@@ -76,6 +76,14 @@ def test_adapters_are_thin_and_call_one_core_function():
         assert imported, f"{script.name} calls nothing in talk3d_core"
         defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)]
         assert not defs, f"{script.name} defines {[d.name for d in defs]}: that belongs in the core"
+
+
+def schema_defaults(schema: dict, *path: str) -> dict:
+    """The defaults the schema gives the keys of the section at ``path`` (e.g. "prior", "pretrained")."""
+    node = schema
+    for key in path:
+        node = node["properties"][key]
+    return {k: v["default"] for k, v in node.get("properties", {}).items() if "default" in v}
 
 
 def config_classes() -> list[tuple[type, tuple[str, ...]]]:

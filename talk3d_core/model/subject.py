@@ -67,9 +67,6 @@ class FrameConditions:
             "ldm": tensor(self.ldm[frames]),
         }
 
-    def fingerprint(self) -> str:
-        return array_fingerprint(self.audio, self.eye, self.rotation, self.ldm)
-
 
 @dataclass
 class SubjectData:
@@ -111,15 +108,6 @@ class SubjectData:
         if self.proxy is not None:
             digest.update(json.dumps(self.proxy.as_dict(), sort_keys=True).encode())
         return digest.hexdigest()[:16]
-
-
-def array_fingerprint(*arrays: Tensor | np.ndarray | None) -> str:
-    """sha256 (16 hex digits) of the bytes of the given arrays (None skipped)."""
-    digest = hashlib.sha256()
-    for a in arrays:
-        if a is not None:
-            digest.update(np.ascontiguousarray(a.numpy() if isinstance(a, Tensor) else a).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def load_subject(

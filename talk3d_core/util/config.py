@@ -223,11 +223,3 @@ def from_settings(cls: type[T], section: Mapping[str, Any]) -> T:
     if missing:
         raise ConfigError(f"{cls.__name__}: the config section has no {', '.join(missing)}")
     return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
-
-
-def schema_defaults(schema: Mapping[str, Any], *path: str) -> dict[str, Any]:
-    """The defaults the schema gives the keys of the section at ``path`` (e.g. "prior", "pretrained")."""
-    node = schema
-    for key in path:
-        node = node["properties"][key]
-    return {k: v["default"] for k, v in node.get("properties", {}).items() if "default" in v}
