@@ -110,6 +110,45 @@ def _check_not_truncated(decoded_s: float, info: MediaInfo, stream: str) -> None
         )
 
 
+def _audio_fit(
+    decoded: int, needed: int, audio_rate: int, fps: float, max_mismatch_s: float | None
+) -> dict[str, Any]:
+    """How ``decoded`` audio samples are fitted to the ``needed`` ones of the video, and what to say.
+
+    Up to one frame of difference is container rounding and passes silently; more is padded with
+    silence at the end (shorter audio) or trimmed (longer audio), with a warning; more than
+    ``max_mismatch_s`` seconds and a frame (None: no limit) is an error, as the audio is then cut or
+    belongs to another take. Returns padded_s, trimmed_s, padded_from_frame (first frame whose audio is partly
+    padding, None without padding), warning and error (texts, empty when there is nothing to say).
+    """
+    padded, trimmed = max(0, needed - decoded), max(0, decoded - needed)
+    fit: dict[str, Any] = {
+        "padded_s": round(padded / audio_rate, 4),
+        "trimmed_s": round(trimmed / audio_rate, 4),
+        "padded_from_frame": int(decoded * fps // audio_rate) if padded else None,
+        "warning": "",
+        "error": "",
+    }
+    mismatch_s = (padded + trimmed) / audio_rate
+    if mismatch_s * fps <= 1:
+        return fit
+    what = (
+        f"{fit['padded_s']:.2f} s of silence padded at the end (from frame {fit['padded_from_frame']})"
+        if padded
+        else f"{fit['trimmed_s']:.2f} s trimmed from the end"
+    )
+    # The frame of slack is the rounding allowed above (encoders pad a track's last packet).
+    if max_mismatch_s is not None and mismatch_s > max_mismatch_s + 1 / fps:
+        fit["error"] = (
+            f"{mismatch_s:.2f} s apart, more than ingest.max_audio_mismatch_s = {max_mismatch_s} s: the "
+            "audio is cut or belongs to another take (raise the setting, or null, to accept it with "
+            f"{what})"
+        )
+    else:
+        fit["warning"] = f"audio and video differ by {mismatch_s:.2f} s: {what}"
+    return fit
+
+
 def _fit_samples(pcm: np.ndarray, n_samples: int) -> np.ndarray:
     """Zero-pad or trim int16 ``pcm`` (n,) at the end to exactly ``n_samples``."""
     if pcm.size >= n_samples:
@@ -127,6 +166,7 @@ def ingest_video(
     audio_rate: int = 16000,
     audio: str | os.PathLike[str] | None = None,
     min_duration_s: float = 3.0,
+    max_audio_mismatch_s: float | None = 0.5,
     max_side: int | None = None,
     image_format: str = "png",
     threads: int = 2,
@@ -144,6 +184,9 @@ def ingest_video(
         audio: a separate audio file (any format, or a video whose first audio stream is used)
             that replaces the video's own sound; required when the video has no audio stream.
         min_duration_s: shorter clips are rejected.
+        max_audio_mismatch_s: audio whose length differs from the video's by more than this many
+            seconds is an error (None: padded or trimmed with a warning). Differences over one frame
+            are logged and recorded in the metadata (audio_padded_s, audio_trimmed_s).
         max_side: downscale (area filter) so the longest stored side is at most this many pixels
             (both sides even); None keeps the source size. Never upscales.
         image_format: "png" (lossless, fast zlib level) or "jpg".
@@ -154,7 +197,8 @@ def ingest_video(
 
     Raises:
         MediaError: naming the file, when it is missing, not media, has no video stream, has no
-            audio and no ``audio`` was given, is truncated or fails to decode, or is too short.
+            audio and no ``audio`` was given, is truncated or fails to decode, or is too short, or when
+            the audio's length is more than ``max_audio_mismatch_s`` from the video's.
     """
     video = Path(video)
     if image_format not in IMAGE_FORMATS:
@@ -234,12 +278,11 @@ def ingest_video(
 
         pcm = np.fromfile(tmp_wav, dtype="<i2").astype(np.int16)
         n_samples = round(n_frames * audio_rate / fps)
-        shortfall_s = (n_samples - pcm.size) / audio_rate
-        if shortfall_s > max(MAX_SHORTFALL_S, (1 - MIN_DECODED_FRACTION) * decoded_s):
-            source = audio_info.path
+        fit = _audio_fit(pcm.size, n_samples, audio_rate, fps, max_audio_mismatch_s)
+        if fit["error"]:
             raise MediaError(
-                f"{source}: its audio decodes to {pcm.size / audio_rate:.2f} s but the video {video} "
-                f"lasts {decoded_s:.2f} s; the audio is truncated or does not belong to this clip"
+                f"{audio_info.path}: its audio decodes to {pcm.size / audio_rate:.2f} s but the video "
+                f"{video} lasts {decoded_s:.2f} s, {fit['error']}"
             )
         write_wav(tmp_wav, _fit_samples(pcm, n_samples), audio_rate)
 
@@ -268,6 +311,9 @@ def ingest_video(
         "audio_decoded_samples": int(pcm.size),
         "audio_samples": n_samples,
         "audio_rate": audio_rate,
+        "audio_padded_s": fit["padded_s"],
+        "audio_trimmed_s": fit["trimmed_s"],
+        "audio_padded_from_frame": fit["padded_from_frame"],
         "ffmpeg": ffmpeg_exe(),
         "ffmpeg_version": ffmpeg_version(),
     }
@@ -275,6 +321,8 @@ def ingest_video(
     log.info(
         "%s: %d frames %dx%d at %s fps, %d audio samples", video, n_frames, width, height, fps, n_samples
     )
+    if fit["warning"]:
+        log.warning("%s: %s", audio_info.path, fit["warning"])
     return meta
 
 

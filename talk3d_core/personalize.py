@@ -541,7 +541,7 @@ def personalize(
             ``train_log.jsonl`` (one line per step: stage, step, global_step, loss terms, seconds).
         run_id: e.g. a code hash; with the settings, data, poses and the starting generator's weights
             it keys the checkpoint. A checkpoint keyed otherwise is an error, or with
-            ``restart_on_mismatch`` is set aside as ``checkpoint.stale.pt``.
+            ``restart_on_mismatch`` is parked in ``checkpoints/`` by its settings.
         nets: the optional LPIPS and identity losses (default: whichever load here, ArcFace from
             ``weights_dir`` and ``manifest``, by default resources/weights).
         max_steps: run at most this many optimiser steps in this call, then checkpoint and raise

@@ -161,8 +161,9 @@ def train_scratch_prior(
     Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, and one JSON line per
     step to ``train_log.jsonl`` (step, loss terms, seconds). A checkpoint written with other
     settings (or another ``run_id``, e.g. a code hash) is an error, or with ``restart_on_mismatch``
-    is set aside as ``checkpoint.stale.pt`` and training starts over. ``device`` defaults to CUDA
-    when available; the data stays on the CPU and each batch is moved.
+    is parked in ``checkpoints/`` (see :func:`~talk3d_core.util.runs.open_checkpoint`) and training
+    starts over (these settings again resume it). ``device`` defaults to CUDA when available; the data
+    stays on the CPU and each batch is moved.
     """
     cfg = prior_config
     train_index = np.flatnonzero(data.train)

@@ -245,10 +245,10 @@ def train_deltaplane(
     (default :func:`loss_nets` with no lip-sync expert weights). Writes ``checkpoint.pt`` every
     ``checkpoint_every`` steps and at the end of each stage, ``train_log.jsonl``, ``tensorboard/`` and
     ``samples/step_XXXXXX.png``. A checkpoint of other settings (or another ``run_id``, e.g. the code
-    hash) is an error, or with ``restart_on_mismatch`` set aside. ``on_checkpoint(head, step, stage)``
-    runs after each checkpoint is written (e.g. to score the model at chosen steps); the head is in
-    eval mode during the call, and since every step reseeds the random generator, what the call draws
-    does not change the training.
+    hash) is an error, or with ``restart_on_mismatch`` parked in ``checkpoints/``.
+    ``on_checkpoint(head, step, stage)`` runs after each checkpoint is written (e.g. to score the model
+    at chosen steps); the head is in eval mode during the call, and since every step reseeds the
+    random generator, what the call draws does not change the training.
     """
     from tensorboardX import SummaryWriter
 

@@ -95,6 +95,7 @@ def test_audio_starting_late_stays_in_sync(make_clip, tmp_path):
     samples = check_outputs(tmp_path, meta).astype(np.float64)
     assert np.abs(samples[:7800]).max() < 100
     assert np.sqrt(np.mean(samples[8400:12000] ** 2)) > 1000
+    assert meta["audio_trimmed_s"] == pytest.approx(0.5, abs=0.01)  # the track runs on past the video
 
 
 def test_rotation_is_applied(make_clip, tmp_path):
@@ -131,7 +132,7 @@ def test_other_pipeline_rate(make_clip, tmp_path):
 
 @pytest.mark.parametrize("audio_fmt", ["wav", "mp3"])
 def test_separate_audio(make_clip, make_audio, tmp_path, audio_fmt):
-    audio = make_audio(fmt=audio_fmt, duration=3.5, tone=1000.0)
+    audio = make_audio(fmt=audio_fmt, duration=3.0, tone=1000.0)
     meta = ingest(make_clip(audio=False), tmp_path, audio=audio)
     samples = check_outputs(tmp_path, meta)
     assert meta["audio_source"] == str(audio) and meta["audio_source_rate"] == 44100
@@ -139,6 +140,42 @@ def test_separate_audio(make_clip, make_audio, tmp_path, audio_fmt):
     # A separate file also replaces a soundtrack the video has (440 Hz here).
     meta = ingest(make_clip(), tmp_path, audio=audio)
     assert peak_hz(check_outputs(tmp_path, meta)) == pytest.approx(1000, abs=2)
+
+
+@pytest.mark.parametrize(
+    ("audio_s", "limit", "padded_s", "trimmed_s"),
+    [(3.02, 0.5, 0.0, 0.02), (3.3, 0.5, 0.0, 0.3), (2.75, 0.5, 0.25, 0.0), (2.4, None, 0.6, 0.0)],
+)
+def test_audio_of_another_length_is_fitted_logged_and_recorded(
+    make_clip, make_audio, tmp_path, caplog, audio_s, limit, padded_s, trimmed_s
+):
+    """Within a frame: silent. More: padded or trimmed at the end, with a warning and meta.json figures."""
+    audio = make_audio(duration=audio_s)
+    meta = ingest(make_clip(audio=False), tmp_path, audio=audio, max_audio_mismatch_s=limit)
+    check_outputs(tmp_path, meta)
+    assert meta["audio_padded_s"] == pytest.approx(padded_s, abs=0.01)
+    assert meta["audio_trimmed_s"] == pytest.approx(trimmed_s, abs=0.01)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if padded_s + trimmed_s > 1 / 25:
+        assert len(warned) == 1 and f"{padded_s or trimmed_s:.2f} s" in warned[0], warned
+    else:
+        assert not warned
+    if padded_s:
+        first = meta["audio_padded_from_frame"]
+        assert first == int(audio_s * 25) and meta["n_frames"] - first == pytest.approx(padded_s * 25, abs=1)
+        samples, _ = read_wav(tmp_path / "audio.wav")
+        assert not samples[round((first + 1) * 16000 / 25) :].any()  # silence from there on
+    else:
+        assert meta["audio_padded_from_frame"] is None
+
+
+@pytest.mark.parametrize("audio_s", [2.0, 4.0], ids=["cut audio", "another take"])
+def test_audio_far_from_the_video_length_is_an_error(make_clip, make_audio, tmp_path, audio_s):
+    out = tmp_path / "out"
+    pattern = r"audio\d+\.wav: .* 1\.00 s apart, more than ingest\.max_audio_mismatch_s"
+    with pytest.raises(MediaError, match=pattern):
+        ingest(make_clip(audio=False), out, audio=make_audio(duration=audio_s))
+    assert_nothing_written(out)
 
 
 def test_awkward_paths(make_clip, tmp_path):
@@ -176,7 +213,7 @@ def truncated_copy(clip: Path, dest: Path, keep: float = 0.6) -> Path:
         ("cut_index_at_end", r"cut\.mp4: cannot be opened .* truncated"),
         ("cut_faststart", r"cut\.mp4: (decode errors|truncated)"),
         ("too_short", r"clip\d+\.mp4: clip is 2\.\d+ s long, shorter than the minimum 3\.0 s"),
-        ("short_audio", r"audio\d+\.wav: its audio decodes to 1\.00 s but the video .* lasts 3\.\d+ s"),
+        ("short_audio", r"audio\d+\.wav: its audio decodes to 1\.00 s but .* 3\.\d+ s, 2\.00 s apart"),
         ("missing_audio", r"gone\.wav: file not found"),
     ],
 )

@@ -399,7 +399,7 @@ def test_checkpoint_of_other_settings_is_refused_or_set_aside(tmp_path: Path):
         run(scene, tmp_path / "c", cfg=dataclasses.replace(TINY_RUN, lr_latent=0.02))
     with pytest.raises(StepBudgetExhausted):
         run(scene, tmp_path / "c", max_steps=1, run_id="new code", restart_on_mismatch=True)
-    assert (tmp_path / "c" / "checkpoint.stale.pt").is_file()
+    assert len(list((tmp_path / "c" / "checkpoints").glob("*-000000002.pt"))) == 1
     assert len((tmp_path / "c" / "train_log.jsonl").read_text().splitlines()) == 1
 
 

@@ -60,15 +60,37 @@ def test_resume_refuses_other_settings(tmp_path):
         train_scratch_prior(data, tmp_path, gen_config=TINY, prior_config=PriorConfig(steps=2, batch_size=3))
 
 
-def test_restart_on_mismatch_sets_the_old_checkpoint_aside(tmp_path):
+def test_restart_parks_the_old_checkpoint_and_switching_back_resumes_it(tmp_path):
+    """A re-run with other settings must not throw away a finished prior: it is kept by its settings."""
     data = tiny_subject()
-    train_scratch_prior(data, tmp_path, gen_config=TINY, prior_config=PriorConfig(steps=2, batch_size=2))
+    cfg = PriorConfig(steps=3, batch_size=2)
+    first = train_scratch_prior(data, tmp_path, gen_config=TINY, prior_config=cfg)
     train_scratch_prior(
-        data, tmp_path, gen_config=TINY, prior_config=PriorConfig(steps=2, batch_size=2), run_id="new code",
-        restart_on_mismatch=True,
-    )  # fmt: skip
-    assert (tmp_path / "checkpoint.stale.pt").is_file()
-    assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
+        data, tmp_path, gen_config=TINY, prior_config=cfg, run_id="new code", restart_on_mismatch=True
+    )
+    parked = list((tmp_path / "checkpoints").glob("*.pt"))
+    assert [p.stem.rpartition("-")[2] for p in parked] == ["000000003"]
+    assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 3  # the new run's own log
+    # Back to the first settings: the parked run resumes at its last step, no step runs again.
+    back = train_scratch_prior(data, tmp_path, gen_config=TINY, prior_config=cfg, restart_on_mismatch=True)
+    assert back.steps_run == 3
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in first.state_dict().items())
+    log = [json.loads(r) for r in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    # Both runs are kept: the "new code" one is parked now.
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1
+    assert not list((tmp_path / "checkpoints").glob(f"{parked[0].stem}.*"))
+
+
+def test_divergence_names_only_a_checkpoint_that_exists(tmp_path):
+    from talk3d_core.util.runs import check_finite
+
+    terms, values = {"l1": None, "ssim": None}, [0.5, float("nan")]
+    with pytest.raises(FloatingPointError, match=r"non-finite ssim\); no checkpoint was written yet in"):
+        check_finite(terms, values, "prior", 1, tmp_path / "checkpoint.pt")
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(FloatingPointError, match=r"checkpoint\.pt holds the last good state"):
+        check_finite(terms, values, "prior", 1, tmp_path / "checkpoint.pt")
 
 
 def test_checkpoint_of_other_data_is_not_resumed(tmp_path):

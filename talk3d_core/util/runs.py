@@ -3,8 +3,9 @@ that shapes the result, per-step seeding, a JSON-lines step log and a progress b
 
 A run in ``out_dir`` keeps ``checkpoint.pt`` (atomic writes) and ``train_log.jsonl`` (one line per
 step). A checkpoint is resumed only when its ``meta`` (settings, code hash, data fingerprints) equals
-the new run's; every step reseeds torch from (seed, step), so a killed run continued later ends
-with the same weights as an uninterrupted one.
+the new run's; checkpoints of other settings are parked in ``checkpoints/`` rather than deleted, so
+switching back resumes them. Every step reseeds torch from (seed, step), so a killed run continued
+later ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 STEP_LOG = "train_log.jsonl"
+PARKED = "checkpoints"  # checkpoints of other settings, by settings key and step count
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -63,26 +65,85 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return fingerprint(*(state[k] for k in sorted(state)), names=sorted(state))
 
 
-def open_checkpoint(
-    out_dir: Path, meta: dict[str, Any], restart_on_mismatch: bool, device: torch.device, *, step_key: str
-) -> dict[str, Any] | None:
-    """The state in ``out_dir/checkpoint.pt`` to resume from, or None to start over.
+def _settings_key(meta: dict[str, Any]) -> str:
+    """16 hex digits naming a run's settings (its ``meta``) among the parked checkpoints."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
-    A checkpoint resumes only when its ``meta`` equals ``meta`` (settings, code, data); the lines of
-    ``train_log.jsonl`` past its ``state[step_key]`` are dropped, as those steps run again. Another
-    meta is an error, or with ``restart_on_mismatch`` the file is set aside as
-    ``checkpoint.stale.pt``. Without a checkpoint to resume, the log is deleted.
+
+def _park(out_dir: Path, state: dict[str, Any], step_key: str) -> Path:
+    """Move ``checkpoint.pt`` and its step log into ``checkpoints/`` under its settings key and step,
+    so switching back to those settings resumes it instead of starting over."""
+    parked = out_dir / PARKED / f"{_settings_key(state['meta'])}-{int(state[step_key]):09d}"
+    parked.parent.mkdir(exist_ok=True)
+    os.replace(out_dir / CHECKPOINT, parked.with_suffix(".pt"))
+    log_path = out_dir / STEP_LOG
+    if log_path.is_file():
+        os.replace(log_path, parked.with_suffix(".jsonl"))
+    return parked.with_suffix(".pt")
+
+
+def _unpark(out_dir: Path, meta: dict[str, Any], total: int) -> Path | None:
+    """Move back the parked checkpoint of ``meta``'s settings that ran the most steps, at most
+    ``total``; returns where it was parked, or None when there is none."""
+    key = _settings_key(meta)
+    found = []
+    for path in (out_dir / PARKED).glob(f"{key}-*.pt"):
+        steps = path.stem.rpartition("-")[2]
+        if steps.isdigit() and int(steps) <= total:
+            found.append((int(steps), path))
+    if not found:
+        return None
+    _, path = max(found)
+    os.replace(path, out_dir / CHECKPOINT)
+    log_path = path.with_suffix(".jsonl")
+    if log_path.is_file():
+        os.replace(log_path, out_dir / STEP_LOG)
+    else:
+        (out_dir / STEP_LOG).unlink(missing_ok=True)
+    return path
+
+
+def _load(checkpoint: Path, device: torch.device) -> dict[str, Any]:
+    return torch.load(checkpoint, map_location=device, weights_only=True)
+
+
+def open_checkpoint(
+    out_dir: Path,
+    meta: dict[str, Any],
+    restart_on_mismatch: bool,
+    device: torch.device,
+    *,
+    step_key: str,
+    total: int,
+) -> dict[str, Any] | None:
+    """The state to resume from (``out_dir/checkpoint.pt``), or None to start over.
+
+    A checkpoint resumes only when its ``meta`` equals ``meta`` (settings, code, data) and it ran at
+    most ``total`` steps (more would pass a longer-trained model off as the result of fewer). Any
+    other checkpoint is an error, or with ``restart_on_mismatch`` it is parked in ``checkpoints/``
+    under its settings and step count (never deleted), and a parked checkpoint of ``meta``'s own
+    settings is brought back when there is one. The lines of ``train_log.jsonl`` past the resumed
+    ``state[step_key]`` are dropped, as those steps run again; without a checkpoint the log is deleted.
     """
     checkpoint, log_path = out_dir / CHECKPOINT, out_dir / STEP_LOG
-    if not checkpoint.is_file():
-        log_path.unlink(missing_ok=True)
-        return None
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
-    if json.dumps(state["meta"], sort_keys=True) != json.dumps(meta, sort_keys=True):
-        if not restart_on_mismatch:
-            raise ValueError(f"{checkpoint}: written with other settings; delete it to start over")
-        log.info("%s was written with other settings or code: starting over", checkpoint)
-        os.replace(checkpoint, out_dir / "checkpoint.stale.pt")
+    state = _load(checkpoint, device) if checkpoint.is_file() else None
+    if state is not None:
+        same = json.dumps(state["meta"], sort_keys=True) == json.dumps(meta, sort_keys=True)
+        if not same or state[step_key] > total:
+            why = f"trained for {state[step_key]} steps, {total} asked"
+            if not same:
+                why = "written with other settings"
+            if not restart_on_mismatch:
+                raise ValueError(f"{checkpoint}: {why}; delete it (or allow a restart) to start over")
+            parked = _park(out_dir, state, step_key)
+            log.info("%s: %s; kept as %s (these settings again resume it)", checkpoint, why, parked)
+            state = None
+    if state is None:
+        parked = _unpark(out_dir, meta, total)
+        if parked is not None:
+            log.info("%s: resuming the checkpoint of these settings parked as %s", checkpoint, parked)
+            state = _load(checkpoint, device)
+    if state is None:
         log_path.unlink(missing_ok=True)
         return None
     log.info("resuming from %s at %s %d", checkpoint, step_key, state[step_key])
@@ -119,18 +180,10 @@ class Run:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.meta, self.total, self.step_key = meta, total, step_key
         self.checkpoint = self.out_dir / CHECKPOINT
-        self.state = open_checkpoint(self.out_dir, meta, restart_on_mismatch, device, step_key=step_key)
+        self.state = open_checkpoint(
+            self.out_dir, meta, restart_on_mismatch, device, step_key=step_key, total=total
+        )
         self.start = 0 if self.state is None else int(self.state[step_key])
-        if self.start > total:
-            # Trained further than now asked: resuming would hand on the longer-trained model as the
-            # result of fewer steps. Start over (or stop, without restart_on_mismatch).
-            if not restart_on_mismatch:
-                asked = f"trained for {self.start} steps, {total} asked"
-                raise ValueError(f"{self.checkpoint}: {asked}; delete it to start over")
-            log.info("%s holds %d steps, %d asked: starting over", self.checkpoint, self.start, total)
-            os.replace(self.checkpoint, self.out_dir / "checkpoint.stale.pt")
-            (self.out_dir / STEP_LOG).unlink(missing_ok=True)
-            self.state, self.start = None, 0
         self._desc, self._progress = desc, progress
         self._log: IO[str] | None = None
         self._bar: Any = None
@@ -168,10 +221,13 @@ class Run:
 def check_finite(
     terms: dict[str, Any], values: Sequence[float], what: str, step: int, checkpoint: Path
 ) -> None:
-    """Stop on a non-finite loss, naming the terms and the checkpoint that holds the last good state."""
+    """Stop on a non-finite loss, naming the terms and, when it exists, the checkpoint that holds the
+    last good state."""
     if not np.isfinite(values).all():
         bad = [k for k, v in zip(terms, values, strict=True) if not np.isfinite(v)]
-        raise FloatingPointError(
-            f"{what} diverged at step {step} (non-finite {', '.join(bad)}); "
+        kept = (
             f"{checkpoint} holds the last good state"
+            if checkpoint.is_file()
+            else f"no checkpoint was written yet in {checkpoint.parent}"
         )
+        raise FloatingPointError(f"{what} diverged at step {step} (non-finite {', '.join(bad)}); {kept}")

@@ -14,6 +14,7 @@ with log_to(snakemake.log[0]) as log:
         audio_rate=opts["audio_rate"],
         audio=snakemake.input.get("audio"),
         min_duration_s=opts["min_duration_s"],
+        max_audio_mismatch_s=opts["max_audio_mismatch_s"],
         max_side=opts["max_side"],
         image_format=opts["image_format"],
         threads=snakemake.threads,
