@@ -34,6 +34,7 @@ from talk3d_core.util.media import (
     file_url,
     probe,
     run_ffmpeg,
+    still_image_kind,
     write_wav,
 )
 
@@ -206,6 +207,9 @@ def ingest_video(
     if fps <= 0 or audio_rate <= 0:
         raise ValueError(f"fps and audio_rate must be positive, got fps={fps}, audio_rate={audio_rate}")
 
+    image = still_image_kind(video)
+    if image is not None:
+        raise MediaError(f"{video}: is a still image ({image}), not a video; a talking clip is needed")
     info = probe(video)
     vstream = info.video
     if vstream is None:

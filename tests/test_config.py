@@ -3,6 +3,7 @@
 import pytest
 import yaml
 from conftest import REPO_ROOT
+from PIL import Image
 
 from talk3d_core.util.config import (
     ConfigError,
@@ -105,6 +106,45 @@ def test_bad_subject_rows_are_named(tmp_path):
     assert "row 2: column 'name'" in msg  # space in a name
     assert "row 3: column 'video': required but missing" in msg
     assert "row 5: duplicate subject name 'ok2'" in msg
+
+
+@pytest.mark.parametrize(
+    ("cell", "problem"),
+    [
+        ("{dir}", r"video file .*clips is a directory, not a file"),
+        ("/dev/null", r"video file /dev/null is a character device, not a regular file"),
+        ("{empty}", r"video file .*empty\.mp4 is empty \(0 bytes\)"),
+        ("{png}", r"video file .*still\.mp4 is a still image \(PNG\), not a video"),
+    ],
+)
+def test_a_video_that_is_no_file_or_a_still_image_is_named_for_what_it_is(tmp_path, cell, problem):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    Image.new("RGB", (8, 8)).save(tmp_path / "still.mp4", format="PNG")
+    paths = {"dir": tmp_path / "clips", "empty": tmp_path / "empty.mp4", "png": tmp_path / "still.mp4"}
+    table = write_table(tmp_path, f"name\tvideo\nbob\t{cell.format(**paths)}\n")
+    with pytest.raises(ConfigError, match=r"row 2 \(subject 'bob'\): " + problem):
+        load_subjects(table, SUBJECTS_SCHEMA)
+
+
+@pytest.mark.parametrize("audio", ["my speech.wav", ".hidden.wav", "-take.wav", "x" * 65 + ".wav"])
+def test_a_driving_audio_name_that_cannot_name_an_output_is_an_error(tmp_path, audio):
+    """Such a name passed the table and then broke the DAG for every subject (MissingInputException)."""
+    video, drive = tmp_path / "a.mp4", tmp_path / audio
+    video.write_bytes(b"x")
+    drive.write_bytes(b"x")
+    table = write_table(tmp_path, f"name\tvideo\tdrive\nbob\t{video}\t{drive}\n")
+    with pytest.raises(ConfigError, match=r"subject 'bob'\): driving audio .*: its name .* rename the file"):
+        load_subjects(table, SUBJECTS_SCHEMA)
+
+
+def test_a_subject_name_too_long_for_a_file_name_is_an_error(tmp_path):
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"x")
+    table = write_table(tmp_path, f"name\tvideo\n{'a' * 300}\t{video}\n")
+    with pytest.raises(ConfigError, match=r"row 2: column 'name': 'a+' is too long"):
+        load_subjects(table, SUBJECTS_SCHEMA)
+    load_subjects(write_table(tmp_path, f"name\tvideo\n{'a' * 64}\t{video}\n"), SUBJECTS_SCHEMA)
 
 
 def test_unknown_column_is_named(tmp_path):

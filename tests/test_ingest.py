@@ -215,6 +215,8 @@ def truncated_copy(clip: Path, dest: Path, keep: float = 0.6) -> Path:
         ("too_short", r"clip\d+\.mp4: clip is 2\.\d+ s long, shorter than the minimum 3\.0 s"),
         ("short_audio", r"audio\d+\.wav: its audio decodes to 1\.00 s but .* 3\.\d+ s, 2\.00 s apart"),
         ("missing_audio", r"gone\.wav: file not found"),
+        ("still_image", r"photo\.mp4: is a still image \(JPEG\), not a video"),
+        ("directory", r"in: is a directory, not a file"),
     ],
 )
 def test_bad_inputs(make_clip, make_audio, tmp_path, case, pattern):
@@ -237,6 +239,11 @@ def test_bad_inputs(make_clip, make_audio, tmp_path, case, pattern):
         src, audio = make_clip(audio=False), make_audio(duration=1.0)
     elif case == "missing_audio":
         src, audio = make_clip(audio=False), tmp_path / "gone.wav"
+    elif case == "still_image":
+        src = src.with_name("photo.mp4")
+        Image.new("RGB", (64, 64)).save(src, format="JPEG")
+    elif case == "directory":
+        src = src.parent
     out = tmp_path / "out"
     with pytest.raises(MediaError, match=pattern):
         ingest(src, out, audio=audio)

@@ -1,6 +1,8 @@
 """ffmpeg helpers: metadata from `ffmpeg -i` (no ffprobe), WAV I/O, errors that name the file, and the
 streaming H.264/AAC VideoWriter."""
 
+import errno
+import os
 import subprocess
 
 import numpy as np
@@ -16,6 +18,7 @@ from talk3d_core.util.media import (
     probe,
     read_wav,
     run_ffmpeg,
+    still_image_kind,
     write_wav,
 )
 
@@ -60,8 +63,10 @@ def test_probe_rotation(make_clip):
 def test_probe_errors(tmp_path):
     with pytest.raises(MediaError, match=r"missing\.mp4: file not found"):
         probe(tmp_path / "missing.mp4")
-    with pytest.raises(MediaError, match="not a file"):
+    with pytest.raises(MediaError, match="is a directory, not a file"):
         probe(tmp_path)
+    with pytest.raises(MediaError, match=r"/dev/null: is a character device, not a regular file"):
+        probe("/dev/null")
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n" * 20)
     with pytest.raises(MediaError, match=r"notes\.mp4: cannot be opened as a video or audio file"):
@@ -151,6 +156,25 @@ def test_ffmpeg_version():
 def test_run_ffmpeg_error_names_file(tmp_path):
     with pytest.raises(MediaError, match=r"my clip: ffmpeg failed \(exit"):
         run_ffmpeg(["-i", str(tmp_path / "none.mp4"), "-f", "null", "-"], what="my clip")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_reported_as_such_not_as_the_inputs_fault(make_clip):
+    """/dev/full answers every write with ENOSPC, as a full disk does."""
+    args = ["-y", "-i", str(make_clip()), "-f", "wav", "file:/dev/full"]
+    with pytest.raises(OSError, match=r"no space left on device .* for my clip \(the input is fine") as info:
+        run_ffmpeg(args, what="my clip")
+    assert info.value.errno == errno.ENOSPC and not isinstance(info.value, MediaError)
+
+
+def test_still_images_are_recognised(tmp_path):
+    from PIL import Image
+
+    for fmt, kind in [("PNG", "PNG"), ("JPEG", "JPEG"), ("GIF", "GIF"), ("BMP", "BMP"), ("WEBP", "WEBP")]:
+        Image.new("RGB", (8, 8)).save(tmp_path / "still.mp4", format=fmt)
+        assert still_image_kind(tmp_path / "still.mp4") == kind
+    (tmp_path / "text.mp4").write_text("hello")
+    assert still_image_kind(tmp_path / "text.mp4") is None and still_image_kind(tmp_path) is None
 
 
 def test_wav_round_trip(tmp_path, ffmpeg):

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,14 @@ from typing import Any, TypeVar
 import jsonschema
 import yaml
 
+from talk3d_core.util.io import file_problem
+from talk3d_core.util.media import still_image_kind
+
 T = TypeVar("T")
+# A driving audio's id (its file name without extension) names results/<subject>/drive/<id>.mp4 and
+# must match the workflow's {audio} wildcard; file system names stop at 255 bytes, hence the limits.
+AUDIO_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+MAX_ID_LENGTH = 64
 
 
 class ConfigError(ValueError):
@@ -191,6 +199,14 @@ def load_subjects(
             if not path:
                 continue
             audio_id = Path(path).stem
+            if not re.fullmatch(AUDIO_ID_PATTERN, audio_id) or len(audio_id) > MAX_ID_LENGTH:
+                problems.append(
+                    f"{table} row {lineno} (subject '{name}'): driving audio {path}: its name "
+                    f"'{audio_id}' names results/{name}/drive/{audio_id}.mp4, so it must start with a "
+                    f"letter or digit, hold only letters, digits, '_', '.' and '-', and be at most "
+                    f"{MAX_ID_LENGTH} characters; rename the file"
+                )
+                continue
             if audio_id in drive:
                 problems.append(
                     f"{table} row {lineno}: two driving audio files named '{audio_id}' "
@@ -200,10 +216,14 @@ def load_subjects(
         for column, path in [("video", record["video"]), ("audio", record.get("audio"))] + [
             ("drive", p) for p in drive.values()
         ]:
-            if path and os.path.normpath(path) not in generated and not Path(path).is_file():
-                problems.append(
-                    f"{table} row {lineno} (subject '{name}'): {column} file {path} does not exist"
-                )
+            if not path or os.path.normpath(path) in generated:
+                continue
+            problem = file_problem(path)
+            image = still_image_kind(path) if column == "video" and problem is None else None
+            if image is not None:
+                problem = f"is a still image ({image}), not a video; a talking clip is needed"
+            if problem is not None:
+                problems.append(f"{table} row {lineno} (subject '{name}'): {column} file {path} {problem}")
         subjects[name] = Subject(
             name=name,
             video=record["video"],

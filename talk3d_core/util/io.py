@@ -7,12 +7,33 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as an input file ("does not exist", "is a directory, ...", "is
+    empty"), or None when it is a non-empty regular file."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(mode):
+        kind = "a character device" if stat.S_ISCHR(mode) else "a pipe, socket or device"
+        return f"is {kind}, not a regular file"
+    if path.stat().st_size == 0:
+        return "is empty (0 bytes)"
+    return None
 
 
 def _umask() -> int:

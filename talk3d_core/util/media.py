@@ -10,6 +10,7 @@ ffmpeg-python's graph builder would add nothing here, and its probe needs ffprob
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
 import os
@@ -26,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from talk3d_core.util.io import atomic_path
+from talk3d_core.util.io import atomic_path, file_problem
 
 
 class MediaError(ValueError):
@@ -56,19 +57,55 @@ def ffmpeg_version() -> str:
     return match.group(1) if match else first.strip()
 
 
+def _check_disk_full(err: str, what: str) -> None:
+    """A full disk is the output's problem, not the input's: raise it as such (ENOSPC)."""
+    if "No space left on device" in err:
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on device while ffmpeg wrote the output for {what} (the input is fine; "
+            "free some disk space and run again)",
+        )
+
+
 def run_ffmpeg(args: Sequence[str], *, what: str) -> str:
     """Run ``ffmpeg -hide_banner -nostdin <args>`` and return its stderr text.
 
     ``what`` names the file being processed; a non-zero exit raises :class:`MediaError` with the
-    last lines of ffmpeg's own message.
+    last lines of ffmpeg's own message, or ``OSError(ENOSPC)`` when the disk is full.
     """
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
     proc = subprocess.run(cmd, capture_output=True)
     err = proc.stderr.decode("utf-8", errors="replace")
     if proc.returncode != 0:
+        _check_disk_full(err, what)
         tail = "\n".join(line for line in err.strip().splitlines()[-6:])
         raise MediaError(f"{what}: ffmpeg failed (exit {proc.returncode}):\n{tail}")
     return err
+
+
+# Signatures of still-image files, which ffmpeg opens as a one-frame "video" without sound.
+_IMAGE_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def still_image_kind(path: str | os.PathLike[str]) -> str | None:
+    """ "PNG", "JPEG", "GIF", "BMP", "TIFF" or "WEBP" when ``path`` starts like a still-image file,
+    else None (also for files that cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((kind for magic, kind in _IMAGE_MAGIC.items() if head.startswith(magic)), None)
 
 
 def file_url(path: str | os.PathLike[str]) -> str:
@@ -297,10 +334,11 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
     can open (e.g. a text file, or an mp4 cut before its index).
     """
     path = Path(path)
-    if not path.exists():
+    problem = file_problem(path)
+    if problem == "does not exist":
         raise MediaError(f"{path}: file not found")
-    if not path.is_file():
-        raise MediaError(f"{path}: not a file")
+    if problem is not None:
+        raise MediaError(f"{path}: {problem}")
     # `-i` alone exits 1 ("At least one output file must be specified") after printing the summary.
     proc = subprocess.run(
         [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", file_url(path)], capture_output=True
@@ -493,7 +531,9 @@ class VideoWriter:
         with contextlib.suppress(OSError):
             self._proc.stdin.close()  # type: ignore[union-attr]
         code = self._proc.wait()
-        return MediaError(f"{self.path}: ffmpeg failed {when} (exit {code}):\n{_tail(self._stderr_text())}")
+        text = self._stderr_text()
+        _check_disk_full(text, str(self.path))
+        return MediaError(f"{self.path}: ffmpeg failed {when} (exit {code}):\n{_tail(text)}")
 
     def write(self, frame: np.ndarray) -> None:
         """Append one frame: uint8 RGB (H, W, 3), the same size as the first frame."""

@@ -12,6 +12,7 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
 
 from talk3d_core.util.config import (
+    AUDIO_ID_PATTERN,
     check_overrides,
     load_schema,
     load_subjects,
@@ -49,7 +50,7 @@ def settings(section):
 
 wildcard_constraints:
     subject="|".join(SUBJECTS) or "(?!)",
-    audio=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    audio=AUDIO_ID_PATTERN,
     view=r"-?[0-9]+_-?[0-9]+",
 
 
