@@ -38,6 +38,7 @@ from talk3d_core.report.depth import depth_to_uint8
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.io import atomic_path
 from talk3d_core.util.runs import Run, check_finite, pick_device, seed_step
+from talk3d_core.util.weights import verify_weights
 
 log = logging.getLogger(__name__)
 
@@ -426,9 +427,11 @@ def prior_stage(
 
         if checkpoint is None:
             raise ValueError("prior mode 'pretrained' needs an EG3D checkpoint (prior.checkpoint)")
-        generator = generator_from_checkpoint(
-            load_eg3d_checkpoint(checkpoint), plane_axes=settings["plane_axes"]
+        # Checked against its digest at every load (manifest or recorded), not only when fetched.
+        snapshot = load_eg3d_checkpoint(
+            verify_weights(checkpoint, fetch_hint=f"snakemake --cores 1 {checkpoint}")
         )
+        generator = generator_from_checkpoint(snapshot, plane_axes=settings["plane_axes"])
         gen_config = generator.config
         log.info("pretrained generator: %s (%s axes)", checkpoint, settings["plane_axes"])
     else:

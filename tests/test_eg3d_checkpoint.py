@@ -9,6 +9,7 @@ no fake module is ever put into ``sys.modules``.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from collections import OrderedDict
@@ -369,6 +370,36 @@ def test_unknown_global_is_refused(tmp_path: Path):
     path.write_bytes(pickle.dumps({"G_ema": Path("x")}))  # pathlib is nowhere near the allow-list
 
     with pytest.raises(UnsafePickleError, match=r"pathlib\.(_local\.)?PosixPath"):
+        load_eg3d_checkpoint(path)
+
+
+def _snapshot_bytes(g_ema: Any) -> bytes:
+    """A protocol-2 snapshot (no frames), so opcodes can be spliced into it."""
+    buffer = io.BytesIO()
+    NVlabsStylePickler(buffer, protocol=2, fix_imports=False).dump({"G_ema": g_ema})
+    return buffer.getvalue()
+
+
+def test_a_deeply_nested_pickle_is_a_checkpoint_error(tmp_path: Path):
+    g = _generator(_tensors({"decoder.net.0.bias": (64,)}))
+    g.meta["state"]["rendering_kwargs"] = {"box_warp": "NEST_HERE"}
+    data = _snapshot_bytes(g)
+    marker = b"X\x09\x00\x00\x00NEST_HERE"  # BINUNICODE of the string, as it sits in the file
+    assert data.count(marker) == 1
+    depth = 200_000  # far past Python's recursion limit, tiny on disk
+    path = tmp_path / "deep.pkl"
+    path.write_bytes(data.replace(marker, b"]" * depth + b"a" * (depth - 1)))
+    with pytest.raises(CheckpointError, match=r"deep\.pkl: nested too deeply"):
+        load_eg3d_checkpoint(path)
+
+
+def test_an_array_larger_than_the_file_is_refused_before_allocating(tmp_path: Path):
+    data = pickle.dumps({"G_ema": np.zeros(3)}, protocol=2)
+    empty_shape = b"K\x00\x85"  # the (0,) shape numpy's _reconstruct is called with
+    assert data.count(empty_shape) == 1
+    path = tmp_path / "huge.pkl"  # declares 8 PiB
+    path.write_bytes(data.replace(empty_shape, b"\x8a\x07" + (2**53).to_bytes(7, "little") + b"\x85"))
+    with pytest.raises(CheckpointError, match=r"huge\.pkl: .*larger than the file"):
         load_eg3d_checkpoint(path)
 
 

@@ -40,7 +40,7 @@ from talk3d_core.landmarks import (
 )
 from talk3d_core.util.io import list_frames
 from talk3d_core.util.media import run_ffmpeg
-from talk3d_core.util.weights import WeightsError
+from talk3d_core.util.weights import WeightsError, sha256_file
 
 needs_shared = pytest.mark.skipif(
     not (SHARED_DATA / "videos").is_dir(), reason=f"reference clips not found at {SHARED_DATA}/videos"
@@ -272,10 +272,12 @@ def _tiny_fan_file(path: Path) -> Path:
 
 
 def _manifest(tmp_path: Path) -> Path:
+    """The FAN entry, with the digest of the file installed for the test (a placeholder without)."""
+    installed = tmp_path / "weights" / "face_alignment" / "2DFAN4-test.zip"
     entry = {
         "name": WEIGHTS_NAME,
         "url": "https://example.org/2DFAN4-test.zip",
-        "sha256": "0" * 64,
+        "sha256": sha256_file(installed) if installed.is_file() else "0" * 64,
         "license": "test only",
         "dest": "face_alignment/2DFAN4-test.zip",
     }
@@ -303,8 +305,8 @@ def test_heatmap_decoding():
 
 
 def test_fan_backend_plumbing(tmp_path):
-    manifest = _manifest(tmp_path)
     _tiny_fan_file(tmp_path / "weights" / "face_alignment" / "2DFAN4-test.zip")
+    manifest = _manifest(tmp_path)
     image = np.zeros((300, 400, 3), np.uint8)
     dot = (230.0, 140.0)
     image[139:142, 229:232] = 255
@@ -339,6 +341,16 @@ def test_fan_missing_weights_names_the_fetch_command(tmp_path):
     shipped = REPO_ROOT / "resources" / "weights" / "manifest.yaml"
     with pytest.raises(WeightsError, match=r"snakemake --cores 1 .*2DFAN4"):
         open_backend("face_alignment", weights_dir=tmp_path / "empty", manifest=shipped)
+
+
+def test_a_swapped_torchscript_file_is_refused_when_loaded(tmp_path):
+    installed = tmp_path / "weights" / "face_alignment" / "2DFAN4-test.zip"
+    _tiny_fan_file(installed)
+    manifest = _manifest(tmp_path)
+    with open(installed, "ab") as fh:  # still a loadable zip for torch.jit, but not the pinned file
+        fh.write(b"\0")
+    with pytest.raises(WeightsError, match=r"2DFAN4-test\.zip: sha256 .* the manifest says"):
+        open_backend("face_alignment", weights_dir=tmp_path / "weights", manifest=manifest)
 
 
 # ------------------------------------------------------------------------------ real frames

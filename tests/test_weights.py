@@ -27,8 +27,10 @@ from talk3d_core.util.weights import (
     fetch_command,
     find_entry,
     load_manifest,
+    read_state_dict,
     require,
     sha256_file,
+    verify_weights,
 )
 
 PAYLOAD = bytes(range(256)) * 40 + b"tail"  # 10244 bytes: several reads, not a round number
@@ -133,7 +135,8 @@ def test_fetch_file_url(tmp_path: Path) -> None:
     out = fetch(_entry(src.as_uri()), weights, progress=False)
     assert out == weights / "toy" / "model.bin"
     assert out.read_bytes() == PAYLOAD
-    assert sorted(p.name for p in out.parent.iterdir()) == ["model.bin"]  # no .part left behind
+    # No .part left behind; the stamp records the digest that later loads check.
+    assert sorted(p.name for p in out.parent.iterdir()) == [".model.bin.sha256", "model.bin"]
 
 
 def test_fetch_http_and_already_present_is_not_downloaded(tmp_path: Path, server: _Server) -> None:
@@ -488,6 +491,51 @@ def test_require_present_missing_and_unknown(tmp_path: Path, monkeypatch: pytest
 
     with pytest.raises(WeightsError, match="no weights entry named 'arcface'"):
         require("arcface", weights, manifest)
+
+
+def test_require_checks_the_digest_at_every_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fetched and verified once; swapped or corrupted since: refused when loaded, not only at fetch."""
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "resources" / "weights"
+    url, sha = _serve_file(tmp_path, "m.bin", PAYLOAD)
+    entry = _entry(url, sha)
+    path = fetch(entry, weights, progress=False)
+    assert require("toy", weights, [entry]) == path
+    path.write_bytes(PAYLOAD[:-1] + b"!")  # same size, one byte changed
+    with pytest.raises(WeightsError) as info:
+        require("toy", weights, [entry])
+    message = str(info.value)
+    assert str(path) in message and sha in message and "the manifest says" in message
+    assert "snakemake --cores 1 resources/weights/toy/model.bin" in message
+
+
+def test_a_file_no_manifest_pins_is_recorded_on_first_use_then_checked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TorchScript or a state dict placed by hand: its first load records the digest, later ones check."""
+    path = tmp_path / "syncnet_v2.model"
+    path.write_bytes(PAYLOAD)
+    with caplog.at_level(logging.WARNING, logger="talk3d_core.util.weights"):
+        assert verify_weights(path) == path
+    assert "no published checksum" in caplog.text
+    assert (tmp_path / ".syncnet_v2.model.sha256").read_text().strip() == PAYLOAD_SHA
+    assert verify_weights(path) == path
+    path.write_bytes(b"replaced")
+    with pytest.raises(
+        WeightsError, match=r"syncnet_v2\.model: sha256 .*recorded at its first install or use"
+    ):
+        verify_weights(path, fetch_hint="see resources/weights/README.md")
+
+
+def test_read_state_dict_refuses_a_changed_file(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "expert.pth"
+    torch.save({"w": torch.ones(2)}, path)
+    assert set(read_state_dict(path, what="toy", source="by hand")) == {"w"}
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(WeightsError, match=r"expert\.pth: sha256 .*refusing to load it; by hand"):
+        read_state_dict(path, what="toy", source="by hand")
 
 
 def test_require_reads_a_manifest_path(tmp_path: Path) -> None:

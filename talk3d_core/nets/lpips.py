@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from talk3d_core.nets.optional import PairLoss, error_text, frozen
+from talk3d_core.util.weights import read_state_dict
 
 # torchvision's ImageNet trunk files, as its model builders name them in the torch hub cache.
 LPIPS_TRUNK_FILES = {
@@ -37,7 +38,8 @@ _LPIPS_SLICES = {
 
 def _lpips_trunk_state(path: Path, net: str) -> dict[str, torch.Tensor]:
     """torchvision ``features.<i>.*`` tensors renamed to lpips' ``slice<k>.<i>.*`` (k from 1)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    source = f"torchvision's ImageNet {LPIPS_TRUNK_FILES[net]}, as its model builders download it"
+    state = read_state_dict(path, what=f"{net} trunk of LPIPS", source=source)
     ends = _LPIPS_SLICES[net]
     renamed = {}
     for name, tensor in state.items():

@@ -280,14 +280,24 @@ def require(
 ) -> Path:
     """Path of an installed model file (or unpacked directory); never downloads.
 
-    ``manifest`` is a list of entries or the path of a manifest file. Existence is checked, not the
-    checksum (the ``weights`` rule verified it at install time). A missing file raises
-    :class:`WeightsError` naming the snakemake command that fetches it, the URL and the license.
+    ``manifest`` is a list of entries or the path of a manifest file. A file is checked against the
+    manifest's digest (or the one recorded when it was installed) with :func:`verify_weights`, so a
+    file corrupted or replaced since is refused; a directory's install stamp must match the manifest.
+    A missing file raises :class:`WeightsError` naming the snakemake command that fetches it, the URL
+    and the license.
     """
     entries = load_manifest(manifest) if isinstance(manifest, str | os.PathLike) else manifest
     entry = find_entry(entries, name_or_dest)
     path = entry.path_in(weights_dir)
+    if path.is_file():
+        return verify_weights(path, entry.sha256, fetch_hint=fetch_command(entry, weights_dir))
     if path.exists():
+        recorded = _recorded_sha256(path)
+        if entry.sha256 is not None and recorded is not None and recorded != entry.sha256:
+            raise WeightsError(
+                f"{path} was unpacked from an archive with sha256 {recorded}, the manifest now says "
+                f"{entry.sha256}; fetch it again with: {fetch_command(entry, weights_dir)}"
+            )
         return path
     users = f" (used by {', '.join(entry.used_by)})" if entry.used_by else ""
     raise WeightsError(
@@ -314,6 +324,55 @@ def _recorded_sha256(dest: Path) -> str | None:
     """The digest the stamp beside ``dest`` records (None without a stamp)."""
     stamp = _stamp_path(dest)
     return stamp.read_text().strip() if stamp.is_file() else None
+
+
+# Digests already computed in this process, by (path, size, mtime): a file loaded twice is hashed once.
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def _digest_of(path: Path) -> str:
+    info = path.stat()
+    key = (str(path.resolve()), info.st_size, info.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(path)
+    return _VERIFIED[key]
+
+
+def verify_weights(
+    path: str | os.PathLike[str], expected: str | None = None, *, fetch_hint: str = ""
+) -> Path:
+    """Check a model file against its digest before it is loaded; returns ``path``.
+
+    The digest is ``expected`` (the manifest's) or else the one recorded in the stamp
+    ``.<name>.sha256`` beside the file (written when it was installed). A file with neither, e.g. a
+    checkpoint placed by hand that no manifest entry pins, is trusted on first use: its digest is
+    recorded in that stamp (with a warning), so a later change is caught. Raises
+    :class:`WeightsError` naming the file, both digests and ``fetch_hint`` (how to get a good copy)
+    when they differ, as for a corrupted, truncated or swapped file.
+    """
+    path = Path(path)
+    actual = _digest_of(path)
+    recorded = _recorded_sha256(path)
+    want = expected.lower() if expected else recorded
+    if want is None:
+        try:
+            with atomic_path(_stamp_path(path)) as tmp:
+                tmp.write_text(actual + "\n")
+            logger.warning(
+                "%s: no published checksum; recorded its sha256 %s in %s, later loads check against it",
+                path, actual, _stamp_path(path),
+            )  # fmt: skip
+        except OSError as exc:  # a read-only weights folder: use the file, say it is unchecked
+            logger.warning("%s: no checksum to check it against and none can be recorded (%s)", path, exc)
+        return path
+    if actual != want:
+        source = "the manifest" if expected else f"{_stamp_path(path)} (recorded at its first install or use)"
+        hint = f"; {fetch_hint}" if fetch_hint else ""
+        raise WeightsError(
+            f"{path}: sha256 {actual}, but {source} says {want}: the file is corrupt, truncated or was "
+            f"replaced since it was installed; refusing to load it{hint}"
+        )
+    return path
 
 
 def _is_installed(entry: WeightEntry, dest: Path) -> bool:
@@ -389,9 +448,9 @@ def fetch(
         digest = _download_verified(
             entry, part, retries=retries, timeout_s=timeout_s, progress=progress, backoff_s=backoff_s
         )
-        if entry.extract is None and entry.sha256 is None:
-            # Record the digest before the file appears: a kill in between must not leave a file that
-            # looks placed by hand (and would be used unverified).
+        if entry.extract is None:
+            # Record the digest before the file appears (loads check against it, see verify_weights):
+            # a kill in between must not leave a file that looks placed by hand.
             with atomic_path(_stamp_path(dest)) as stamp_tmp:
                 stamp_tmp.write_text(digest + "\n")
         os.replace(part, download)
@@ -673,6 +732,7 @@ def read_state_dict(path: str | os.PathLike[str], *, what: str, source: str) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights not found: {path}; {source}")
+    verify_weights(path, fetch_hint=source)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types; all mean "not a usable file"

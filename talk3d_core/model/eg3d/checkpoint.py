@@ -28,7 +28,9 @@ init kwargs. :func:`load_state_into` copies it into our own modules, strictly.
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -123,11 +125,19 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
     return np.frombuffer(bytes(data), dtype=dtype, count=1)[0]
 
 
-def _numpy_empty_array(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
-    """Replacement for ``numpy.core.multiarray._reconstruct``; BUILD then fills the array."""
+def _numpy_empty_array(cls: Any, shape: Any, dtype_code: Any, *, max_bytes: int = 0) -> np.ndarray:
+    """Replacement for ``numpy.core.multiarray._reconstruct``; BUILD then fills the array, from bytes
+    of the file, so an array larger than ``max_bytes`` (the file's size) is a lie, refused before
+    anything is allocated."""
     if cls is not np.ndarray:
         raise pickle.UnpicklingError(f"refusing numpy array subclass {cls!r}")
-    return np.ndarray(shape, dtype=np.dtype(dtype_code))
+    dtype = np.dtype(dtype_code)
+    dims = tuple(shape) if isinstance(shape, tuple | list) else (shape,)
+    if not all(isinstance(d, int) and d >= 0 for d in dims):
+        raise pickle.UnpicklingError(f"refusing numpy array of shape {shape!r}")
+    if math.prod(dims) * dtype.itemsize > max_bytes:
+        raise pickle.UnpicklingError(f"a numpy array of shape {dims} is larger than the file")
+    return np.ndarray(dims, dtype=dtype)
 
 
 def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
@@ -170,13 +180,16 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 class SafeUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that resolves only the allow-list above; ``source`` names the file."""
 
-    def __init__(self, file: BinaryIO, *, source: str | Path) -> None:
+    def __init__(self, file: BinaryIO, *, source: str | Path, max_bytes: int) -> None:
         super().__init__(file)
         self.source = str(source)
+        self.max_bytes = max_bytes  # no array can hold more bytes than the file
         self._stand_ins: dict[str, type[InertModule]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         found = _SAFE_GLOBALS.get((module, name))
+        if found is _numpy_empty_array:
+            return functools.partial(_numpy_empty_array, max_bytes=self.max_bytes)
         if found is not None:
             return found
         if module.startswith(_INERT_MODULE_PREFIXES) and name.isidentifier():
@@ -191,16 +204,17 @@ class SafeUnpickler(pickle.Unpickler):
 
 
 def safe_load_pickle(path: str | Path) -> Any:
-    """Unpickle ``path`` with :class:`SafeUnpickler`; a missing or truncated file -> CheckpointError."""
+    """Unpickle ``path`` with :class:`SafeUnpickler`; a missing, truncated or malformed file (nesting
+    too deep, arrays larger than the file) -> CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     with path.open("rb") as f:
         try:
-            return SafeUnpickler(f, source=path).load()
+            return SafeUnpickler(f, source=path, max_bytes=path.stat().st_size).load()
         except UnsafePickleError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, RuntimeError) as exc:
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, RuntimeError, MemoryError) as exc:
             raise CheckpointError(
                 f"{path}: not a readable EG3D pickle ({type(exc).__name__}: {exc})"
             ) from exc
@@ -293,6 +307,13 @@ def load_eg3d_checkpoint(path: str | Path, network: str = "G_ema") -> EG3DCheckp
     """
     path = Path(path)
     data = safe_load_pickle(path)
+    try:
+        return _read_network(path, data, network)
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be an EG3D snapshot") from None
+
+
+def _read_network(path: Path, data: Any, network: str) -> EG3DCheckpoint:
     if not isinstance(data, dict):
         raise CheckpointError(
             f"{path}: top level is a {type(data).__name__}, expected the EG3D snapshot dict"
