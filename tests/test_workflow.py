@@ -241,23 +241,28 @@ def test_lint_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_slurm_profile_plans():
+GPU_RULES = {"prior", "train", "ablation", "render_video", "render_drive", "render_view", "evaluate"}
+
+
+def test_slurm_profile_routes_every_gpu_rule_to_the_gpu_partition():
     proc = cli(
         "--profile",
         "workflow/profiles/slurm",
         "-n",
         "--forceall",  # plan every job even where this checkout already has results/demo
-        "results/demo/ingest_preview.png",
-        "results/demo/prior/P_id.pt",
+        "results/demo/videos.html",
+        "results/demo/train/ablation.json",
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ingest" in proc.stdout + proc.stderr
     out = proc.stdout + proc.stderr
-    for rule in ("demo_clip", "ingest", "landmarks", "crop", "masks", "features", "prior"):
+    assert proc.returncode == 0, out
+    for rule in ("demo_clip", "ingest", "landmarks", "crop", "masks", "features", "prior", "train"):
         assert re.search(rf"^{rule}\s+1$", out, re.M), rule  # planned once, in the job table
-    # The GPU stage goes to the profile's GPU partition with its portable gpu=1 request.
-    prior_job = out[out.index("rule prior:") :].split("\n\n")[0]
-    assert "slurm_partition=gpu" in prior_job and "gpu=1" in prior_job
+    jobs = [block.split("\n\n")[0] for block in out.split("\nrule ")[1:]]
+    on_gpu = {job.split(":")[0] for job in jobs if re.search(r"\bgpu=1\b", job)}
+    assert on_gpu == GPU_RULES
+    for job in jobs:
+        gpu = re.search(r"\bgpu=1\b", job) is not None
+        assert ("slurm_partition=gpu" in job) == gpu, job
 
 
 def test_weights_rule_fetches_manifest_entries(project):

@@ -68,6 +68,7 @@ rule ablation:
     resources:
         mem_mb=4000,
         runtime=30,
+        gpu=1,
     params:
         ablation=settings("ablation"),
         code=core_hash("talk3d_core.ablation"),
