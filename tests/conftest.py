@@ -418,7 +418,7 @@ def nvlabs_kwargs(config: GeneratorConfig) -> tuple[dict[str, Any], dict[str, An
         w_dim=config.w_dim,
         img_resolution=config.image_resolution,
         img_channels=3,
-        sr_num_fp16_res=4 if config.sr_conv_clamp else 0,
+        sr_num_fp16_res=4 if config.sr_fp16 else 0,
         mapping_kwargs=EasyDictStandIn(num_layers=config.mapping_layers),
         rendering_kwargs=rendering,
         sr_kwargs=EasyDictStandIn(
@@ -431,6 +431,15 @@ def nvlabs_kwargs(config: GeneratorConfig) -> tuple[dict[str, Any], dict[str, An
         conv_clamp=config.conv_clamp,
     )
     return init, rendering
+
+
+# NVlabs' generate_planes() as its renderer pickles it: the released code ("original") and the
+# corrected projection of the fixed-triplane checkpoints ("fixed", third plane ZY).
+_XY, _XZ = [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
+NVLABS_PLANE_MATRICES = {
+    "original": torch.tensor([_XY, _XZ, [[0, 0, 1], [1, 0, 0], [0, 1, 0]]], dtype=torch.float32),
+    "fixed": torch.tensor([_XY, _XZ, [[0, 0, 1], [0, 1, 0], [1, 0, 0]]], dtype=torch.float32),
+}
 
 
 def write_snapshot(
@@ -452,6 +461,7 @@ def write_snapshot(
         neural_rendering_resolution=generator.config.neural_rendering_resolution,
     )
     records = g_ema.meta["state"]["_modules"]
+    records["renderer"].__dict__["plane_axes"] = NVLABS_PLANE_MATRICES[generator.config.plane_axes].clone()
     if not rendering["superresolution_module"].endswith("8XDC"):
         records["superresolution"].meta["state"]["_buffers"]["resample_filter"] = setup_filter()
     snapshot = dict(training_set_kwargs=dict(path="ffhq.zip"), G=None, D=None, G_ema=g_ema, augment_pipe=None)

@@ -29,6 +29,7 @@ def test_paper_overlay_is_valid():
     overlay = yaml.safe_load((REPO_ROOT / "config/paper.yaml").read_text())
     filled = validate_config(overlay, CONFIG_SCHEMA)
     assert filled["ingest"]["max_side"] == 2048 and filled["crop"]["size"] == 512
+    assert filled["render"]["output_size"] is None  # paper videos at the model's own 512 px
 
 
 def test_every_schema_key_has_default_and_description():

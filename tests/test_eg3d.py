@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
 from torch import nn
 
 from talk3d_core.camera import EG3D_FOCAL, eg3d_camera
@@ -20,7 +22,13 @@ from talk3d_core.model.eg3d import (
     composite,
     sample_triplane,
 )
-from talk3d_core.model.eg3d.layers import modulated_conv2d, setup_filter, upfirdn2d, upsample2d
+from talk3d_core.model.eg3d.layers import (
+    SynthesisLayer,
+    modulated_conv2d,
+    setup_filter,
+    upfirdn2d,
+    upsample2d,
+)
 
 
 def frontal_camera(batch: int = 1, yaw: float = 0.0) -> torch.Tensor:
@@ -318,3 +326,25 @@ def test_config_rejects_bad_sizes():
     with pytest.raises(ValueError, match="ray_start"):
         GeneratorConfig.cpu(ray_start=3.5)
     assert GeneratorConfig.paper(plane_axes="fixed").plane_axes == "fixed"
+
+
+def test_synthesis_layers_clamp_at_conv_clamp_as_nvlabs_does():
+    """NVlabs clamps after the activation gain at conv_clamp itself (256), not at 256 * sqrt(2)."""
+    layer = SynthesisLayer(4, 4, 8, 8, conv_clamp=256.0)
+    with torch.no_grad():
+        layer.bias.fill_(1e4)
+        out = layer(torch.randn(1, 4, 8, 8), torch.randn(1, 8), noise_mode="none")
+    assert float(out.max()) == 256.0
+
+
+def test_super_resolution_stays_float32_off_cuda():
+    """The float16 super-resolution of NVlabs' checkpoints runs only on CUDA; a CPU render is the same."""
+    torch.manual_seed(0)
+    fp16 = TriPlaneGenerator(TINY).eval()
+    fp32 = TriPlaneGenerator(dataclasses.replace(TINY, sr_fp16=False)).eval()
+    fp32.load_state_dict(fp16.state_dict())
+    assert fp16.config.sr_fp16
+    rgb, feats, ws = torch.randn(1, 3, 16, 16), torch.randn(1, 8, 16, 16), torch.randn(1, fp16.num_ws, 32)
+    a = fp16.superresolution(rgb, feats, ws)
+    b = fp32.superresolution(rgb, feats, ws)
+    assert a.dtype == torch.float32 and torch.equal(a, b)

@@ -21,6 +21,7 @@ import pytest
 import torch
 from conftest import (
     EG3D_FFHQ512_128_G_SHAPES,
+    NVLABS_PLANE_MATRICES,
     EasyDictStandIn,
     ImportanceRendererStandIn,
     MipRayMarcher2StandIn,
@@ -136,7 +137,7 @@ def _generator(tensors: dict[str, torch.Tensor], *, source: str = "") -> Persist
             ImportanceRendererStandIn,
             _module_dict(
                 _modules=OrderedDict(ray_marcher=plain_stand_in(MipRayMarcher2StandIn, _module_dict())),
-                plane_axes=torch.zeros(3, 3, 3),  # a plain attribute: not part of state_dict()
+                plane_axes=NVLABS_PLANE_MATRICES["original"],  # a plain attribute, not in state_dict()
             ),
         ),
         ray_sampler=plain_stand_in(RaySamplerStandIn, _module_dict()),

@@ -266,6 +266,20 @@ def test_generator_from_checkpoint_needs_valid_plane_axes(tmp_path: Path):
         generator_from_checkpoint(load_eg3d_checkpoint(path), plane_axes="sideways")
 
 
+@pytest.mark.parametrize("recorded", ["original", "fixed"])
+def test_the_plane_axes_a_pickle_records_must_match_the_setting(tmp_path: Path, recorded: str):
+    """A fixed-triplane pickle loaded as 'original' (or the reverse) renders silently wrong: refuse it."""
+    generator = TriPlaneGenerator(dataclasses.replace(random_generator().config, plane_axes=recorded))
+    ckpt = load_eg3d_checkpoint(write_snapshot(tmp_path / f"{recorded}.pkl", generator))
+    assert ckpt.plane_axes == recorded
+    other = "fixed" if recorded == "original" else "original"
+    with pytest.raises(
+        CheckpointError, match=rf"projects the tri-planes as '{recorded}'.*prior.plane_axes: {recorded}"
+    ):
+        generator_from_checkpoint(ckpt, plane_axes=other)
+    assert generator_from_checkpoint(ckpt, plane_axes=recorded).config.plane_axes == recorded
+
+
 # --------------------------------------------------------------------------------------------------
 # The whole personalization on a teacher generator
 

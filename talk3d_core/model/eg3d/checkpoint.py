@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from talk3d_core.model.eg3d.config import NOISE_MODES, GeneratorConfig
+from talk3d_core.model.eg3d.config import NOISE_MODES, PLANE_AXES, GeneratorConfig
 from talk3d_core.model.eg3d.generator import TriPlaneGenerator
 from talk3d_core.model.eg3d.layers import setup_filter
 
@@ -280,6 +280,8 @@ class EG3DCheckpoint:
     rendering_kwargs, sr_num_fp16_res, sr_kwargs, mapping_kwargs, channel_base, ...), as plain dicts.
     ``rendering_kwargs``: the network's ``rendering_kwargs`` attribute (falls back to init kwargs).
     ``neural_rendering_resolution``: the attribute saved with the network (128 for ``*-128`` files).
+    ``plane_axes``: the name (a key of PLANE_AXES) of the projection the renderer's ``plane_axes``
+    matrices record, or None when the pickle holds none.
     """
 
     path: Path
@@ -292,6 +294,7 @@ class EG3DCheckpoint:
     neural_rendering_resolution: int | None
     training_set_kwargs: dict[str, Any] | None
     module_source: str = field(repr=False, default="")
+    plane_axes: str | None = None  # the renderer's recorded projection (a PLANE_AXES name), if any
 
     @property
     def num_elements(self) -> int:
@@ -339,7 +342,43 @@ def _read_network(path: Path, data: Any, network: str) -> EG3DCheckpoint:
         neural_rendering_resolution=int(resolution) if resolution is not None else None,
         training_set_kwargs=_plain(dict(training_set)) if isinstance(training_set, dict) else None,
         module_source=record.module_source if isinstance(record, PersistentRecord) else "",
+        plane_axes=_recorded_plane_axes(state, where),
     )
+
+
+def plane_axes_name(matrices: Any) -> str:
+    """The PLANE_AXES name of NVlabs' ``generate_planes()`` matrices (3, 3, 3): a point p lands on
+    plane i at the first two coordinates of ``p @ inv(matrices[i])``; each must be one world axis."""
+    planes = torch.as_tensor(matrices, dtype=torch.float64)
+    if planes.shape != (3, 3, 3):
+        raise ValueError(f"plane axes of shape {tuple(planes.shape)}, expected (3, 3, 3)")
+    axes = []
+    for inverse in torch.linalg.inv(planes):
+        pair = []
+        for column in (0, 1):
+            picks = inverse[:, column]
+            if int((picks.abs() > 1e-6).sum()) != 1 or float(picks.abs().max()) != 1.0:
+                raise ValueError(f"plane axes {planes.tolist()} do not project onto world axes")
+            pair.append(int(picks.abs().argmax()))
+        axes.append(tuple(pair))
+    found = [name for name, table in PLANE_AXES.items() if tuple(axes) == table]
+    if not found:
+        raise ValueError(f"plane axes {axes} are none of {sorted(PLANE_AXES)}")
+    return found[0]
+
+
+def _recorded_plane_axes(state: dict[str, Any], where: str) -> str | None:
+    """The projection NVlabs' renderer pickles as its ``plane_axes`` attribute, by name."""
+    renderer = (state.get("_modules") or {}).get("renderer")
+    if renderer is None:
+        return None
+    matrices = _module_state(renderer, f"{where}: renderer").get("plane_axes")
+    if matrices is None:
+        return None
+    try:
+        return plane_axes_name(matrices)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: renderer.plane_axes: {exc}") from None
 
 
 def _format_names(title: str, names: list[str]) -> str:
@@ -428,11 +467,18 @@ def generator_from_checkpoint(ckpt: EG3DCheckpoint, *, plane_axes: str) -> TriPl
     box warp, camera conditioning, super-resolution options) and its neural rendering resolution. The
     sizes NVlabs' code fixes instead of taking as kwargs (256^2 x 3 x 32 planes, the 64-wide decoder,
     32 feature channels, the super-resolution widths) are read from the tensor shapes. ``plane_axes``
-    ("original" or "fixed") must name the projection the checkpoint was trained with; the pickle does
-    not record it. Tensors are loaded strictly (:func:`load_state_into`). A kwarg this implementation
-    does not support, or one whose value it cannot reproduce, raises :class:`CheckpointError`.
+    ("original" or "fixed") must name the projection the checkpoint was trained with: NVlabs'
+    renderer records it, and a different setting is refused (it would render silently wrong). Tensors
+    are loaded strictly (:func:`load_state_into`). A kwarg this implementation does not support, or
+    one whose value it cannot reproduce, raises :class:`CheckpointError`.
     """
     what = f"{ckpt.path} [{ckpt.network}]"
+    if ckpt.plane_axes is not None and plane_axes in PLANE_AXES and ckpt.plane_axes != plane_axes:
+        raise CheckpointError(
+            f"{what}: its renderer projects the tri-planes as {ckpt.plane_axes!r} "
+            f"{PLANE_AXES[ckpt.plane_axes]}, but plane_axes {plane_axes!r} was asked for: set "
+            f"prior.plane_axes: {ckpt.plane_axes} for this checkpoint"
+        )
     state = dict(ckpt.state_dict)
     problems: list[str] = []
     kwargs = dict(ckpt.init_kwargs)
@@ -569,6 +615,7 @@ def generator_from_checkpoint(ckpt: EG3DCheckpoint, *, plane_axes: str) -> TriPl
             sr_channels=sr_channels,
             # NVlabs clamps the super-resolution convs exactly when they run in float16.
             sr_conv_clamp=256.0 if sr_num_fp16_res > 0 else None,
+            sr_fp16=sr_num_fp16_res > 0,
             sr_antialias=bool(options["sr_antialias"]),
             sr_noise_mode=noise,
         )

@@ -78,6 +78,9 @@ class GeneratorConfig:
     image_resolution: int = 512
     sr_channels: tuple[int, int] = (256, 128)
     sr_conv_clamp: float | None = 256.0
+    # NVlabs runs the super-resolution blocks in float16 on CUDA, clamped at 256, exactly when
+    # sr_num_fp16_res > 0 (its FFHQ checkpoints); on a CPU both it and this code stay in float32.
+    sr_fp16: bool = True
     sr_antialias: bool = True
     sr_noise_mode: str = "none"
 

@@ -61,6 +61,7 @@ class TriPlaneGenerator(nn.Module):
             config.sr_channels,
             conv_clamp=config.sr_conv_clamp,
             antialias=config.sr_antialias,
+            fp16=config.sr_fp16,
         )
 
     @property

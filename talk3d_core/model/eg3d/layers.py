@@ -252,8 +252,8 @@ class SynthesisLayer(nn.Module):
             x = x + self.noise_const * self.noise_strength
         elif noise_mode != "none":
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
-        clamp = None if self.conv_clamp is None else self.conv_clamp * LRELU_GAIN
-        return bias_act(x, self.bias, lrelu=True, gain=LRELU_GAIN, clamp=clamp)
+        # NVlabs clamps at conv_clamp itself, after the activation gain (not conv_clamp * gain).
+        return bias_act(x, self.bias, lrelu=True, gain=LRELU_GAIN, clamp=self.conv_clamp)
 
 
 class ToRGBLayer(nn.Module):

@@ -12,6 +12,7 @@ a residual on an upsampled raw image. Configurations of NVlabs' modules:
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -35,6 +36,7 @@ class SuperResolution(nn.Module):
         *,
         conv_clamp: float | None = 256.0,
         antialias: bool = True,
+        fp16: bool = False,
     ) -> None:
         super().__init__()
         factor = output_resolution // input_resolution
@@ -42,7 +44,7 @@ class SuperResolution(nn.Module):
             raise ValueError(
                 f"super-resolution {input_resolution} -> {output_resolution}: factor must be 2 or 4"
             )
-        self.input_resolution, self.antialias = input_resolution, antialias
+        self.input_resolution, self.antialias, self.fp16 = input_resolution, antialias, fp16
         block0_up = 2 if factor == 4 else 1
         self.block0 = SynthesisBlock(
             in_channels,
@@ -67,6 +69,8 @@ class SuperResolution(nn.Module):
             rgb = F.interpolate(
                 rgb, size=size, mode="bilinear", align_corners=False, antialias=self.antialias
             )
-        x, img = self.block0(features, rgb, ws, noise_mode)
-        _, img = self.block1(x, img, ws, noise_mode)
-        return img
+        # float16 only on CUDA, as NVlabs' blocks force float32 elsewhere; the image leaves in float32.
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16 and features.is_cuda):
+            x, img = self.block0(features, rgb, ws, noise_mode)
+            _, img = self.block1(x, img, ws, noise_mode)
+        return img.float()
