@@ -96,7 +96,7 @@ def scoring_nets(
     None with a reason where it cannot be loaded (its rows then say "unavailable"); ArcFace and
     SyncNet v2 from ``weights_dir`` (``syncnet_weights``: another SyncNet file)."""
     builders: dict[str, Callable[[], tuple[Any, str]]] = {
-        "lpips": lambda: lpips_loss(device),
+        "lpips": lambda: lpips_loss(device, weights_dir=weights_dir, manifest=manifest),
         "fid": lambda: fid_model(device=device),
         "syncnet": lambda: sync_scorer(syncnet_weights, weights_dir=weights_dir, device=device),
     }

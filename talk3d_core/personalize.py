@@ -49,6 +49,7 @@ from talk3d_core.model.subject import SubjectData
 from talk3d_core.nets.arcface import identity_loss
 from talk3d_core.nets.lpips import lpips_loss
 from talk3d_core.nets.optional import OptionalNets
+from talk3d_core.nets.requirements import needed_nets
 from talk3d_core.util.images import to_unit
 from talk3d_core.util.runs import Run, fingerprint, module_fingerprint, pick_device, seed_step
 
@@ -530,6 +531,7 @@ def personalize(
     weights_dir: str | os.PathLike[str] | None = None,
     manifest: str | os.PathLike[str] | None = None,
     max_steps: int | None = None,
+    required_nets: bool = False,
 ) -> tuple[PersonalizedGenerator, torch.Tensor, torch.Tensor]:
     """VIVE3D personalization of a pretrained ``generator`` (not modified; a copy is tuned).
 
@@ -542,8 +544,9 @@ def personalize(
         run_id: e.g. a code hash; with the settings, data, poses and the starting generator's weights
             it keys the checkpoint. A checkpoint keyed otherwise is an error, or with
             ``restart_on_mismatch`` is parked in ``checkpoints/`` by its settings.
-        nets: the optional LPIPS and identity losses (default: whichever load here, ArcFace from
-            ``weights_dir`` and ``manifest``, by default resources/weights).
+        nets: the optional LPIPS and identity losses (default: those with a nonzero weight that load
+            here, from ``weights_dir`` and ``manifest``, by default resources/weights; with
+            ``required_nets`` one that does not load is an error).
         max_steps: run at most this many optimiser steps in this call, then checkpoint and raise
             :class:`StepBudgetExhausted` (time-sliced jobs; the next call resumes).
 
@@ -570,8 +573,12 @@ def personalize(
     device = pick_device(device)
     if nets is None:
         where = {k: v for k, v in (("weights_dir", weights_dir), ("manifest", manifest)) if v is not None}
-        builders = {"lpips": lambda: lpips_loss(device), "identity": lambda: identity_loss(device, **where)}
-        nets = OptionalNets.load(builders, purpose="personalization")
+        factories = {
+            "lpips": lambda: lpips_loss(device, **where),
+            "identity": lambda: identity_loss(device, **where),
+        }
+        builders = {name: factories[name] for name in needed_nets(dataclasses.asdict(cfg))}
+        nets = OptionalNets.load(builders, purpose="personalization", required=required_nets)
     losses = nets
     generator = copy.deepcopy(generator).to(device).eval().requires_grad_(False)
     pivot = [float(v) for v in pivot]

@@ -448,6 +448,7 @@ def prior_stage(
             data, cameras[["yaw", "pitch", "roll"]].to_numpy(), landmarks, generator, out_dir,
             pivot=camera["pivot"], cfg=from_settings(PretrainedConfig, settings["pretrained"]), run_id=run_id,
             restart_on_mismatch=True, device=device, weights_dir=weights_dir, manifest=manifest,
+            required_nets=not settings["pretrained"]["allow_missing_nets"],
         )  # fmt: skip
         data = dataclasses.replace(data, cameras=refined)
     else:

@@ -43,6 +43,7 @@ from talk3d_core.nets.arcface import identity_loss
 from talk3d_core.nets.lipsync_expert import sync_expert_loss
 from talk3d_core.nets.lpips import lpips_loss
 from talk3d_core.nets.optional import OptionalNets
+from talk3d_core.nets.requirements import needed_nets
 from talk3d_core.util.config import from_settings
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.io import atomic_path
@@ -125,20 +126,19 @@ def loss_nets(
     *,
     weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
     manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
+    required: bool = False,
 ) -> OptionalNets:
-    """The optional nets behind the loss terms with a nonzero weight (LPIPS also serves the mouth
-    term), ArcFace and the lip-sync expert from ``weights_dir`` (``sync_weights``: another expert
-    file); each missing one is logged and its term skipped."""
-    builders: dict[str, Callable[[], tuple[Any, str]]] = {}
-    if cfg.weight_lpips > 0 or cfg.weight_mouth > 0:
-        builders["lpips"] = lambda: lpips_loss(device)
-    if cfg.weight_identity > 0:
-        builders["identity"] = lambda: identity_loss(device, weights_dir=weights_dir, manifest=manifest)
-    if cfg.weight_sync > 0:
-        builders["sync_expert"] = lambda: sync_expert_loss(
-            device, weights=sync_weights, weights_dir=weights_dir
-        )
-    return OptionalNets.load(builders, purpose="training")
+    """The optional nets behind the loss terms with a nonzero weight (:func:`needed_nets`: LPIPS also
+    serves the mouth term), ArcFace and the lip-sync expert from ``weights_dir`` (``sync_weights``:
+    another expert file); each missing one is logged and its term skipped, or with ``required``
+    (``allow_missing_nets: false``) it is an error."""
+    factories: dict[str, Callable[[], tuple[Any, str]]] = {
+        "lpips": lambda: lpips_loss(device, weights_dir=weights_dir, manifest=manifest),
+        "identity": lambda: identity_loss(device, weights_dir=weights_dir, manifest=manifest),
+        "sync_expert": lambda: sync_expert_loss(device, weights=sync_weights, weights_dir=weights_dir),
+    }
+    builders = {name: factories[name] for name in needed_nets(dataclasses.asdict(cfg))}
+    return OptionalNets.load(builders, purpose="training", required=required)
 
 
 def deltaplane_losses(
@@ -507,7 +507,10 @@ def train_stage(
         "bottleneck and decoder" if net_config.decoder_conditioning else "bottleneck",
     )  # fmt: skip
     device_ = pick_device(device)
-    nets = loss_nets(cfg, device_, settings["sync_weights"], weights_dir=weights_dir, manifest=manifest)
+    nets = loss_nets(
+        cfg, device_, settings["sync_weights"], weights_dir=weights_dir, manifest=manifest,
+        required=not settings["allow_missing_nets"],
+    )  # fmt: skip
     sync_audio = None
     if nets.sync_expert is not None:  # the expert's own mel of the clip's audio
         from talk3d_core.nets.lipsync_expert import wav2lip_mel

@@ -11,14 +11,14 @@ from conftest import write_arcface_manifest
 from talk3d_core.nets.arcface import ARCFACE_WEIGHTS, identity_loss
 
 
-def test_identity_loss_without_manifest_entry_or_package_says_why(monkeypatch: pytest.MonkeyPatch):
+def test_identity_loss_without_weights_or_package_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setitem(sys.modules, "facexlib", None)
     monkeypatch.setitem(sys.modules, "facexlib.recognition", None)
     monkeypatch.setitem(sys.modules, "facexlib.recognition.arcface_arch", None)
-    loss, reason = identity_loss("cpu")  # the repository's manifest has no ArcFace entry
+    loss, reason = identity_loss("cpu", weights_dir=tmp_path)  # the shipped manifest, nothing fetched
 
     assert loss is None
-    assert f"no weights entry named {ARCFACE_WEIGHTS!r}" in reason
+    assert f"model weights {ARCFACE_WEIGHTS!r}" in reason and "arcface/model_ir_se50.pth" in reason
     assert "facexlib does not import (ModuleNotFoundError" in reason
 
 

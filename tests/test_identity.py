@@ -162,8 +162,8 @@ def test_missing_dlib_files_say_which(tmp_path: Path):
 
 
 def test_arcface_without_weights_says_why(tmp_path: Path):
-    embedder, reason = identity_embedder("arcface")  # the repository's manifest has no ArcFace entry
-    assert embedder is None and f"no weights entry named {ARCFACE_WEIGHTS!r}" in reason
+    embedder, reason = identity_embedder("arcface", weights_dir=tmp_path / "empty")  # shipped manifest
+    assert embedder is None and f"model weights {ARCFACE_WEIGHTS!r}" in reason and "are missing" in reason
 
     manifest = write_arcface_manifest(tmp_path, "arcface/model_ir_se50.pth")
     embedder, reason = identity_embedder("arcface", weights_dir=tmp_path / "weights", manifest=manifest)

@@ -8,22 +8,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from talk3d_core.nets.lpips import _LPIPS_SLICES, LPIPS_TRUNK_FILES, _lpips_trunk_state, lpips_loss
+from talk3d_core.nets.lpips import _LPIPS_SLICES, _lpips_trunk_state, lpips_loss
 
 
-def test_lpips_without_trunk_weights_or_package_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_lpips_without_weights_or_package_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "lpips", None)  # as if the package were not installed
-    loss, reason = lpips_loss("cpu", trunk_weights=tmp_path / "alexnet.pth")
+    loss, reason = lpips_loss("cpu", weights_dir=tmp_path / "weights")
 
     assert loss is None
-    assert f"no ImageNet alex trunk weights at {tmp_path / 'alexnet.pth'}" in reason
-    assert "the lpips package does not import (ModuleNotFoundError" in reason
+    # The trunk comes from the manifest (fetched by the weights rule), never from a download here.
+    assert "model weights 'lpips_alex_trunk'" in reason and "are missing" in reason
+    assert "snakemake --cores 1" in reason and "alexnet-owt-7be5be79.pth" in reason
+    assert (
+        "the lpips package does not import (ModuleNotFoundError" in reason and "make install-paper" in reason
+    )
 
 
-def test_lpips_default_trunk_is_looked_up_in_the_torch_hub_cache(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    loss, reason = lpips_loss("cpu", net="vgg")
-    assert loss is None and str(tmp_path / "checkpoints" / LPIPS_TRUNK_FILES["vgg"]) in reason
+def test_lpips_trunks_without_a_manifest_entry_say_so(tmp_path: Path):
+    loss, reason = lpips_loss("cpu", net="vgg", weights_dir=tmp_path)
+    assert loss is None and "no weights entry named 'lpips_vgg_trunk'" in reason
     with pytest.raises(ValueError, match="LPIPS trunk must be one of"):
         lpips_loss("cpu", net="resnet")
 

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pandas as pd
@@ -263,6 +264,26 @@ def test_slurm_profile_routes_every_gpu_rule_to_the_gpu_partition():
     for job in jobs:
         gpu = re.search(r"\bgpu=1\b", job) is not None
         assert ("slurm_partition=gpu" in job) == gpu, job
+
+
+def test_the_paper_preset_needs_its_loss_nets_before_any_job():
+    """Paper losses never drop out quietly: missing packages stop the plan; weights become inputs."""
+    proc = cli(
+        "-n", "--forceall", "--configfile", "config/paper.yaml", "--", "results/demo/train/deltaplane.pt"
+    )
+    out = proc.stdout + proc.stderr
+    missing = [p for p in ("lpips", "torchvision", "facexlib", "filterpy", "numba") if find_spec(p) is None]
+    if missing:  # the default install: the plan stops, naming each package and the install command
+        assert proc.returncode != 0 and "allow_missing_nets: false" in out, out
+        assert all(p in out for p in missing) and "make install-paper" in out
+    else:  # with the paper extras: the weights are fetched from the manifest before training
+        assert proc.returncode == 0, out
+        for dest in (
+            "lpips/alexnet-owt-7be5be79.pth",
+            "arcface/model_ir_se50.pth",
+            "syncnet/lipsync_expert.pth",
+        ):
+            assert f"resources/weights/{dest}" in out
 
 
 def test_weights_rule_fetches_manifest_entries(project):

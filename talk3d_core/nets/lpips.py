@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from talk3d_core.nets.optional import PairLoss, error_text, frozen
-from talk3d_core.util.weights import read_state_dict
+from talk3d_core.util.weights import (
+    DEFAULT_MANIFEST,
+    DEFAULT_WEIGHTS_DIR,
+    WeightsError,
+    read_state_dict,
+    require,
+)
 
-# torchvision's ImageNet trunk files, as its model builders name them in the torch hub cache.
-LPIPS_TRUNK_FILES = {
-    "alex": "alexnet-owt-7be5be79.pth",
-    "vgg": "vgg16-397923af.pth",
-    "squeeze": "squeezenet1_1-b8a52dc0.pth",
-}
 # lpips' trunk wrappers copy torchvision's ``features.<i>`` layers into slices; which slice holds i.
 _LPIPS_SLICES = {
     "alex": (2, 5, 8, 10, 12),
@@ -38,7 +38,7 @@ _LPIPS_SLICES = {
 
 def _lpips_trunk_state(path: Path, net: str) -> dict[str, torch.Tensor]:
     """torchvision ``features.<i>.*`` tensors renamed to lpips' ``slice<k>.<i>.*`` (k from 1)."""
-    source = f"torchvision's ImageNet {LPIPS_TRUNK_FILES[net]}, as its model builders download it"
+    source = f"the manifest entry lpips_{net}_trunk (snakemake --cores 1 weights)"
     state = read_state_dict(path, what=f"{net} trunk of LPIPS", source=source)
     ends = _LPIPS_SLICES[net]
     renamed = {}
@@ -55,34 +55,35 @@ def lpips_loss(
     device: str | torch.device = "cpu",
     *,
     net: str = "alex",
-    trunk_weights: str | os.PathLike[str] | None = None,
+    weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
+    manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
 ) -> tuple[PairLoss | None, str]:
     """LPIPS distance (the ``lpips`` package, v0.1 linear heads) or ``(None, reason)``.
 
-    ``trunk_weights``: torchvision's ImageNet weights of the trunk ``net`` ("alex", "vgg",
-    "squeeze"); by default the file torchvision itself would read from the torch hub cache. The trunk
-    is built untrained and these weights are loaded into it, so no download can happen.
-    Returns ``loss(a, b) -> (B,)`` for images in [-1, 1], and "" as the reason.
+    The trunk's ImageNet weights (torchvision's file) and the linear heads are the manifest entries
+    ``lpips_<net>_trunk`` and ``lpips_<net>_heads`` under ``weights_dir`` (checked against their
+    digests); the trunk is built untrained and these weights are loaded into it, so no download can
+    happen. Returns ``loss(a, b) -> (B,)`` for images in [-1, 1], and "" as the reason.
     """
-    if net not in LPIPS_TRUNK_FILES:
-        raise ValueError(f"LPIPS trunk must be one of {sorted(LPIPS_TRUNK_FILES)}, got {net!r}")
-    if trunk_weights is None:
-        trunk_weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_TRUNK_FILES[net]
-    trunk_weights = Path(trunk_weights)
+    if net not in _LPIPS_SLICES:
+        raise ValueError(f"LPIPS trunk must be one of {sorted(_LPIPS_SLICES)}, got {net!r}")
     problems = []
-    if not trunk_weights.is_file():
-        problems.append(f"no ImageNet {net} trunk weights at {trunk_weights}")
+    try:
+        trunk = require(f"lpips_{net}_trunk", weights_dir, manifest)
+        heads = require(f"lpips_{net}_heads", weights_dir, manifest)
+    except WeightsError as exc:
+        problems.append(error_text(exc))
     try:
         import lpips  # the package imports torchvision, which may be absent or broken
     except Exception as exc:  # any import failure means "not available"
-        problems.append(f"the lpips package does not import ({error_text(exc)})")
+        problems.append(f"the lpips package does not import ({error_text(exc)}; make install-paper)")
     if problems:
         return None, "; ".join(problems)
     try:
-        model = lpips.LPIPS(net=net, version="0.1", pnet_rand=True, verbose=False)
-        missing, unexpected = model.net.load_state_dict(_lpips_trunk_state(trunk_weights, net), strict=False)
+        model = lpips.LPIPS(net=net, version="0.1", pnet_rand=True, model_path=str(heads), verbose=False)
+        missing, unexpected = model.net.load_state_dict(_lpips_trunk_state(trunk, net), strict=False)
         if missing or unexpected:
-            return None, f"{trunk_weights} does not fit the LPIPS {net} trunk (missing {missing[:3]})"
+            return None, f"{trunk} does not fit the LPIPS {net} trunk (missing {missing[:3]})"
     except Exception as exc:  # a broken install or file is reported, not raised
         return None, f"LPIPS could not be built ({error_text(exc)})"
     model = frozen(model, device)

@@ -43,12 +43,17 @@ class OptionalNets:
 
     @classmethod
     def load(
-        cls, builders: Mapping[str, Callable[[], tuple[Any, str]]], *, purpose: str = ""
+        cls,
+        builders: Mapping[str, Callable[[], tuple[Any, str]]],
+        *,
+        purpose: str = "",
+        required: bool = False,
     ) -> OptionalNets:
         """Build each net with its factory (``name -> () -> (net or None, reason)``; names of
         :data:`NETS`, or "embedders:<backend>" for an identity embedder); log one line for each that is
-        missing (``purpose``, e.g. "training", says what goes on without it). The callers import the
-        factories, so each stage's code hash covers only the nets it uses."""
+        missing (``purpose``, e.g. "training", says what goes on without it), or with ``required``
+        raise RuntimeError naming every one. The callers import the factories, so each stage's code
+        hash covers only the nets it uses."""
         nets = cls()
         for name, build in builders.items():
             kind, _, backend = name.partition(":")
@@ -61,6 +66,12 @@ class OptionalNets:
                 setattr(nets, name, net)
             if net is None:
                 nets.reasons[name] = reason
+        if required and nets.reasons:
+            lines = "\n  ".join(f"{name}: {reason}" for name, reason in nets.reasons.items())
+            raise RuntimeError(
+                f"{purpose or 'this stage'} needs these nets and they cannot be loaded "
+                f"(allow_missing_nets: false):\n  {lines}"
+            )
         for name, reason in nets.reasons.items():
             goes_on = f"; {purpose} goes on without it" if purpose else ""
             log.info("%s unavailable: %s%s", name, reason, goes_on)

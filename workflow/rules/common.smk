@@ -19,6 +19,7 @@ from talk3d_core.util.config import (
     subject_config,
     validate_config,
 )
+from talk3d_core.nets.requirements import needed_nets, required_net_files
 from talk3d_core.util.provenance import source_hash
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -113,6 +114,44 @@ def core_hash(*modules, exclude=()):
     """Hash of the talk3d_core code a rule runs (this checkout's), for the rule's params. Modules in
     ``exclude`` (and what only they import) are left out."""
     return source_hash(*modules, package_dir=REPO_ROOT / "talk3d_core", exclude=exclude)
+
+
+def loss_net_files(section):
+    """Input function: with ``allow_missing_nets: false`` the weight files of the section's loss nets
+    (Snakemake fetches them from the manifest first); a missing Python package stops the run here,
+    before any job. ``section``: "train", or "prior" (its pretrained personalization)."""
+
+    def files(wildcards):
+        settings = SUBJECT_CONFIG[wildcards.subject][section]
+        if section == "prior":
+            if settings["mode"] != "pretrained":
+                return []
+            settings = settings["pretrained"]
+        if settings["allow_missing_nets"]:
+            return []
+        return required_net_files(
+            needed_nets(settings), WEIGHTS_DIR, list(WEIGHTS.values()),
+            sync_weights=settings.get("sync_weights"), what=f"{section} of subject '{wildcards.subject}'",
+        )  # fmt: skip
+
+    return files
+
+
+def backend_weights(section):
+    """Input function: the manifest files that the section's backend uses (FAN for landmarks.backend
+    face_alignment, BiSeNet for masks.backend bisenet; nothing for the offline ones), so Snakemake
+    fetches them first."""
+    backend = config[section]["backend"]
+    return [f"{WEIGHTS_DIR}/{dest}" for dest, entry in WEIGHTS.items() if backend in entry.used_by]
+
+
+def audio_model_files(wildcards):
+    """Input function: the files of features.audio_model when it is a folder of manifest entries (the
+    paper's wav2vec2), so Snakemake fetches them before the features are computed."""
+    model = config["features"]["audio_model"]
+    if not model:
+        return []
+    return [f"{WEIGHTS_DIR}/{dest}" for dest in WEIGHTS if Path(WEIGHTS_DIR, dest).parent == Path(model)]
 
 
 def prior_checkpoint(wildcards):

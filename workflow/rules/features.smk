@@ -8,6 +8,7 @@ rule features:
         crops="results/{subject}/crops",
         crop_table="results/{subject}/crop.parquet",
         camera="results/{subject}/camera.parquet",
+        model=audio_model_files,
     output:
         "results/{subject}/features.parquet",
     log:
@@ -33,6 +34,7 @@ rule drive_features:
     input:
         audio="results/{subject}/drive/{audio}/audio.wav",
         subject="results/{subject}/features.parquet",
+        model=audio_model_files,
     output:
         "results/{subject}/drive/{audio}/features.parquet",
     log:

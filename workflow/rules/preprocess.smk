@@ -5,6 +5,7 @@ rule landmarks:
     """68-point landmarks (plus the backend's own points) on every full frame, short gaps filled."""
     input:
         frames="results/{subject}/frames",
+        weights=backend_weights("landmarks"),
     output:
         "results/{subject}/landmarks.parquet",
     log:
@@ -74,6 +75,7 @@ rule masks:
     input:
         crops="results/{subject}/crops",
         table="results/{subject}/crop.parquet",
+        weights=backend_weights("masks"),
     output:
         directory("results/{subject}/masks"),
     log:

@@ -11,6 +11,7 @@ rule prior:
         crop="results/{subject}/crop.parquet",
         checkpoint=prior_checkpoint,
         features="results/{subject}/features.parquet",
+        nets=loss_net_files("prior"),
     output:
         generator="results/{subject}/prior/generator.pt",
         identity="results/{subject}/prior/P_id.pt",

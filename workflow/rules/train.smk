@@ -11,6 +11,7 @@ rule train:
         crops="results/{subject}/crops",
         masks="results/{subject}/masks",
         audio="results/{subject}/audio.wav",
+        nets=loss_net_files("train"),
     output:
         # train_log.jsonl, checkpoint.pt, samples/ and tensorboard/ sit beside it, undeclared: Snakemake
         # deletes declared outputs before a job runs, and a resumed run needs them.
