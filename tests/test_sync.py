@@ -145,7 +145,7 @@ def test_unreadable_or_missing_file(tmp_path: Path) -> None:
     not_a_state = _save_state(tmp_path / "list.model", [torch.zeros(1)])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="list.model: expected a state dict"):
         load_syncnet_v2(not_a_state)
-    with pytest.raises(FileNotFoundError, match="absent.model.*download_model.sh"):
+    with pytest.raises(FileNotFoundError, match="absent.model.*snakemake --cores 1 .*syncnet_v2.model"):
         load_syncnet_v2(tmp_path / "absent.model")
 
 
@@ -153,7 +153,7 @@ def test_sync_scorer_without_weights_gives_a_reason(tmp_path: Path) -> None:
     scorer, reason = sync_scorer(tmp_path / "syncnet_v2.model")
     assert scorer is None
     assert str(tmp_path / "syncnet_v2.model") in reason
-    assert "github.com/joonson/syncnet_python" in reason and "download_model.sh" in reason
+    assert "snakemake --cores 1 resources/weights/syncnet/syncnet_v2.model" in reason
 
     broken = tmp_path / "broken.model"
     broken.write_bytes(b"\x00" * 16)

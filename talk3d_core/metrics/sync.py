@@ -48,7 +48,8 @@ tolerates within the spread of its training tracks. The window is then resized t
 bilinear interpolation like the original (so a 64 px render, a ~45 px window, is upsampled 5x).
 Pass ``window=None`` for frames that already are SyncNet face-track crops.
 
-The SyncNet weights are not in the weights manifest; :func:`sync_scorer` never downloads anything.
+The SyncNet weights are the manifest entry syncnet_v2 (fetched by the weights rule);
+:func:`sync_scorer` never downloads anything.
 """
 
 from __future__ import annotations
@@ -89,11 +90,11 @@ VSHIFT = 15
 #: Grey level syncnet_python pads frames with where the crop leaves the image.
 PAD_VALUE = 110
 
-#: Where users put ``syncnet_v2.model``, relative to the weights folder (not in the weights manifest).
+#: Where ``syncnet_v2.model`` goes, relative to the weights folder (the manifest entry syncnet_v2's dest).
 SYNCNET_V2_FILE = "syncnet/syncnet_v2.model"
 _WEIGHTS_SOURCE = (
-    "get syncnet_v2.model with download_model.sh of github.com/joonson/syncnet_python "
-    "(it fetches www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model)"
+    f"fetch it with: snakemake --cores 1 resources/weights/{SYNCNET_V2_FILE} (manifest entry syncnet_v2, "
+    "syncnet_python's model)"
 )
 
 # Face box assumed for our crops, in eye distances (ED): S3FD's box from mid-forehead to the chin.

@@ -51,13 +51,12 @@ FACE_SIZE = (48, 96)
 #: Embedding size of both encoders.
 EMBEDDING_DIM = 512
 
-#: Where users put Wav2Lip's expert checkpoint (it is not in the weights manifest: no public,
-#: checksummed download exists).
-#: Where the expert goes, relative to the weights folder (config weights.dir).
+#: Where the expert goes, relative to the weights folder (config weights.dir): the manifest entry
+#: lipsync_expert_wav2lip installs it there.
 SYNC_EXPERT_FILE = "syncnet/lipsync_expert.pth"
 _WEIGHTS_SOURCE = (
-    "get lipsync_expert.pth from the 'Expert Discriminator' link in the Wav2Lip README "
-    "(github.com/Rudrabha/Wav2Lip; research / non-commercial terms)"
+    f"fetch it with: snakemake --cores 1 resources/weights/{SYNC_EXPERT_FILE} (manifest entry "
+    "lipsync_expert_wav2lip; Wav2Lip's research / non-commercial terms)"
 )
 
 # Wav2Lip hparams.py / audio.py: 16 kHz, 50 ms Hann window, 12.5 ms hop (80 mel frames per second).
