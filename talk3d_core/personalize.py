@@ -625,8 +625,9 @@ def personalize(
             record["seconds"] = round(time.perf_counter() - started, 4)
             run.step(record)
             out_of_budget = max_steps is not None and done_here >= max_steps
-            if step % cfg.checkpoint_every == 0 or out_of_budget:
+            if (step % cfg.checkpoint_every == 0 and run.due()) or out_of_budget:
                 save(stage, global_step, snapshot())
+            if step % cfg.checkpoint_every == 0:
                 log.info("%s step %d/%d: loss %.4f", stage, step, stage_steps[stage], values["total"])
             if out_of_budget:
                 raise StepBudgetExhausted(

@@ -226,7 +226,7 @@ def train_scratch_prior(
             record = {"step": step, **{k: round(v, 6) for k, v in zip(terms, values, strict=True)}}
             record["seconds"] = round(time.perf_counter() - started, 4)
             run.step(record)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if (step % cfg.checkpoint_every == 0 and run.due()) or step == cfg.steps:
                 run.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
                 log.info(
                     "step %d: loss %.4f (l1 %.4f, ssim %.4f)",

@@ -246,8 +246,9 @@ def train_deltaplane(
     ``checkpoint_every`` steps and at the end of each stage, ``train_log.jsonl``, ``tensorboard/`` and
     ``samples/step_XXXXXX.png``. A checkpoint of other settings (or another ``run_id``, e.g. the code
     hash) is an error, or with ``restart_on_mismatch`` parked in ``checkpoints/``.
-    ``on_checkpoint(head, step, stage)`` runs after each checkpoint is written (e.g. to score the model
-    at chosen steps); the head is in eval mode during the call, and since every step reseeds the
+    ``on_checkpoint(head, step, stage)`` runs every ``checkpoint_every`` steps and at stage ends, after
+    the checkpoint (if one was due, see :meth:`Run.due`) is written (e.g. to score the model at chosen
+    steps); the head is in eval mode during the call, and since every step reseeds the
     random generator, what the call draws does not change the training.
     """
     from tensorboardX import SummaryWriter
@@ -366,15 +367,16 @@ def train_deltaplane(
                 writer.add_scalar(f"{stage}/{key}", value, step)
             stage_end = step in (cfg.steps, total)
             if step % cfg.checkpoint_every == 0 or stage_end:
-                run.save(
-                    {
-                        "step": step,
-                        "stage": stage,
-                        "net": head.net.state_dict(),
-                        "superresolution": head.generator.superresolution.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                    }
-                )
+                if run.due() or stage_end:
+                    run.save(
+                        {
+                            "step": step,
+                            "stage": stage,
+                            "net": head.net.state_dict(),
+                            "superresolution": head.generator.superresolution.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                        }
+                    )
                 log.info("step %d (%s): loss %.4f, l1 %.4f", step, stage, record["total"], record["l1"])
                 if on_checkpoint is not None:
                     was_training = head.training

@@ -49,6 +49,13 @@ NET = DeltaplaneConfig.cpu(
 ORBIT = dict(focal=3.6, radius=2.7, pivot=(0.0, 0.05, 0.2))
 
 
+@pytest.fixture(autouse=True)
+def checkpoint_every_time(monkeypatch):
+    """Tests checkpoint at every checkpoint_every step (no time throttle); the variable reaches the
+    workflow's script processes too. test_prior checks the throttle itself."""
+    monkeypatch.setenv("TALK3D_CHECKPOINT_INTERVAL_S", "0")
+
+
 def tiny_subject(n: int = 8) -> SubjectData:
     """A bright disc ('head') on a dark background, seen from slightly different yaws (32 px)."""
     yy, xx = np.mgrid[:32, :32]

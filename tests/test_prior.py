@@ -11,6 +11,7 @@ from conftest import TINY, tiny_subject
 from PIL import Image
 
 from talk3d_core.prior import PriorConfig, evaluate_prior, prior_sheet, train_scratch_prior
+from talk3d_core.util.runs import Run
 
 
 def test_fit_improves_and_evaluates(tmp_path):
@@ -80,6 +81,23 @@ def test_restart_parks_the_old_checkpoint_and_switching_back_resumes_it(tmp_path
     # Both runs are kept: the "new code" one is parked now.
     assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1
     assert not list((tmp_path / "checkpoints").glob(f"{parked[0].stem}.*"))
+
+
+def test_periodic_checkpoints_are_throttled_in_time_and_counted(tmp_path, monkeypatch):
+    """Bounded bytes per hour: with the default interval a fast run saves only at its end."""
+    monkeypatch.delenv("TALK3D_CHECKPOINT_INTERVAL_S")
+    cfg = PriorConfig(steps=6, batch_size=2, checkpoint_every=1)
+    saves = []
+    real_save = Run.save
+    monkeypatch.setattr(
+        Run, "save", lambda self, state: saves.append(state["step"]) or real_save(self, state)
+    )
+    train_scratch_prior(tiny_subject(), tmp_path / "slow", gen_config=TINY, prior_config=cfg)
+    assert saves == [6]
+    monkeypatch.setenv("TALK3D_CHECKPOINT_INTERVAL_S", "0")
+    saves.clear()
+    train_scratch_prior(tiny_subject(), tmp_path / "every", gen_config=TINY, prior_config=cfg)
+    assert saves == [1, 2, 3, 4, 5, 6]
 
 
 def test_divergence_names_only_a_checkpoint_that_exists(tmp_path):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +29,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 STEP_LOG = "train_log.jsonl"
 PARKED = "checkpoints"  # checkpoints of other settings, by settings key and step count
+# Periodic checkpoints at most this often (seconds; the environment variable overrides it): a
+# paper-size personalization checkpoint is ~340 MB, and one every 50 steps wrote over a terabyte per
+# clip. Stage ends and budget stops always save.
+SAVE_INTERVAL_ENV = "TALK3D_CHECKPOINT_INTERVAL_S"
+MIN_SAVE_INTERVAL_S = 300.0
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -187,6 +193,8 @@ class Run:
         self._desc, self._progress = desc, progress
         self._log: IO[str] | None = None
         self._bar: Any = None
+        self._opened = self._last_save = time.monotonic()
+        self.saves, self.bytes_written = 0, 0
 
     def __enter__(self) -> Run:
         from tqdm import tqdm
@@ -197,6 +205,12 @@ class Run:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        hours = (time.monotonic() - self._opened) / 3600
+        if self.saves:
+            log.info(
+                "%s: %d checkpoints, %.1f MB written in %.2f h (%.0f MB per hour)", self.checkpoint,
+                self.saves, self.bytes_written / 1e6, hours, self.bytes_written / 1e6 / max(hours, 1e-9),
+            )  # fmt: skip
         if self._bar is not None:
             self._bar.close()
         if self._log is not None:
@@ -209,6 +223,14 @@ class Run:
         self._log.write(json.dumps(record) + "\n")
         self._bar.update(1)
 
+    def due(self) -> bool:
+        """Whether a periodic checkpoint may be written now: at most one per
+        :data:`MIN_SAVE_INTERVAL_S` seconds (or ``$TALK3D_CHECKPOINT_INTERVAL_S``), so the bytes written
+        per hour stay bounded whatever the step rate (a kill loses at most that much work; every step
+        reseeds, so resuming is exact)."""
+        interval = float(os.environ.get(SAVE_INTERVAL_ENV, MIN_SAVE_INTERVAL_S))
+        return time.monotonic() - self._last_save >= interval
+
     def save(self, state: dict[str, Any]) -> None:
         """Write ``checkpoint.pt`` (``state`` plus the run's meta), the log flushed first so the log
         never runs behind the checkpoint."""
@@ -216,6 +238,9 @@ class Run:
             self._log.flush()
         with atomic_path(self.checkpoint) as tmp:
             torch.save(state | {"meta": self.meta}, tmp)
+        self._last_save = time.monotonic()
+        self.saves += 1
+        self.bytes_written += self.checkpoint.stat().st_size
 
 
 def check_finite(

@@ -116,6 +116,48 @@ def core_hash(*modules, exclude=()):
     return source_hash(*modules, package_dir=REPO_ROOT / "talk3d_core", exclude=exclude)
 
 
+# Memory and time asked of the scheduler, from the clip: the GPU stages hold every frame's crop and
+# masks (about 7 bytes per pixel at the model's size) and run a known number of steps. Seconds per
+# step: measured on 2 CPU cores for the CPU preset, a generous guess for the paper preset on a GPU
+# (long stages resume after a time-out). Rationale and figures: docs/decisions.md#resources.
+SECONDS_PER_STEP = {"cpu": 0.4, "paper": 1.0}
+
+
+def model_preset(subject):
+    prior = SUBJECT_CONFIG[subject]["prior"]
+    return "paper" if prior["mode"] == "pretrained" or prior["generator"] == "paper" else "cpu"
+
+
+def frames_mem_mb(base_mb):
+    """Resource function: ``base_mb`` plus the subject's frames at the model's size, +25%."""
+
+    def mem_mb(wildcards, input):
+        side = 512 if model_preset(wildcards.subject) == "paper" else 64
+        n_frames = len(os.listdir(input.crops))
+        return int(base_mb + 1.25 * n_frames * 7 * side * side / 1e6)
+
+    return mem_mb
+
+
+def steps_runtime(section):
+    """Resource function: minutes for the section's steps (prior: its stages; train: both), x1.5."""
+
+    def runtime(wildcards, input):
+        settings = SUBJECT_CONFIG[wildcards.subject][section]
+        if section == "train":
+            steps = settings["steps"] + settings["sr_steps"]
+        elif settings["mode"] == "pretrained":
+            p = settings["pretrained"]
+            n_frames = len(os.listdir(input.crops))
+            frame_batches = -(-n_frames // p["frame_batch_size"])
+            steps = p["pivot_steps"] + p["tune_steps"] + p["frame_steps"] * frame_batches
+        else:
+            steps = settings["steps"]
+        return int(10 + 1.5 * steps * SECONDS_PER_STEP[model_preset(wildcards.subject)] / 60)
+
+    return runtime
+
+
 def loss_net_files(section):
     """Input function: with ``allow_missing_nets: false`` the weight files of the section's loss nets
     (Snakemake fetches them from the manifest first); a missing Python package stops the run here,

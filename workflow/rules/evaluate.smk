@@ -32,7 +32,7 @@ rule evaluate:
         "../envs/core.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=frames_mem_mb(6000),
         runtime=120,
         gpu=1,
     params:

@@ -31,8 +31,8 @@ rule prior:
         "../envs/core.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=frames_mem_mb(4000),
+        runtime=steps_runtime("prior"),
         gpu=1,
     params:
         prior=settings("prior"),

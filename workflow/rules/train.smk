@@ -30,8 +30,8 @@ rule train:
         "../envs/core.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=480,
+        mem_mb=frames_mem_mb(4000),
+        runtime=steps_runtime("train"),
         gpu=1,
     params:
         train=settings("train"),
@@ -67,7 +67,7 @@ rule ablation:
         "../envs/core.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=frames_mem_mb(3000),
         runtime=30,
         gpu=1,
     params:
