@@ -169,8 +169,6 @@ def check_training(device: torch.device, batch: int, with_sync_term: bool) -> li
         optimizer.step()
 
     rows = []
-    if not with_sync_term:
-        rows.append(("train step + sync term", "skipped", "--no-sync (7 frames at 512 px with gradients)"))
     for with_sync in (False, True)[: 1 + with_sync_term]:
         step(with_sync)  # warm-up
         baseline = reset_peak(device)
@@ -181,6 +179,8 @@ def check_training(device: torch.device, batch: int, with_sync_term: bool) -> li
         seconds = time.perf_counter() - start
         label = "train step + sync term" if with_sync else "train step"
         rows.append((label, f"{seconds:.2f} s", f"batch {batch} at {s} px; {peak_text(device, baseline)}"))
+    if not with_sync_term:
+        rows.append(("train step + sync term", "skipped", "--no-sync (7 frames at 512 px with gradients)"))
     return rows
 
 

@@ -119,6 +119,36 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path):
         train_scratch_prior(data, tmp_path, gen_config=TINY, prior_config=PriorConfig(steps=2, batch_size=2))
 
 
+def test_a_long_clip_is_memory_mapped_not_held_in_ram(tmp_path, monkeypatch):
+    """Frames over the in-RAM budget go to unlinked memory-mapped files: same values, nothing left."""
+    import tempfile
+
+    from talk3d_core.model.subject import load_subject
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
+        Image.fromarray(rng.integers(0, 7, (16, 16), dtype=np.uint8)).save(tmp_path / f"m{i}.png")
+        paths.append((tmp_path / f"c{i}.png", tmp_path / f"m{i}.png"))
+    crops, masks = zip(*paths, strict=True)
+    args = (crops, masks, np.zeros((3, 25), np.float32), np.ones(3, bool), 8)
+    in_ram = load_subject(*args)
+    spill = tmp_path / "scratch"
+    spill.mkdir()
+    monkeypatch.setenv("TALK3D_FRAMES_IN_RAM_BYTES", "0")
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    mapped = load_subject(*args)
+    for name in ("crops", "face", "person", "mouth"):
+        a, b = getattr(in_ram, name), getattr(mapped, name)
+        assert torch.equal(a, b) and a.shape == b.shape, name
+    # File-backed pages of the deleted files (the OS can page them out), not heap.
+    mapped_files = [line for line in open("/proc/self/maps").read().splitlines() if str(spill) in line]
+    assert len(mapped_files) >= 4 and all("talk3d-frames-" in f and "(deleted)" in f for f in mapped_files)
+    assert list(spill.iterdir()) == []  # the files were unlinked at once
+    assert in_ram.fingerprint() == mapped.fingerprint()
+
+
 def test_load_subject_paints_the_background(tmp_path):
     from talk3d_core.model.subject import load_subject
 

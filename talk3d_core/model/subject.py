@@ -110,6 +110,33 @@ class SubjectData:
         return digest.hexdigest()[:16]
 
 
+# Frames held in RAM up to this many bytes; a larger clip's crops and masks go to memory-mapped files
+# (unlinked at once, so the OS pages them in and out and nothing is left behind): a 5-minute clip at
+# 512 px is about 13 GB. $TALK3D_FRAMES_IN_RAM_BYTES overrides it; the files go to $TMPDIR.
+FRAMES_IN_RAM_BYTES = 2 * 2**30
+_IN_RAM_ENV = "TALK3D_FRAMES_IN_RAM_BYTES"
+
+
+def frame_arrays(n: int, size: int, with_person: bool) -> dict[str, np.ndarray]:
+    """Empty per-frame arrays for ``n`` frames of ``size``^2: crops (N, 3, S, S) uint8 and the face,
+    person (when ``with_person``) and mouth masks (N, 1, S, S) bool, in RAM or memory-mapped (see
+    :data:`FRAMES_IN_RAM_BYTES`)."""
+    import tempfile
+
+    shapes = {"crops": ((n, 3, size, size), np.uint8), "face": ((n, 1, size, size), np.bool_)}
+    if with_person:
+        shapes["person"] = ((n, 1, size, size), np.bool_)
+    shapes["mouth"] = ((n, 1, size, size), np.bool_)
+    total = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
+    if total <= int(os.environ.get(_IN_RAM_ENV, FRAMES_IN_RAM_BYTES)):
+        return {name: np.empty(shape, dtype) for name, (shape, dtype) in shapes.items()}
+    arrays = {}
+    with tempfile.TemporaryDirectory(prefix="talk3d-frames-") as folder:
+        for name, (shape, dtype) in shapes.items():
+            arrays[name] = np.lib.format.open_memmap(os.path.join(folder, f"{name}.npy"), "w+", dtype, shape)
+    return arrays  # the files are gone; their pages live as long as the arrays
+
+
 def load_subject(
     crop_paths: Sequence[str | os.PathLike[str]],
     mask_paths: Sequence[str | os.PathLike[str]],
@@ -120,7 +147,8 @@ def load_subject(
     background: str = "black",
     proxy: HeadProxy | None = None,
 ) -> SubjectData:
-    """Read crops and masks, resized to ``size`` (area for images, nearest for labels).
+    """Read crops and masks, resized to ``size`` (area for images, nearest for labels); a long clip's
+    arrays are memory-mapped rather than held in RAM (:func:`frame_arrays`).
 
     ``background="black"`` paints the background label black, what the renderer shows where a ray
     meets no density, so the tri-planes hold the person and not the studio behind them, and keeps
@@ -135,26 +163,27 @@ def load_subject(
             f"subject inputs disagree: {len(crop_paths)} crops, {len(mask_paths)} masks, "
             f"{len(cameras)} cameras, {len(train)} split flags"
         )
-    crops, faces, people, mouths = [], [], [], []
-    for crop_path, mask_path in zip(crop_paths, mask_paths, strict=True):
+    arrays = frame_arrays(len(crop_paths), size, with_person=background == "black")
+    for i, (crop_path, mask_path) in enumerate(zip(crop_paths, mask_paths, strict=True)):
         with Image.open(crop_path) as im:
             rgb = np.array(im.convert("RGB").resize((size, size), Image.Resampling.BOX))
         with Image.open(mask_path) as im:
             labels = np.asarray(im.resize((size, size), Image.Resampling.NEAREST))
         if background == "black":
             rgb[labels == BACKGROUND_LABEL] = 0
-        crops.append(rgb)
-        faces.append(np.isin(labels, FACE_LABELS))
-        people.append(labels != BACKGROUND_LABEL)
-        mouths.append(np.isin(labels, MOUTH_LABELS))
+            arrays["person"][i, 0] = labels != BACKGROUND_LABEL
+        arrays["crops"][i] = rgb.transpose(2, 0, 1)
+        arrays["face"][i, 0] = np.isin(labels, FACE_LABELS)
+        arrays["mouth"][i, 0] = np.isin(labels, MOUTH_LABELS)
+    tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
     return SubjectData(
         cameras=torch.as_tensor(np.asarray(cameras, np.float32)),
         train=np.asarray(train, bool),
-        crops=torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(),
-        face=torch.from_numpy(np.stack(faces))[:, None],
-        person=torch.from_numpy(np.stack(people))[:, None] if background == "black" else None,
+        crops=tensors["crops"],
+        face=tensors["face"],
+        person=tensors.get("person"),
         proxy=proxy,
-        mouth=torch.from_numpy(np.stack(mouths))[:, None],
+        mouth=tensors["mouth"],
     )
 
 
