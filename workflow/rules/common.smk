@@ -117,7 +117,8 @@ def core_hash(*modules, exclude=()):
 
 
 # Memory and time asked of the scheduler, from the clip: the GPU stages hold every frame's crop and
-# masks (about 7 bytes per pixel at the model's size) and run a known number of steps. Seconds per
+# masks (about 7 bytes per pixel at the model's size; past 2 GiB memory-mapped from $TMPDIR, see
+# talk3d_core.model.subject.frame_arrays) and run a known number of steps. Seconds per
 # step: measured on 2 CPU cores for the CPU preset, a generous guess for the paper preset on a GPU
 # (long stages resume after a time-out). Rationale and figures: docs/decisions.md#resources.
 SECONDS_PER_STEP = {"cpu": 0.4, "paper": 1.0}
@@ -129,12 +130,12 @@ def model_preset(subject):
 
 
 def frames_mem_mb(base_mb):
-    """Resource function: ``base_mb`` plus the subject's frames at the model's size, +25%."""
+    """Resource function: ``base_mb`` plus the subject's frames held in RAM (at most 2 GiB), +25%."""
 
     def mem_mb(wildcards, input):
         side = 512 if model_preset(wildcards.subject) == "paper" else 64
-        n_frames = len(os.listdir(input.crops))
-        return int(base_mb + 1.25 * n_frames * 7 * side * side / 1e6)
+        frames_mb = len(os.listdir(input.crops)) * 7 * side * side / 1e6
+        return int(base_mb + 1.25 * min(frames_mb, 2**31 / 1e6))
 
     return mem_mb
 
