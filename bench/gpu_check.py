@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from heads import AUDIO_DIM, AUDIO_WINDOW, frontal_cameras, random_conditions, random_head
+from heads import AUDIO_DIM, AUDIO_WINDOW, frontal_cameras, random_conditions, random_head, random_targets
 
 from talk3d_core.camera import eg3d_camera
 from talk3d_core.crop import alignment_points, canonical_template
@@ -145,10 +145,7 @@ def check_training(device: torch.device, batch: int, with_sync_term: bool) -> li
     s = head.generator.config.image_resolution
     cond = random_conditions(batch, head.net_config.audio_frames, device)
     cams = frontal_cameras(batch, device)
-    target = torch.rand(batch, 3, s, s, device=device) * 2 - 1
-    face = torch.ones(batch, 1, s, s, dtype=torch.bool, device=device)
-    mouth = torch.zeros_like(face)
-    mouth[:, :, s * 5 // 8 : s * 3 // 4, s * 3 // 8 : s * 5 // 8] = True
+    target, face, mouth = random_targets(batch, s, device)
     cfg = TrainConfig(weight_lpips=0, weight_identity=0)
     with tempfile.TemporaryDirectory() as tmp:  # a random expert, loaded the way training loads one
         torch.save({"state_dict": SyncNetColor().state_dict()}, Path(tmp) / "expert.pth")

@@ -41,6 +41,16 @@ def random_conditions(batch: int, audio_frames: int, device: torch.device) -> di
     }
 
 
+def random_targets(batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A training batch's targets: random crops (B, 3, S, S) in [-1, 1], an all-face mask and a mouth
+    box mask (B, 1, S, S) bool where a mouth would be."""
+    target = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    face = torch.ones(batch, 1, size, size, dtype=torch.bool, device=device)
+    mouth = torch.zeros_like(face)
+    mouth[:, :, size * 5 // 8 : size * 3 // 4, size * 3 // 8 : size * 5 // 8] = True
+    return target, face, mouth
+
+
 def frontal_cameras(batch: int, device: torch.device) -> torch.Tensor:
     """(batch, 25) cameras a few degrees of yaw apart."""
     yaw = np.linspace(-5, 5, batch)

@@ -18,7 +18,7 @@ import statistics
 import time
 
 import torch
-from heads import frontal_cameras, random_conditions, random_head
+from heads import frontal_cameras, random_conditions, random_head, random_targets
 
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.train import TrainConfig, deltaplane_losses
@@ -54,10 +54,7 @@ def bench(size: str, device: torch.device, repeat: int, batch: int) -> None:
     s = gen_cfg.image_resolution
     cond = random_conditions(batch, head.net_config.audio_frames, device)
     cams = frontal_cameras(batch, device)
-    target = torch.rand(batch, 3, s, s, device=device) * 2 - 1
-    face = torch.ones(batch, 1, s, s, dtype=torch.bool, device=device)
-    mouth = torch.zeros_like(face)
-    mouth[:, :, s * 5 // 8 : s * 3 // 4, s * 3 // 8 : s * 5 // 8] = True
+    target, face, mouth = random_targets(batch, s, device)
 
     def step() -> None:
         out = head(cond, cams, jitter=True)
