@@ -27,6 +27,7 @@ from talk3d_core.util.weights import (
     fetch_command,
     find_entry,
     load_manifest,
+    pinned_sha256,
     read_state_dict,
     require,
     sha256_file,
@@ -525,6 +526,17 @@ def test_a_file_no_manifest_pins_is_recorded_on_first_use_then_checked(
         WeightsError, match=r"syncnet_v2\.model: sha256 .*recorded at its first install or use"
     ):
         verify_weights(path, fetch_hint="see resources/weights/README.md")
+
+
+def test_a_file_given_by_path_is_checked_against_its_manifest_entry(tmp_path: Path) -> None:
+    entry = _entry("https://example.org/m.bin")
+    installed = tmp_path / "toy" / "model.bin"
+    assert pinned_sha256(installed, tmp_path, [entry]) == PAYLOAD_SHA
+    assert pinned_sha256(tmp_path / "elsewhere.bin", tmp_path, [entry]) is None
+    installed.parent.mkdir()
+    installed.write_bytes(b"not the payload")
+    with pytest.raises(WeightsError, match="the manifest says"):
+        verify_weights(installed, pinned_sha256(installed, tmp_path, [entry]))
 
 
 def test_read_state_dict_refuses_a_changed_file(tmp_path: Path) -> None:

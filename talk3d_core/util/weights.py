@@ -338,6 +338,18 @@ def _digest_of(path: Path) -> str:
     return _VERIFIED[key]
 
 
+def pinned_sha256(
+    path: str | os.PathLike[str],
+    weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
+    manifest: Sequence[WeightEntry] | str | os.PathLike[str] = DEFAULT_MANIFEST,
+) -> str | None:
+    """The manifest's digest of the entry installed at ``path`` (None when no entry is installed
+    there, or the entry has no digest), for :func:`verify_weights` of a file given by path."""
+    entries = load_manifest(manifest) if isinstance(manifest, str | os.PathLike) else manifest
+    target = Path(path).resolve()
+    return next((e.sha256 for e in entries if e.path_in(weights_dir).resolve() == target), None)
+
+
 def verify_weights(
     path: str | os.PathLike[str], expected: str | None = None, *, fetch_hint: str = ""
 ) -> Path:
