@@ -100,6 +100,18 @@ def test_periodic_checkpoints_are_throttled_in_time_and_counted(tmp_path, monkey
     assert saves == [1, 2, 3, 4, 5, 6]
 
 
+def test_long_runs_log_progress_and_the_step_log_is_current(tmp_path, monkeypatch, caplog):
+    from talk3d_core.util import runs
+
+    monkeypatch.setattr(runs, "PROGRESS_EVERY_S", 0.0)
+    run = Run(tmp_path, {"settings": 1}, total=3, device=torch.device("cpu"), desc="prior")
+    with caplog.at_level("INFO", logger="talk3d_core.util.runs"), run:
+        run.step({"step": 1, "l1": 0.5})
+        # Line-buffered: a reader (or a killed job's next run) sees the line at once.
+        assert (tmp_path / "train_log.jsonl").read_text() == '{"step": 1, "l1": 0.5}\n'
+    assert "prior: step 1/3" in caplog.text and "min left" in caplog.text
+
+
 def test_divergence_names_only_a_checkpoint_that_exists(tmp_path):
     from talk3d_core.util.runs import check_finite
 

@@ -34,6 +34,7 @@ PARKED = "checkpoints"  # checkpoints of other settings, by settings key and ste
 # clip. Stage ends and budget stops always save.
 SAVE_INTERVAL_ENV = "TALK3D_CHECKPOINT_INTERVAL_S"
 MIN_SAVE_INTERVAL_S = 300.0
+PROGRESS_EVERY_S = 60.0  # a progress line in the stage's log at most this often
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -193,13 +194,14 @@ class Run:
         self._desc, self._progress = desc, progress
         self._log: IO[str] | None = None
         self._bar: Any = None
-        self._opened = self._last_save = time.monotonic()
+        self._opened = self._last_save = self._last_progress = time.monotonic()
         self.saves, self.bytes_written = 0, 0
 
     def __enter__(self) -> Run:
         from tqdm import tqdm
 
-        self._log = open(self.out_dir / STEP_LOG, "a")  # noqa: SIM115 (closed in __exit__)
+        # Line-buffered: the step log shows progress as it happens (SLURM jobs have no progress bar).
+        self._log = open(self.out_dir / STEP_LOG, "a", buffering=1)  # noqa: SIM115 (closed in __exit__)
         disable = None if self._progress is None else not self._progress
         self._bar = tqdm(total=self.total, initial=self.start, disable=disable, desc=self._desc)
         return self
@@ -222,6 +224,15 @@ class Run:
         assert self._log is not None, "Run.step outside 'with run:'"
         self._log.write(json.dumps(record) + "\n")
         self._bar.update(1)
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_EVERY_S:  # a log line for runs without a terminal
+            done = int(record[self.step_key])
+            rate = (now - self._opened) / max(done - self.start, 1)
+            log.info(
+                "%s: step %d/%d, %.1f s/step, about %.0f min left",
+                self._desc, done, self.total, rate, rate * (self.total - done) / 60,
+            )  # fmt: skip
+            self._last_progress = now
 
     def due(self) -> bool:
         """Whether a periodic checkpoint may be written now: at most one per
