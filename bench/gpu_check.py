@@ -36,6 +36,7 @@ from talk3d_core.nets.lipsync_expert import SYNC_FRAMES, SyncNetColor, sync_expe
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.render import render_batches
 from talk3d_core.train import TrainConfig, deltaplane_losses
+from talk3d_core.util.weights import sha256_file
 
 Row = tuple[str, str, str]
 
@@ -148,8 +149,10 @@ def check_training(device: torch.device, batch: int, with_sync_term: bool) -> li
     target, face, mouth = random_targets(batch, s, device)
     cfg = TrainConfig(weight_lpips=0, weight_identity=0)
     with tempfile.TemporaryDirectory() as tmp:  # a random expert, loaded the way training loads one
-        torch.save({"state_dict": SyncNetColor().state_dict()}, Path(tmp) / "expert.pth")
-        expert, reason = sync_expert_loss(device, weights=Path(tmp) / "expert.pth")
+        path = Path(tmp) / "expert.pth"
+        torch.save({"state_dict": SyncNetColor().state_dict()}, path)
+        Path(tmp, ".expert.pth.sha256").write_text(sha256_file(path))  # as if installed: no warning
+        expert, reason = sync_expert_loss(device, weights=path)
     assert expert is not None, reason
     sync_cond = random_conditions(SYNC_FRAMES, head.net_config.audio_frames, device)
     sync_cams = frontal_cameras(SYNC_FRAMES, device)
