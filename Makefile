@@ -10,7 +10,8 @@ DEMO_TARGETS := results/demo/ingest_preview.png results/demo/preprocess_sheet.pn
                 results/demo/videos.html
 
 # Where pip takes torch from: PyPI by default (its torch 2.13.0 is the CUDA build, which also runs on a
-# CPU). CPU-only machines can save ~4 GB with TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+# CPU). CPU-only machines can skip the ~3 GB of nvidia packages with
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 TORCH_INDEX ?=
 TORCH_FROM  := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
 
