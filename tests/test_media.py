@@ -175,6 +175,8 @@ def test_still_images_are_recognised(tmp_path):
         assert still_image_kind(tmp_path / "still.mp4") == kind
     (tmp_path / "text.mp4").write_text("hello")
     assert still_image_kind(tmp_path / "text.mp4") is None and still_image_kind(tmp_path) is None
+    (tmp_path / "notes.mp4").write_text("BMW dashcam clips, to be sorted\n")  # "BM" alone is no bitmap
+    assert still_image_kind(tmp_path / "notes.mp4") is None
 
 
 def test_wav_round_trip(tmp_path, ffmpeg):

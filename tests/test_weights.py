@@ -533,6 +533,12 @@ def test_a_file_given_by_path_is_checked_against_its_manifest_entry(tmp_path: Pa
     installed = tmp_path / "toy" / "model.bin"
     assert pinned_sha256(installed, tmp_path, [entry]) == PAYLOAD_SHA
     assert pinned_sha256(tmp_path / "elsewhere.bin", tmp_path, [entry]) is None
+    # Verified against the manifest, a file gets the stamp that later checks by path alone use.
+    good = tmp_path / "good" / "model.bin"
+    good.parent.mkdir()
+    good.write_bytes(PAYLOAD)
+    verify_weights(good, PAYLOAD_SHA)
+    assert (good.parent / ".model.bin.sha256").read_text().strip() == PAYLOAD_SHA
     installed.parent.mkdir()
     installed.write_bytes(b"not the payload")
     with pytest.raises(WeightsError, match="the manifest says"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -121,8 +122,6 @@ def frame_arrays(n: int, size: int, with_person: bool) -> dict[str, np.ndarray]:
     """Empty per-frame arrays for ``n`` frames of ``size``^2: crops (N, 3, S, S) uint8 and the face,
     person (when ``with_person``) and mouth masks (N, 1, S, S) bool, in RAM or memory-mapped (see
     :data:`FRAMES_IN_RAM_BYTES`)."""
-    import tempfile
-
     shapes = {"crops": ((n, 3, size, size), np.uint8), "face": ((n, 1, size, size), np.bool_)}
     if with_person:
         shapes["person"] = ((n, 1, size, size), np.bool_)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from talk3d_core.nets.optional import PairLoss, error_text, frozen
+from talk3d_core.nets.requirements import ARCFACE_WEIGHTS
 from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR
 
-ARCFACE_WEIGHTS = "arcface_ir_se50"
 # ArcFace IR-SE50 sees a 112^2 face; pSp/PTI crop the aligned 256^2 FFHQ face to rows 35:223 and
 # columns 32:220 first. The same fractions are used here for any input size.
 _ARCFACE_CROP = (35 / 256, 223 / 256, 32 / 256, 220 / 256)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from talk3d_core.nets.requirements import SYNC_EXPERT_WEIGHTS
 from talk3d_core.util.weights import DEFAULT_WEIGHTS_DIR, read_state_dict, state_dict_problems
 
 SyncLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,11 +53,11 @@ FACE_SIZE = (48, 96)
 EMBEDDING_DIM = 512
 
 #: Where the expert goes, relative to the weights folder (config weights.dir): the manifest entry
-#: lipsync_expert_wav2lip installs it there.
+#: SYNC_EXPERT_WEIGHTS installs it there.
 SYNC_EXPERT_FILE = "syncnet/lipsync_expert.pth"
 _WEIGHTS_SOURCE = (
     f"fetch it with: snakemake --cores 1 resources/weights/{SYNC_EXPERT_FILE} (manifest entry "
-    "lipsync_expert_wav2lip; Wav2Lip's research / non-commercial terms)"
+    f"{SYNC_EXPERT_WEIGHTS}; Wav2Lip's research / non-commercial terms)"
 )
 
 # Wav2Lip hparams.py / audio.py: 16 kHz, 50 ms Hann window, 12.5 ms hop (80 mel frames per second).

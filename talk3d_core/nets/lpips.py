@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from talk3d_core.nets.optional import PairLoss, error_text, frozen
+from talk3d_core.nets.requirements import lpips_weights
 from talk3d_core.util.weights import (
     DEFAULT_MANIFEST,
     DEFAULT_WEIGHTS_DIR,
@@ -38,7 +39,7 @@ _LPIPS_SLICES = {
 
 def _lpips_trunk_state(path: Path, net: str) -> dict[str, torch.Tensor]:
     """torchvision ``features.<i>.*`` tensors renamed to lpips' ``slice<k>.<i>.*`` (k from 1)."""
-    source = f"the manifest entry lpips_{net}_trunk (snakemake --cores 1 weights)"
+    source = f"the manifest entry {lpips_weights(net)[0]} (snakemake --cores 1 weights)"
     state = read_state_dict(path, what=f"{net} trunk of LPIPS", source=source)
     ends = _LPIPS_SLICES[net]
     renamed = {}
@@ -69,8 +70,9 @@ def lpips_loss(
         raise ValueError(f"LPIPS trunk must be one of {sorted(_LPIPS_SLICES)}, got {net!r}")
     problems = []
     try:
-        trunk = require(f"lpips_{net}_trunk", weights_dir, manifest)
-        heads = require(f"lpips_{net}_heads", weights_dir, manifest)
+        trunk_entry, heads_entry = lpips_weights(net)
+        trunk = require(trunk_entry, weights_dir, manifest)
+        heads = require(heads_entry, weights_dir, manifest)
     except WeightsError as exc:
         problems.append(error_text(exc))
     try:

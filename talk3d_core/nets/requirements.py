@@ -16,11 +16,22 @@ from typing import Any
 
 from talk3d_core.util.weights import WeightEntry
 
+# The manifest entries the loss nets load (the nets' modules import these names from here, so the
+# check and the loaders cannot drift apart).
+ARCFACE_WEIGHTS = "arcface_ir_se50"
+SYNC_EXPERT_WEIGHTS = "lipsync_expert_wav2lip"
+
+
+def lpips_weights(net: str) -> tuple[str, str]:
+    """The manifest entries (trunk, linear heads) of LPIPS with trunk ``net``."""
+    return f"lpips_{net}_trunk", f"lpips_{net}_heads"
+
+
 # net -> (Python packages it imports, manifest entries it loads)
 NET_REQUIREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "lpips": (("lpips", "torchvision"), ("lpips_alex_trunk", "lpips_alex_heads")),
-    "identity": (("facexlib", "torchvision", "filterpy", "numba"), ("arcface_ir_se50",)),
-    "sync_expert": ((), ("lipsync_expert_wav2lip",)),
+    "lpips": (("lpips", "torchvision"), lpips_weights("alex")),
+    "identity": (("facexlib", "torchvision", "filterpy", "numba"), (ARCFACE_WEIGHTS,)),
+    "sync_expert": ((), (SYNC_EXPERT_WEIGHTS,)),
 }
 INSTALL_HINT = 'make install-paper (or: pip install -e ".[paper]" && pip install --no-deps facexlib==0.3.0)'
 

@@ -21,17 +21,18 @@ def file_problem(path: str | os.PathLike[str]) -> str | None:
     empty"), or None when it is a non-empty regular file."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except FileNotFoundError:
         return "does not exist"
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
+    mode = info.st_mode
     if stat.S_ISDIR(mode):
         return "is a directory, not a file"
     if not stat.S_ISREG(mode):
         kind = "a character device" if stat.S_ISCHR(mode) else "a pipe, socket or device"
         return f"is {kind}, not a regular file"
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         return "is empty (0 bytes)"
     return None
 

@@ -89,7 +89,6 @@ _IMAGE_MAGIC = {
     b"\xff\xd8\xff": "JPEG",
     b"GIF87a": "GIF",
     b"GIF89a": "GIF",
-    b"BM": "BMP",
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
 }
@@ -105,6 +104,8 @@ def still_image_kind(path: str | os.PathLike[str]) -> str | None:
         return None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if head[:2] == b"BM" and int.from_bytes(head[14:16], "little") in (12, 40, 52, 56, 64, 108, 124):
+        return "BMP"  # "BM" alone is too short a signature: the DIB header size follows at byte 14
     return next((kind for magic, kind in _IMAGE_MAGIC.items() if head.startswith(magic)), None)
 
 

@@ -136,10 +136,9 @@ def open_checkpoint(
     state = _load(checkpoint, device) if checkpoint.is_file() else None
     if state is not None:
         same = json.dumps(state["meta"], sort_keys=True) == json.dumps(meta, sort_keys=True)
-        if not same or state[step_key] > total:
-            why = f"trained for {state[step_key]} steps, {total} asked"
-            if not same:
-                why = "written with other settings"
+        ran = state[step_key]
+        if not same or ran > total:
+            why = f"trained for {ran} steps, {total} asked" if same else "written with other settings"
             if not restart_on_mismatch:
                 raise ValueError(f"{checkpoint}: {why}; delete it (or allow a restart) to start over")
             parked = _park(out_dir, state, step_key)

@@ -18,6 +18,7 @@ the file against that record (trust on first use, until someone pins the digest 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import hashlib
 import logging
 import os
@@ -384,6 +385,9 @@ def verify_weights(
             f"{path}: sha256 {actual}, but {source} says {want}: the file is corrupt, truncated or was "
             f"replaced since it was installed; refusing to load it{hint}"
         )
+    if recorded is None:  # verified against the manifest: later checks by path alone find the stamp
+        with contextlib.suppress(OSError), atomic_path(_stamp_path(path)) as tmp:
+            tmp.write_text(actual + "\n")
     return path
 
 
