@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from talk3d_core.metrics.image import psnr, ssim
-from talk3d_core.metrics.mouth import landmarks_of_images, mouth_scores, paired_differences
+from talk3d_core.metrics.mouth import expected_face_box, landmarks_of_images, mouth_scores, paired_differences
 from talk3d_core.model.subject import SubjectData, mouth_boxes
 from talk3d_core.model.talking_head import TalkingHead
 from talk3d_core.render import render_batches
@@ -59,6 +59,7 @@ def audio_ablation(
     face = data.face[frames].float()
     size = target.shape[-1]
     truth_lm = landmarks_of_images(to_uint8(target), backend=landmark_backend)
+    face_box = expected_face_box(truth_lm)  # renders are aligned like the crops
     results: dict[str, Any] = {
         "frames": len(frames),
         "landmark_backend": landmark_backend,
@@ -70,7 +71,9 @@ def audio_ablation(
         batches = render_batches(head, data.conditions, data.cameras, frames, **setting)
         images = torch.cat([out["image"].clamp(-1, 1) for _, out in batches])
         renders[name] = images
-        landmarks[name] = landmarks_of_images(to_uint8(images), backend=landmark_backend)
+        landmarks[name] = landmarks_of_images(
+            to_uint8(images), backend=landmark_backend, expected_box=face_box
+        )
         scores = mouth_scores(landmarks[name], truth_lm, size)
         results["settings"][name] = {
             "face_psnr": float(psnr(images, target, face).mean()),

@@ -34,7 +34,13 @@ import pandas as pd
 import torch
 
 from talk3d_core.metrics.image import psnr, ssim
-from talk3d_core.metrics.mouth import REFERENCE_SIZE, landmarks_of_images, mouth_opening, mouth_scores
+from talk3d_core.metrics.mouth import (
+    REFERENCE_SIZE,
+    expected_face_box,
+    landmarks_of_images,
+    mouth_opening,
+    mouth_scores,
+)
 from talk3d_core.metrics.sync import sync_scorer
 from talk3d_core.model.subject import FrameConditions, SubjectData
 from talk3d_core.model.talking_head import TalkingHead
@@ -366,8 +372,8 @@ def evaluate_subject(
     conditions = data.conditions
     rows: list[Metric] = []
 
-    def landmarks(images: np.ndarray) -> np.ndarray:
-        return landmarks_of_images(images, backend=landmark_backend)
+    def landmarks(images: np.ndarray, expected_box: np.ndarray | None = None) -> np.ndarray:
+        return landmarks_of_images(images, backend=landmark_backend, expected_box=expected_box)
 
     # Reference statistics of the training crops: FID features and mean identity embeddings.
     train = np.flatnonzero(data.train)
@@ -388,7 +394,10 @@ def evaluate_subject(
     # Self-driven: the held-out frames.
     truth = to_uint8(to_unit(data.crops[test]))
     render = render_uint8(head, conditions, cameras, test, batch_size)
-    render_lm, truth_lm = landmarks(render), landmarks(truth)
+    truth_lm = landmarks(truth)
+    # Renders are aligned like the crops: the held-out crops' face box says where to look in them.
+    face_box = expected_face_box(truth_lm)
+    render_lm = landmarks(render, face_box)
     audio = _segment(wav, rate, int(test[0]), len(test), fps)
     rows += face_metrics(SELF, render, truth, data.face[test, 0].numpy(), nets)
     rows += mouth_metrics(SELF, render_lm, truth_lm, size, landmark_backend)
@@ -407,7 +416,7 @@ def evaluate_subject(
         cond, cams, _ = drive_clip(head, data, drive.audio_features, drive_camera)
         n = min(len(cond), max_drive_frames)
         images = render_uint8(head, cond, cams, np.arange(n), batch_size)
-        lm = landmarks(images)
+        lm = landmarks(images, face_box)
         wav = _segment(drive.wav, drive.rate, 0, n, fps)
         rows += sync_metrics(setting, images, wav, drive.rate, nets)
         rows += motion_metrics(setting, lm, size, wav, drive.rate, fps, landmark_backend)

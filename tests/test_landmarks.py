@@ -334,6 +334,29 @@ def test_fan_backend_plumbing(tmp_path):
     fan.close()
 
 
+def test_expected_box_measures_what_the_detector_misses(tmp_path):
+    # Renders are aligned crops: where the detector finds nothing, FAN still fits at the known box.
+    from talk3d_core.metrics.mouth import landmarks_of_images
+
+    _tiny_fan_file(tmp_path / "weights" / "face_alignment" / "2DFAN4-test.zip")
+    image = np.zeros((2, 300, 300, 3), np.uint8)
+    image[:, 149:152, 119:122] = 255
+    options = {
+        "weights_dir": tmp_path / "weights",
+        "manifest": _manifest(tmp_path),
+        "face_boxes": lambda img: (np.zeros((0, 4)), np.zeros(0)),
+        "min_score": 0.01,
+    }
+    blind = landmarks_of_images(image, backend="face_alignment", backend_options=options)
+    assert np.isnan(blind).all()
+    box = np.array([70.0, 90.0, 170.0, 190.0])
+    # One image: the stand-in puts all 68 points on the dot, a box too small to follow into a next one.
+    seen = landmarks_of_images(image[:1], backend="face_alignment", backend_options=options, expected_box=box)
+    np.testing.assert_allclose(seen, np.broadcast_to((120.0, 150.0), (1, 68, 2)), atol=2.5)
+    with pytest.raises(ValueError, match="expected_box"):
+        landmarks_of_images(image, backend="face_alignment", backend_options=options, expected_box=[0, 1])
+
+
 def test_fan_missing_weights_names_the_fetch_command(tmp_path):
     manifest = _manifest(tmp_path)
     with pytest.raises(WeightsError, match=r"snakemake --cores 1 .*face_alignment/2DFAN4-test\.zip"):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from talk3d_core.face.landmark_backends import open_backend, select_main
+from talk3d_core.face.landmark_backends import open_backend, points_box, select_main
 
 #: Points of the mouth in the iBUG 68 scheme (outer lips 48-59, inner lips 60-67): the LMD points.
 MOUTH_POINTS = tuple(range(48, 68))
@@ -130,6 +130,7 @@ def landmarks_of_images(
     backend: str = "mediapipe",
     upscale_to: int = 256,
     backend_options: dict[str, Any] | None = None,
+    expected_box: np.ndarray | None = None,
 ) -> np.ndarray:
     """68-point landmarks (N, 68, 2) of the face in each of N RGB uint8 images (H, W, 3).
 
@@ -143,15 +144,27 @@ def landmarks_of_images(
     ``backend_options={"static_image_mode": True}`` (mediapipe). ``images`` may be an array
     (N, H, W, 3) or any iterable of arrays, possibly of different sizes. The backend is closed on
     return.
+
+    ``expected_box`` (4,) x0, y0, x1, y1 in input pixels: where the face's 68 points are expected
+    when the previous image gave none (renders are aligned crops, so the training crops' landmarks
+    say where). Box-fitting backends (FAN) try it before their detector, so a render the detector
+    misses is still measured instead of silently dropped; mediapipe tracks on its own and ignores it.
     """
     if upscale_to < 1:
         raise ValueError(f"landmarks_of_images: upscale_to must be >= 1, got {upscale_to}")
+    if expected_box is not None:
+        expected_box = np.asarray(expected_box, dtype=np.float64)
+        if expected_box.shape != (4,) or not np.isfinite(expected_box).all():
+            raise ValueError(f"landmarks_of_images: expected_box must be 4 finite numbers: {expected_box}")
     detector = open_backend(backend, **(backend_options or {}))
     rows: list[np.ndarray] = []
     prior_box: np.ndarray | None = None  # in the upsampled frame of the previous image
     try:
         for index, image in enumerate(images):
             big, sx, sy = _upsample(_check_image(image, index), upscale_to)
+            if prior_box is None and expected_box is not None:
+                # Pixel edges scale by s: x_big = (x + 0.5) * s - 0.5 (the inverse of the mapping below).
+                prior_box = (expected_box + 0.5) * np.array([sx, sy, sx, sy]) - 0.5
             faces = [face for face in detector.detect(big, prior_box) if face.lm68 is not None]
             if not faces:
                 prior_box = None
@@ -167,6 +180,12 @@ def landmarks_of_images(
     if not rows:
         return np.zeros((0, N_LANDMARKS, 2))
     return np.stack(rows)
+
+
+def expected_face_box(lm68: np.ndarray) -> np.ndarray | None:
+    """Box (4,) of the median landmarks (N, 68, 2) over the frames that have them; None if none do."""
+    found = np.isfinite(lm68).all(axis=(1, 2))
+    return points_box(np.median(lm68[found], axis=0)) if found.any() else None
 
 
 @dataclass(frozen=True)
