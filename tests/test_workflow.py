@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, SHARED_DATA, random_generator, write_snapshot
+from click.testing import CliRunner
+from conftest import REPO_ROOT, SHARED_DATA, decode_video, random_generator, write_snapshot
+from PIL import Image
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import (
     ConfigSettings,
@@ -28,8 +30,9 @@ from snakemake.settings.types import (
 )
 from snakemake_interface_common.exceptions import WorkflowError
 
+from talk3d_core.cli import main as talk3d
 from talk3d_core.demo import make_demo_clip
-from talk3d_core.util.media import ffmpeg_exe
+from talk3d_core.util.media import ffmpeg_exe, probe
 
 pytestmark = pytest.mark.workflow
 
@@ -115,7 +118,7 @@ def outputs(files: dict[str, int], *stages: str) -> set[str]:
     return {k for k in files if any(k.startswith(f"results/clip/{stage}") for stage in stages)}
 
 
-def test_reruns_only_what_changed(project):
+def test_reruns_only_what_changed(project, monkeypatch):
     run(project, ALL)
     out = project / "results/clip"
     for path in ["frames/000000.png", "crops/000000.png", "masks/000000.png", "drive/voice/features.parquet",
@@ -178,6 +181,27 @@ def test_reruns_only_what_changed(project):
         "train/samples/", "train/tensorboard/",
     )  # fmt: skip
     assert changed(third, fourth) == set(fourth) - training_state
+
+    # The talk3d command renders from the trained files, without Snakemake: after an edit to the
+    # training stage's code it drives, views and draws a frame, and nothing under results/ changes.
+    with open(project / "talk3d_core/train.py", "a") as fh:
+        fh.write("\n# edited\n")
+    monkeypatch.chdir(project)  # talk3d moves into its workflow directory; restored after the test
+    made = project.parent / "talk3d"
+    for args in (
+        ["drive", "clip", "voice.mp3", "-o", str(made / "driven.mp4"), "--camera", "fixed", "--size", "48"],
+        ["view", "clip", "--yaw", "-25", "--pitch", "10", "-o", str(made / "view.mp4")],
+        ["frame", "clip", "--yaw", "15", "--pitch", "-5", "--frame", "3", "-o", str(made / "frame.png")],
+    ):
+        result = CliRunner().invoke(talk3d, ["-C", str(project), *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert mtimes(project) == fourth
+    driven = probe(made / "driven.mp4")
+    assert driven.video.display_size == (48, 48) and driven.audio is not None
+    assert len(decode_video(made / "driven.mp4")) == 38  # 1.5 s of audio at 25 fps
+    held_out = pd.read_parquet(out / "features.parquet").query("split == 'test'")
+    assert len(decode_video(made / "view.mp4")) == len(held_out)
+    assert Image.open(made / "frame.png").size == (256, 256)  # render.output_size
 
 
 def test_pretrained_mode_personalizes_an_eg3d_pickle(project):

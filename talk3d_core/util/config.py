@@ -113,12 +113,12 @@ def check_overrides(config: Mapping[str, Any], subjects: Iterable[str]) -> None:
         )
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def merge_settings(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """Nested mappings merged key by key; anything else in ``over`` replaces ``base``'s value."""
     merged = dict(base)
     for key, value in over.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -130,7 +130,7 @@ def subject_config(config: Mapping[str, Any], name: str, schema: Mapping[str, An
     over = config.get("overrides", {}).get(name)
     if not over:
         return dict(config)
-    return validate_config(_merge(config, over), schema, source=f"config overrides.{name}")
+    return validate_config(merge_settings(config, over), schema, source=f"config overrides.{name}")
 
 
 @dataclass(frozen=True)
@@ -234,6 +234,30 @@ def load_subjects(
     if problems:
         raise ConfigError("invalid subjects table:\n  " + "\n  ".join(problems))
     return subjects
+
+
+def novel_view_names(views: Mapping[str, Any] | str) -> list[str]:
+    """The novel-view grid of config ``render.views`` as view ids "<yaw>_<pitch>" (degrees), every
+    yaw with every pitch; ``"none"`` (no novel views, said on purpose) gives none."""
+    if views == "none":
+        return []
+    return [f"{yaw}_{pitch}" for yaw in views["yaw"] for pitch in views["pitch"]]
+
+
+def subject_outputs(name: str, drive: Iterable[str], views: Iterable[str]) -> list[str]:
+    """Everything the workflow produces for subject ``name`` driven by audio ids ``drive`` and seen
+    from ``views`` (:func:`novel_view_names`): the targets of ``snakemake`` and ``talk3d run``."""
+    base = f"results/{name}"
+    stages = [
+        "meta.json", "ingest_preview.png", "camera.parquet", "masks", "preprocess_sheet.png",
+        "features.parquet", "prior/P_id.pt", "train/deltaplane.pt", "train/ablation.json", "video.mp4",
+        "depth.mp4", "metrics.parquet", "videos.html",
+    ]  # fmt: skip
+    return (
+        [f"{base}/{stage}" for stage in stages]
+        + [f"{base}/drive/{audio}.mp4" for audio in drive]
+        + [f"{base}/views/{view}.mp4" for view in views]
+    )
 
 
 def from_settings(cls: type[T], section: Mapping[str, Any]) -> T:

@@ -16,7 +16,9 @@ from talk3d_core.util.config import (
     check_overrides,
     load_schema,
     load_subjects,
+    novel_view_names,
     subject_config,
+    subject_outputs,
     validate_config,
 )
 from talk3d_core.nets.requirements import needed_nets, required_net_files
@@ -79,34 +81,12 @@ def drive_audio_source(wildcards):
 
 def view_names():
     """The novel-view grid as view ids '<yaw>_<pitch>' (degrees), every yaw with every pitch."""
-    views = config["render"]["views"]
-    if views == "none":  # no novel views, said on purpose
-        return []
-    return [f"{yaw}_{pitch}" for yaw in views["yaw"] for pitch in views["pitch"]]
+    return novel_view_names(config["render"]["views"])
 
 
 def subject_targets(name):
     """Everything the workflow produces for one subject."""
-    s = SUBJECTS[name]
-    return (
-        [
-            f"results/{name}/meta.json",
-            f"results/{name}/ingest_preview.png",
-            f"results/{name}/camera.parquet",
-            f"results/{name}/masks",
-            f"results/{name}/preprocess_sheet.png",
-            f"results/{name}/features.parquet",
-            f"results/{name}/prior/P_id.pt",
-            f"results/{name}/train/deltaplane.pt",
-            f"results/{name}/train/ablation.json",
-            f"results/{name}/video.mp4",
-            f"results/{name}/depth.mp4",
-            f"results/{name}/metrics.parquet",
-            f"results/{name}/videos.html",
-        ]
-        + [f"results/{name}/drive/{audio}.mp4" for audio in s.drive]
-        + [f"results/{name}/views/{view}.mp4" for view in view_names()]
-    )
+    return subject_outputs(name, SUBJECTS[name].drive, view_names())
 
 
 @functools.cache  # several rules share modules; one parse reads each closure once
