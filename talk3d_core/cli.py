@@ -315,3 +315,30 @@ def frame(
     with atomic_path(output) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     click.echo(f"{output}: {image.shape[1]}x{image.shape[0]}")
+
+
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback: this machine)."
+)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--max-upload-mb", default=50.0, show_default=True, type=click.FloatRange(min=0.01), help="Upload cap."
+)
+@device_option
+@click.pass_obj
+def serve(ws: Workspace, host: str, port: int, max_upload_mb: float, device: str | None) -> None:
+    """A local web page: drive the trained subjects with uploaded or recorded audio, turn their heads."""
+    import uvicorn
+
+    from talk3d_core.serve.app import Studio, make_app
+
+    studio = Studio(
+        ws.root / "results", device=device, audio_rate=ws.config["ingest"]["audio_rate"],
+        max_upload_bytes=int(max_upload_mb * 2**20), batch_size=ws.config["render"]["batch_size"],
+    )  # fmt: skip
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"talk3d serve: listening on {host}, so other machines can reach the page", err=True)
+    count = len(studio.subjects())
+    click.echo(f"talk3d serve: http://{host}:{port}/ ({count} trained subjects; Ctrl-C stops)")
+    uvicorn.run(make_app(studio), host=host, port=port, log_level="warning")

@@ -10,8 +10,10 @@ and statistics), :meth:`Portrait.view` renders the held-out frames from a novel 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from talk3d_core.model.talking_head import TalkingHead, load_talking_head
 from talk3d_core.render import (
     PasteBack,
     camera_path,
+    drive_clip,
     render_batches,
     render_target,
     resize_square,
@@ -36,6 +39,11 @@ from talk3d_core.util.runs import pick_device
 
 #: The ways a driven portrait's camera moves: the held-out frames' head motion, or frontal and still.
 DRIVE_CAMERAS = ("tracked", "fixed")
+
+
+def _check_camera(camera: str) -> None:
+    if camera not in DRIVE_CAMERAS:
+        raise ValueError(f"camera must be one of {', '.join(DRIVE_CAMERAS)}, got {camera!r}")
 
 
 class NotTrainedError(FileNotFoundError):
@@ -119,6 +127,22 @@ class Portrait:
         black = self.head.training_record["background"] == "black"
         return PasteBack.from_files(self.files.frames, self.files.crop_table, use_opacity=black)
 
+    @contextlib.contextmanager
+    def _ingested(self, audio: str | os.PathLike[str], audio_rate: int) -> Iterator[tuple[Path, np.ndarray]]:
+        """(16 kHz mono WAV of ``audio`` in a temporary folder, its features (M, W, D)) for the block."""
+        with tempfile.TemporaryDirectory(prefix="talk3d_drive_") as tmp:
+            wav = Path(tmp) / "audio.wav"
+            ingest_audio(audio, wav, audio_rate=audio_rate)
+            table = Path(tmp) / "features.parquet"
+            drive_features(wav, self.files.features, table)
+            yield wav, read_features(table, kind="drive").audio
+
+    def drive_features(self, audio: str | os.PathLike[str], audio_rate: int = 16000) -> np.ndarray:
+        """Audio features (M, W, D) of ``audio`` (any file the ingest accepts) with the subject's backend
+        and statistics, one window per 1/fps s; a file that is not audio raises ValueError naming it."""
+        with self._ingested(audio, audio_rate) as (_, features):
+            return features
+
     def drive(
         self,
         audio: str | os.PathLike[str],
@@ -131,24 +155,30 @@ class Portrait:
         batch_size: int = 8,
         crf: int = 18,
         progress: bool = True,
+        on_frames: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
         """The portrait driven by ``audio`` (any file the ingest accepts) into ``out_mp4`` (H.264 + AAC),
         one frame per 1/fps s of audio. ``camera``: one of :data:`DRIVE_CAMERAS`; ``size``: output
-        side in pixels (default: the render's, or the crop's with ``paste_back``). Returns
-        :func:`talk3d_core.render.render_video`'s summary."""
-        if camera not in DRIVE_CAMERAS:
-            raise ValueError(f"camera must be one of {', '.join(DRIVE_CAMERAS)}, got {camera!r}")
-        with tempfile.TemporaryDirectory(prefix="talk3d_drive_") as tmp:
-            wav = Path(tmp) / "audio.wav"
-            ingest_audio(audio, wav, audio_rate=audio_rate)
-            table = Path(tmp) / "features.parquet"
-            drive_features(wav, self.files.features, table)
-            features = read_features(table, kind="drive").audio
+        side in pixels (default: the render's, or the crop's with ``paste_back``); ``on_frames(done,
+        total)`` after each batch. Returns :func:`talk3d_core.render.render_video`'s summary."""
+        _check_camera(camera)
+        with self._ingested(audio, audio_rate) as (wav, features):
             return render_target(
                 self.head, self.data, out_mp4, mode="drive", drive_audio_features=features, audio=wav,
                 drive_camera=camera, paste=self._paste() if paste_back else None, fps=self.fps,
-                batch_size=batch_size, output_size=size, crf=crf, progress=progress,
+                batch_size=batch_size, output_size=size, crf=crf, progress=progress, on_frames=on_frames,
             )  # fmt: skip
+
+    def drive_frames(
+        self, features: np.ndarray, *, camera: str = "tracked", size: int | None = None, batch_size: int = 1
+    ) -> Iterator[np.ndarray]:
+        """Frames (S, S, 3) uint8 of the portrait driven by ``features`` (:meth:`drive_features`), yielded
+        as they are rendered (``batch_size`` at a time: 1 gives the first frame soonest)."""
+        _check_camera(camera)
+        conditions, cameras, _ = drive_clip(self.head, self.data, features, camera)
+        for _, out in render_batches(self.head, conditions, cameras, batch_size=batch_size):
+            for image in to_uint8(out["image"]):
+                yield resize_square(image, size or self.size)
 
     def view(
         self,
@@ -160,11 +190,13 @@ class Portrait:
         batch_size: int = 8,
         crf: int = 18,
         progress: bool = True,
+        on_frames: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
         """The held-out frames with their audio, seen from head yaw/pitch (degrees), into ``out_mp4``."""
         return render_target(
             self.head, self.data, out_mp4, mode="view", view=view_name(yaw, pitch), audio=self.files.audio,
             fps=self.fps, batch_size=batch_size, output_size=size, crf=crf, progress=progress,
+            on_frames=on_frames,
         )  # fmt: skip
 
     def frame(

@@ -27,7 +27,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -422,6 +422,7 @@ def render_video(
     drop: Collection[str] = (),
     identity_only: bool = False,
     progress: bool = True,
+    on_frames: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Render clip ``frames`` (default all N) of ``conditions`` from ``cameras`` (N, 25) into
     ``out_mp4`` (H.264, ``fps``), with ``audio`` muxed from ``audio_offset_s`` seconds in.
@@ -432,7 +433,8 @@ def render_video(
     frames' size. ``depth_mp4``: the depth video of the crops (not pasted back), same frames and
     length, at the crop side above, near bright (see :func:`depth_to_uint8`), over ``depth_range``
     (world units; default: from the first batch's solid pixels, then fixed, so the video does not
-    flicker). Outputs are atomic: on any error neither file is left behind.
+    flicker). Outputs are atomic: on any error neither file is left behind. ``on_frames(done, total)``
+    is called after each batch (a progress bar elsewhere, e.g. the web page's).
 
     Returns {"frames", "fps", "seconds" (wall time), "render_seconds" (the model alone),
     "render_fps", "size" [width, height], "video", "audio", "depth_video", "depth_range"}.
@@ -493,6 +495,8 @@ def render_video(
                 for picture in pictures:
                     depth_video.write(resize_square(picture, side))
             bar.update(len(chunk))
+            if on_frames is not None:
+                on_frames(done + len(chunk), len(frames))
             if (done + len(chunk)) // log_every > done // log_every:
                 log.info("%s: %d/%d frames rendered", out_mp4, done + len(chunk), len(frames))
             done += len(chunk)
@@ -582,7 +586,7 @@ def render_target(
       with eye, pose and (``drive_camera`` "tracked") cameras of the held-out frames played back and
       forth, or the frontal camera ("fixed").
 
-    ``options``: :func:`render_video`'s batch_size, output_size, crf, progress. Returns
+    ``options``: :func:`render_video`'s batch_size, output_size, crf, progress, on_frames. Returns
     :func:`render_video`'s summary.
     """
     if mode not in RENDER_MODES:

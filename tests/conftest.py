@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import shutil
 import subprocess
 import types
 from collections import OrderedDict
@@ -731,3 +732,25 @@ def colour_frames(n: int, height: int, width: int) -> np.ndarray:
     colours = np.array([(200, 40, 40), (40, 200, 40), (40, 40, 200), (128, 128, 128), (230, 210, 50)])
     ramp = np.linspace(0.6, 1.0, width)[None, :, None]
     return np.stack([(colours[i % 5] * ramp).astype(np.uint8).repeat(height, 0) for i in range(n)])
+
+
+def make_workflow_project(root: Path) -> Path:
+    """A copy of the workflow, library and config in ``root``, with one subject ``clip`` (a 3.2 s
+    synthetic talking face at 256 px) and a driving audio ``voice.mp3`` (1.5 s)."""
+    from talk3d_core.demo import make_demo_clip
+
+    for name in ["workflow", "talk3d_core", "config"]:
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "resources/weights").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "resources/weights/manifest.yaml", root / "resources/weights/manifest.yaml")
+    # A short synthetic talking face (the demo generator) so every preprocessing stage has a face.
+    make_demo_clip(root / "clip.mp4", duration_s=3.2, size=256, seed=3)
+    subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+         "-i", "sine=frequency=220:duration=1.5", "-c:a", "libmp3lame", str(root / "voice.mp3")],
+        check=True,
+    )  # fmt: skip
+    (root / "config/subjects.tsv").write_text(
+        "name\tvideo\taudio\tdrive\tnotes\nclip\tclip.mp4\t\tvoice.mp3\tsynthetic face\n"
+    )
+    return root

@@ -18,7 +18,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import REPO_ROOT, SHARED_DATA, decode_video, random_generator, write_snapshot
+from conftest import (
+    REPO_ROOT,
+    SHARED_DATA,
+    decode_video,
+    make_workflow_project,
+    random_generator,
+    write_snapshot,
+)
 from PIL import Image
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import (
@@ -31,8 +38,7 @@ from snakemake.settings.types import (
 from snakemake_interface_common.exceptions import WorkflowError
 
 from talk3d_core.cli import main as talk3d
-from talk3d_core.demo import make_demo_clip
-from talk3d_core.util.media import ffmpeg_exe, probe
+from talk3d_core.util.media import probe
 
 pytestmark = pytest.mark.workflow
 
@@ -40,20 +46,7 @@ pytestmark = pytest.mark.workflow
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A copy of the workflow, library and config, with one short subject and a driving audio."""
-    for name in ["workflow", "talk3d_core", "config"]:
-        shutil.copytree(REPO_ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "resources/weights").mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "resources/weights/manifest.yaml", tmp_path / "resources/weights/manifest.yaml")
-    # A short synthetic talking face (the demo generator) so every preprocessing stage has a face.
-    make_demo_clip(tmp_path / "clip.mp4", duration_s=3.2, size=256, seed=3)
-    subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
-         "-i", "sine=frequency=220:duration=1.5", "-c:a", "libmp3lame", str(tmp_path / "voice.mp3")],
-        check=True,
-    )  # fmt: skip
-    (tmp_path / "config/subjects.tsv").write_text(
-        "name\tvideo\taudio\tdrive\tnotes\nclip\tclip.mp4\t\tvoice.mp3\tsynthetic face\n"
-    )
+    make_workflow_project(tmp_path)
     # Parsing the Snakefile puts the project copy on sys.path; keep that inside the test.
     monkeypatch.setattr(sys, "path", list(sys.path))
     return tmp_path
