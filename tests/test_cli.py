@@ -101,6 +101,17 @@ def test_clear_errors_before_any_work(project, tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ([], ["add"], ["run"], ["drive"], ["view"], ["frame"]):
+    for command in ([], ["add"], ["run"], ["drive"], ["view"], ["frame"], ["serve"]):
         result = talk3d(*command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output, command
+
+
+def test_serve_listens_on_loopback_unless_told(project, monkeypatch):
+    import uvicorn
+
+    seen = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: seen.append((host, port)))
+    assert talk3d("-C", str(project), "serve").exit_code == 0
+    result = talk3d("-C", str(project), "serve", "--host", "0.0.0.0", "--port", "8123")
+    assert seen == [("127.0.0.1", 8000), ("0.0.0.0", 8123)]
+    assert "other machines can reach the page" in result.output
