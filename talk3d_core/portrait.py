@@ -170,15 +170,17 @@ class Portrait:
             )  # fmt: skip
 
     def drive_frames(
-        self, features: np.ndarray, *, camera: str = "tracked", size: int | None = None, batch_size: int = 1
+        self, features: np.ndarray, *, camera: str = "tracked", size: int | None = None, batch_size: int = 8
     ) -> Iterator[np.ndarray]:
         """Frames (S, S, 3) uint8 of the portrait driven by ``features`` (:meth:`drive_features`), yielded
-        as they are rendered (``batch_size`` at a time: 1 gives the first frame soonest)."""
+        as they are rendered: the first alone (shown soonest), the rest ``batch_size`` at a time."""
         _check_camera(camera)
         conditions, cameras, _ = drive_clip(self.head, self.data, features, camera)
-        for _, out in render_batches(self.head, conditions, cameras, batch_size=batch_size):
-            for image in to_uint8(out["image"]):
-                yield resize_square(image, size or self.size)
+        order = np.arange(len(conditions))
+        for frames, batch in ((order[:1], 1), (order[1:], batch_size)):
+            for _, out in render_batches(self.head, conditions, cameras, frames, batch_size=batch):
+                for image in to_uint8(out["image"]):
+                    yield resize_square(image, size or self.size)
 
     def view(
         self,

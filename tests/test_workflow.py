@@ -188,6 +188,10 @@ def test_reruns_only_what_changed(project, monkeypatch):
     ):
         result = CliRunner().invoke(talk3d, ["-C", str(project), *args], catch_exceptions=False)
         assert result.exit_code == 0, result.output
+    (made / "notes.wav").write_text("this is text, not sound")
+    args = ["-C", str(project), "drive", "clip", str(made / "notes.wav"), "-o", str(made / "bad.mp4")]
+    result = CliRunner().invoke(talk3d, args, catch_exceptions=False)
+    assert result.exit_code == 1 and "notes.wav" in result.output and not (made / "bad.mp4").exists()
     assert mtimes(project) == fourth
     driven = probe(made / "driven.mp4")
     assert driven.video.display_size == (48, 48) and driven.audio is not None

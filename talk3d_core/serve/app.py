@@ -340,8 +340,10 @@ def make_app(studio: Studio) -> Starlette:
             try:
                 header = {"frames": len(features), "fps": portrait.fps, "size": size}
                 yield _record(json.dumps(header).encode())
+                batch = studio.batch_size
+                rendered = portrait.drive_frames(features, camera=camera, size=size, batch_size=batch)
                 with studio._model_lock:
-                    for image in portrait.drive_frames(features, camera=camera, size=size, batch_size=1):
+                    for image in rendered:
                         yield _record(_jpeg(image))
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
