@@ -15,7 +15,7 @@ DEMO_TARGETS := results/demo/ingest_preview.png results/demo/preprocess_sheet.pn
 TORCH_INDEX ?=
 TORCH_FROM  := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
 
-.PHONY: demo test install install-dev install-paper lint clean-demo
+.PHONY: demo test rehearsal install install-dev install-paper lint clean-demo
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) $(DEMO_TARGETS)
@@ -33,6 +33,14 @@ test: install-dev
 	$(BIN)/ruff format --check talk3d_core tests bench workflow/scripts
 	$(BIN)/snakefmt --check workflow
 	$(BIN)/python -m pytest -q
+
+# The paper preset's dress rehearsal (tests/test_rehearsal.py): config/paper.yaml through the whole DAG
+# at paper sizes on a 3 s clip, random weights in real formats; about 45 min on 2 cores, not part of
+# `make test`. It needs the paper extras. REHEARSAL_PYTHON runs it with another interpreter that has
+# them instead of .venv (a machine whose torch build has no matching torchvision on its index).
+REHEARSAL_PYTHON ?=
+rehearsal: $(if $(REHEARSAL_PYTHON),,install-paper install-dev)
+	$(or $(REHEARSAL_PYTHON),$(BIN)/python) -m pytest -q -s -m rehearsal tests/test_rehearsal.py
 
 lint: install-dev
 	$(BIN)/ruff check .
