@@ -248,8 +248,13 @@ def evaluate_prior(model: PersonalizedGenerator, data: SubjectData, batch_size: 
     train_index = np.flatnonzero(data.train)
     slot = {int(f): i for i, f in enumerate(train_index)}
     results: dict[str, list[float]] = {"train_psnr": [], "test_psnr": [], "train_ssim": [], "test_ssim": []}
+    total, said = len(data.train), time.monotonic()
     for split, frames in (("train", train_index), ("test", np.flatnonzero(~data.train))):
         for start in range(0, len(frames), batch_size):
+            if time.monotonic() - said > 60:  # a long clip at 512 px renders for minutes: say so
+                done = len(results["train_psnr"]) + len(results["test_psnr"])
+                log.info("prior metrics: %d/%d frames rendered", done, total)
+                said = time.monotonic()
             chunk = frames[start : start + batch_size]
             index = None
             if split == "train":
