@@ -561,3 +561,25 @@ def test_require_reads_a_manifest_path(tmp_path: Path) -> None:
     assert find_entry(load_manifest(path), "a").dest == "a/a.pth"
     with pytest.raises(WeightsError, match="fetch them with: snakemake --cores 1 .*a/a.pth"):
         require("a", tmp_path / "w", path)
+
+
+def test_a_state_dict_file_is_checked_against_its_manifest_digest(tmp_path, monkeypatch):
+    import torch
+
+    from talk3d_core.util import weights
+    from talk3d_core.util.weights import read_state_dict
+
+    monkeypatch.setattr(weights, "DEFAULT_WEIGHTS_DIR", tmp_path / "resources/weights")
+    monkeypatch.setattr(weights, "DEFAULT_MANIFEST", tmp_path / "resources/weights/manifest.yaml")
+    path = tmp_path / "resources/weights/syncnet/expert.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"w": torch.zeros(2)}, path)
+    entry = {"name": "expert", "url": "https://example.org/e.pth", "license": "test"}
+    manifest = tmp_path / "resources/weights/manifest.yaml"
+    # Not the file the manifest pins: refused on its first use (it used to be recorded and trusted).
+    pins = {"dest": "syncnet/expert.pth", "sha256": "0" * 64}
+    manifest.write_text(yaml.safe_dump({"weights": [entry | pins]}))
+    with pytest.raises(WeightsError, match="expert.pth"):
+        read_state_dict(path, what="expert", source="test")
+    manifest.write_text(yaml.safe_dump({"weights": [entry | pins | {"sha256": sha256_file(path)}]}))
+    assert set(read_state_dict(path, what="expert", source="test")) == {"w"}

@@ -748,7 +748,11 @@ def read_state_dict(path: str | os.PathLike[str], *, what: str, source: str) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights not found: {path}; {source}")
-    verify_weights(path, fetch_hint=source)
+    # A file installed from the default manifest is checked against its entry's digest, if it has one.
+    pinned = (
+        pinned_sha256(path, DEFAULT_WEIGHTS_DIR, DEFAULT_MANIFEST) if DEFAULT_MANIFEST.is_file() else None
+    )
+    verify_weights(path, pinned, fetch_hint=source)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types; all mean "not a usable file"
