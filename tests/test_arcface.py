@@ -29,3 +29,27 @@ def test_identity_loss_names_the_command_that_fetches_missing_weights(tmp_path: 
     assert loss is None
     assert "are missing" in reason and "snakemake --cores 1" in reason
     assert str(Path("weights") / "arcface" / "arcface.pth") in reason
+
+
+def test_arcface_embeds_images_in_any_memory_layout(tmp_path: Path):
+    arch = pytest.importorskip("facexlib.recognition.arcface_arch", reason="facexlib: make install-paper")
+    import torch
+    import yaml
+
+    from talk3d_core.nets.arcface import arcface_embedder
+    from talk3d_core.util.weights import sha256_file
+
+    path = tmp_path / "arcface" / "model_ir_se50.pth"
+    path.parent.mkdir()
+    torch.manual_seed(0)
+    torch.save(arch.Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se").state_dict(), path)
+    entry = {"name": ARCFACE_WEIGHTS, "url": "https://example.org/a.pth", "sha256": sha256_file(path),
+             "license": "test", "dest": "arcface/model_ir_se50.pth"}  # fmt: skip
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump({"weights": [entry]}))
+    embed, reason = arcface_embedder(weights_dir=tmp_path, manifest=tmp_path / "manifest.yaml")
+    assert embed is not None, reason
+    # Frames permuted from (N, H, W, 3) arrays, as evaluate passes them, are channels-last in memory.
+    images = torch.rand(2, 128, 128, 3).permute(0, 3, 1, 2) * 2 - 1
+    out = embed(images)
+    assert out.shape == (2, 512)
+    torch.testing.assert_close(out, embed(images.contiguous()))

@@ -62,7 +62,9 @@ def arcface_embedder(
         top, bottom, left, right = (round(f * size) for f in _ARCFACE_CROP)
         face = x[:, :, top:bottom, left:right]
         face = F.interpolate(face, size=(112, 112), mode="area" if face.shape[-1] > 112 else "bilinear")
-        return F.normalize(model(face), dim=1)
+        # Images permuted from (N, H, W, 3) arrays are channels-last, which the convolutions keep and
+        # facexlib's Flatten (a .view) cannot take: give the network the standard layout.
+        return F.normalize(model(face.contiguous()), dim=1)
 
     return embed, ""
 
