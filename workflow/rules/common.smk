@@ -160,11 +160,11 @@ def loss_net_files(section):
     return files
 
 
-def backend_weights(section):
+def backend_weights(section, key="backend"):
     """Input function: the manifest files that the section's backend uses (FAN for landmarks.backend
-    face_alignment, BiSeNet for masks.backend bisenet; nothing for the offline ones), so Snakemake
-    fetches them first."""
-    backend = config[section]["backend"]
+    or evaluate/ablation.landmark_backend face_alignment, BiSeNet for masks.backend bisenet; nothing
+    for the offline ones), so Snakemake fetches them first."""
+    backend = config[section][key]
     return [f"{WEIGHTS_DIR}/{dest}" for dest, entry in WEIGHTS.items() if backend in entry.used_by]
 
 

@@ -16,6 +16,7 @@ rule evaluate:
         drive_audio=lambda wc: [
             f"results/{wc.subject}/drive/{a}/audio.wav" for a in SUBJECTS[wc.subject].drive
         ],
+        landmark_weights=backend_weights("evaluate", "landmark_backend"),
     output:
         metrics="results/{subject}/metrics.parquet",
         views=report(

@@ -51,6 +51,7 @@ rule ablation:
         features="results/{subject}/features.parquet",
         crops="results/{subject}/crops",
         masks="results/{subject}/masks",
+        landmark_weights=backend_weights("ablation", "landmark_backend"),
     output:
         metrics="results/{subject}/train/ablation.json",
         sheet=report(
