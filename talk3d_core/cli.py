@@ -201,14 +201,6 @@ def _check_view(yaw: float, pitch: float) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _done(summary: dict[str, Any]) -> None:
-    width, height = summary["size"]
-    click.echo(
-        f"{summary['video']}: {summary['frames']} frames {width}x{height} in {summary['seconds']:.1f} s "
-        f"(the model renders {summary['render_fps']:.1f} frames/s)"
-    )
-
-
 device_option = click.option(
     "--device", default=None, help="torch device (default: cuda when present, else cpu)"
 )
@@ -220,12 +212,40 @@ size_option = click.option(
 )
 
 
+def output_option(what: str) -> Any:
+    return click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"{what} to write.",
+    )
+
+
+def view_options(command: Any) -> Any:
+    """--yaw and --pitch: the head angles of a novel view, degrees."""
+    command = click.option("--pitch", type=float, required=True, help="Head pitch in degrees.")(command)
+    yaw_help = "Head yaw in degrees (+ turns to the subject's left)."
+    return click.option("--yaw", type=float, required=True, help=yaw_help)(command)
+
+
+def _render(call: Any, *args: Any, **kwargs: Any) -> None:
+    """Run a Portrait render, turning a bad input into a clear error, then print its summary."""
+    try:
+        summary = call(*args, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    width, height = summary["size"]
+    click.echo(
+        f"{summary['video']}: {summary['frames']} frames {width}x{height} in {summary['seconds']:.1f} s "
+        f"(the model renders {summary['render_fps']:.1f} frames/s)"
+    )
+
+
 @main.command()
 @click.argument("name")
 @click.argument("audio", type=click.Path(path_type=Path))
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Video to write."
-)
+@output_option("Video (mp4)")
 @click.option(
     "--camera", type=click.Choice(DRIVE_CAMERAS), default=None,
     help="tracked: the held-out frames' head motion; fixed: frontal (default: render.drive_camera).",
@@ -246,25 +266,18 @@ def drive(
     audio = _input_file(ws, audio, "audio file")
     render = ws.settings(name)["render"]
     portrait = _open_portrait(name, device)
-    try:
-        summary = portrait.drive(
-            audio, ws.user_path(output), camera=camera or render["drive_camera"],
-            paste_back=render["paste_back"] if paste_back is None else paste_back,
-            size=size or render["output_size"], audio_rate=ws.config["ingest"]["audio_rate"],
-            batch_size=render["batch_size"], crf=render["crf"],
-        )  # fmt: skip
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    _done(summary)
+    _render(
+        portrait.drive, audio, ws.user_path(output), camera=camera or render["drive_camera"],
+        paste_back=render["paste_back"] if paste_back is None else paste_back,
+        size=size or render["output_size"], audio_rate=ws.config["ingest"]["audio_rate"],
+        batch_size=render["batch_size"], crf=render["crf"],
+    )  # fmt: skip
 
 
 @main.command()
 @click.argument("name")
-@click.option("--yaw", type=float, required=True, help="Head yaw in degrees (+ turns to the subject's left).")
-@click.option("--pitch", type=float, required=True, help="Head pitch in degrees.")
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Video to write."
-)
+@view_options
+@output_option("Video (mp4)")
 @size_option
 @device_option
 @click.pass_obj
@@ -275,26 +288,19 @@ def view(
     _check_view(yaw, pitch)
     render = ws.settings(name)["render"]
     portrait = _open_portrait(name, device)
-    try:
-        summary = portrait.view(
-            yaw, pitch, ws.user_path(output), size=size or render["output_size"],
-            batch_size=render["batch_size"], crf=render["crf"],
-        )  # fmt: skip
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    _done(summary)
+    _render(
+        portrait.view, yaw, pitch, ws.user_path(output), size=size or render["output_size"],
+        batch_size=render["batch_size"], crf=render["crf"],
+    )  # fmt: skip
 
 
 @main.command()
 @click.argument("name")
-@click.option("--yaw", type=float, required=True, help="Head yaw in degrees.")
-@click.option("--pitch", type=float, required=True, help="Head pitch in degrees.")
+@view_options
 @click.option(
     "--frame", "index", type=int, default=None, help="Clip frame (default: the first held-out one)."
 )
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write."
-)
+@output_option("Picture (png)")
 @size_option
 @device_option
 @click.pass_obj

@@ -270,6 +270,18 @@ def _jpeg(image: np.ndarray) -> bytes:
 def make_app(studio: Studio) -> Starlette:
     """The ASGI app serving ``studio``."""
 
+    async def received(request: Request) -> tuple[Portrait, Path, Path, str, int]:
+        """The subject, a new job folder, the checked upload in it and the form's options; a refused
+        request leaves no folder behind."""
+        portrait = await run_in_threadpool(studio.portrait, request.path_params["name"])
+        folder = studio.new_folder()
+        try:
+            wav, fields = await studio.upload(request, folder)
+            return (portrait, folder, wav, *studio.options(portrait, fields))
+        except BadRequest:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
     async def index(request: Request) -> Response:
         return HTMLResponse(index_page(studio.subjects(), str(studio.results)))
 
@@ -280,14 +292,7 @@ def make_app(studio: Studio) -> Starlette:
         return HTMLResponse(subject_page(name, portrait.size, sizes, portrait.fps, studio.max_upload_bytes))
 
     async def drive(request: Request) -> Response:
-        portrait = await run_in_threadpool(studio.portrait, request.path_params["name"])
-        folder = studio.new_folder()
-        try:
-            wav, fields = await studio.upload(request, folder)
-            camera, size = studio.options(portrait, fields)
-        except BadRequest:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        portrait, folder, wav, camera, size = await received(request)
         return JSONResponse(studio.submit(portrait, wav, folder, camera, size).status())
 
     async def job_status(request: Request) -> Response:
@@ -323,15 +328,9 @@ def make_app(studio: Studio) -> Starlette:
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     async def live(request: Request) -> Response:
-        portrait = await run_in_threadpool(studio.portrait, request.path_params["name"])
-        folder = studio.new_folder()
+        portrait, folder, wav, camera, size = await received(request)
         try:
-            wav, fields = await studio.upload(request, folder)
-            camera, size = studio.options(portrait, fields)
             features = await run_in_threadpool(portrait.drive_features, wav, studio.audio_rate)
-        except BadRequest:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
         except ValueError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             raise BadRequest(str(exc)) from None
