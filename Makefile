@@ -35,7 +35,7 @@ test: install-dev
 	$(BIN)/python -m pytest -q
 
 # The paper preset's dress rehearsal (tests/test_rehearsal.py): config/paper.yaml through the whole DAG
-# at paper sizes on a 3 s clip, random weights in real formats; about 45 min on 2 cores, not part of
+# at paper sizes on a 3 s clip, random weights in real formats; most of an hour on 2 cores, not part of
 # `make test`. It needs the paper extras. REHEARSAL_PYTHON runs it with another interpreter that has
 # them instead of .venv (a machine whose torch build has no matching torchvision on its index).
 REHEARSAL_PYTHON ?=
