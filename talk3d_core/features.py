@@ -29,9 +29,9 @@ tokens of a driven clip are those of the subject's frames it borrows
 
 The Parquet schema metadata (key ``talk3d.features``) records the kind of table, the feature
 backends, window, dims, normalisation (``audio_normalise``, ``audio_stats``), landmark token kind,
-blink calibration and split; :func:`read_features`
-checks columns, types, lengths, frame order, NaNs and, when asked, that the recorded settings match
-the current ones, so a stale or corrupted cache is an error rather than silent garbage.
+blink calibration and split; :func:`read_features` checks columns, types, lengths, frame order, NaNs
+and, when asked, that the recorded settings match the current ones, so a stale or corrupted cache is
+an error rather than silent garbage.
 """
 
 from __future__ import annotations
