@@ -424,6 +424,44 @@ def head_angles_from_eg3d_sampler(
     return -np.degrees(azimuth), -np.degrees(elevation)
 
 
+#: How a novel view's two angles are read (config ``render.view_convention``): the head angles the
+#: view shows, or EG3D ``LookAtPoseSampler`` offsets as Talk3D and VIVE3D give them.
+VIEW_CONVENTIONS = ("head", "lookat")
+
+
+def view_head_angles(
+    yaw_deg: float,
+    pitch_deg: float,
+    convention: str = "head",
+    *,
+    radius: float = EG3D_RADIUS,
+    pivot: Sequence[float] = EG3D_PIVOT,
+) -> tuple[float, float]:
+    """Head (yaw, pitch) in degrees (this module's conventions) seen from the novel view given by
+    ``yaw_deg``, ``pitch_deg`` in ``convention``:
+
+    - "head": the head angles themselves;
+    - "lookat": Talk3D's/VIVE3D's camera offsets, i.e. EG3D's ``LookAtPoseSampler(pi/2 + yaw,
+      pi/2 + pitch, pivot, radius)`` with the angles in radians. The sampler places the camera on its
+      sphere about the world origin, not about the pivot, and its vertical angle is not the polar
+      angle, so the head angles differ: with VIVE3D's pivot (0, 0.05, 0.2) and radius 2.7, "yaw 30,
+      pitch 20" shows head yaw -32.33 and pitch 14.79 (EG3D's pivot (0, 0, 0.2): -32.33, 13.70),
+      and "0, 0" a head pitch of 1.15 (the camera looks up at the raised pivot).
+
+    Both give the camera exactly: :func:`eg3d_camera` at the returned angles is the sampler's camera.
+    """
+    yaw, pitch = float(yaw_deg), float(pitch_deg)
+    if convention == "head":
+        return yaw, pitch
+    if convention == "lookat":
+        h, v = np.pi / 2 + np.radians(yaw), np.pi / 2 + np.radians(pitch)
+        head_yaw, head_pitch = head_angles_from_eg3d_sampler(
+            h, v, radius, np.asarray(pivot, dtype=np.float64)
+        )
+        return float(head_yaw), float(head_pitch)
+    raise ValueError(f"view convention must be one of {', '.join(VIEW_CONVENTIONS)}, got {convention!r}")
+
+
 # ---------------------------------------------------------------------------------------------------
 # camera.parquet
 

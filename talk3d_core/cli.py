@@ -20,6 +20,7 @@ from typing import Any
 import click
 import yaml
 
+from talk3d_core.camera import VIEW_CONVENTIONS
 from talk3d_core.portrait import DRIVE_CAMERAS, Portrait
 from talk3d_core.render import view_name
 from talk3d_core.util.config import (
@@ -223,9 +224,14 @@ def output_option(what: str) -> Any:
 
 
 def view_options(command: Any) -> Any:
-    """--yaw and --pitch: the head angles of a novel view, degrees."""
-    command = click.option("--pitch", type=float, required=True, help="Head pitch in degrees.")(command)
-    yaw_help = "Head yaw in degrees (+ turns to the subject's left)."
+    """--yaw, --pitch and --convention: a novel view, degrees, as head angles or LookAt offsets."""
+    command = click.option(
+        "--convention", type=click.Choice(VIEW_CONVENTIONS), default=None,
+        help="head: --yaw/--pitch are the head angles seen; lookat: Talk3D's EG3D LookAt camera offsets "
+        "(yaw 30, pitch 20 show head yaw -32, pitch 15) (default: render.view_convention).",
+    )(command)  # fmt: skip
+    command = click.option("--pitch", type=float, required=True, help="Pitch in degrees.")(command)
+    yaw_help = "Yaw in degrees (head convention: + turns the head to the subject's left)."
     return click.option("--yaw", type=float, required=True, help=yaw_help)(command)
 
 
@@ -282,15 +288,16 @@ def drive(
 @device_option
 @click.pass_obj
 def view(
-    ws: Workspace, name: str, yaw: float, pitch: float, output: Path, size: int | None, device: str | None
-) -> None:
+    ws: Workspace, name: str, yaw: float, pitch: float, convention: str | None, output: Path,
+    size: int | None, device: str | None,
+) -> None:  # fmt: skip
     """Render trained subject NAME's held-out frames, with their audio, from a novel view."""
     _check_view(yaw, pitch)
     render = ws.settings(name)["render"]
     portrait = _open_portrait(name, device)
     _render(
-        portrait.view, yaw, pitch, ws.user_path(output), size=size or render["output_size"],
-        batch_size=render["batch_size"], crf=render["crf"],
+        portrait.view, yaw, pitch, ws.user_path(output), convention=convention or render["view_convention"],
+        size=size or render["output_size"], batch_size=render["batch_size"], crf=render["crf"],
     )  # fmt: skip
 
 
@@ -305,16 +312,20 @@ def view(
 @device_option
 @click.pass_obj
 def frame(
-    ws: Workspace, name: str, yaw: float, pitch: float, index: int | None, output: Path, size: int | None,
-    device: str | None,
+    ws: Workspace, name: str, yaw: float, pitch: float, convention: str | None, index: int | None,
+    output: Path, size: int | None, device: str | None,
 ) -> None:  # fmt: skip
-    """Render one frame of trained subject NAME from head yaw/pitch, as a PNG."""
+    """Render one frame of trained subject NAME from a yaw/pitch, as a PNG."""
     from PIL import Image
 
     _check_view(yaw, pitch)
+    render = ws.settings(name)["render"]
     portrait = _open_portrait(name, device)
     try:
-        image = portrait.frame(yaw, pitch, index, size=size or ws.settings(name)["render"]["output_size"])
+        image = portrait.frame(
+            yaw, pitch, index, convention=convention or render["view_convention"],
+            size=size or render["output_size"],
+        )  # fmt: skip
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     output = ws.user_path(output)

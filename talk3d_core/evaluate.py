@@ -346,6 +346,7 @@ def evaluate_subject(
     au45_calibration: dict[str, Any] | None = None,
     drives: dict[str, DriveInput] | None = None,
     views: Sequence[str] = (),
+    view_convention: str = "head",
     drive_camera: str = "tracked",
     fps: float = 25.0,
     fid_reference_frames: int = 500,
@@ -357,7 +358,8 @@ def evaluate_subject(
     data: every frame of the clip with its crops, masks and conditions (the held-out ones are
     evaluated); wav (samples,) float mono at ``rate`` Hz, the clip's audio; nets: the metrics' nets
     (:func:`scoring_nets`); au45_calibration: the features stage's, for AUE; drives: driving audio by
-    name; views: view names "{yaw}_{pitch}" (cameras of the model's geometry); drive_camera: "tracked"
+    name; views: view names "{yaw}_{pitch}" (cameras of the model's geometry, angles read in
+    ``view_convention``, :func:`talk3d_core.render.view_cameras`); drive_camera: "tracked"
     (held-out cameras played forward and back) or "fixed" (frontal). A driving clip is scored on its
     first ``max_drive_frames`` frames (the renders are held in memory for SyncNet; the rows'
     ``frames`` say how many were used).
@@ -426,12 +428,13 @@ def evaluate_subject(
 
     # Novel views of the held-out frames.
     for view in views:
-        images = render_uint8(head, conditions, novel_view_cameras(head, data, view), test, batch_size)
+        cams = novel_view_cameras(head, data, view, view_convention)
+        images = render_uint8(head, conditions, cams, test, batch_size)
         setting = f"view:{view}"
         rows += fid_metric(setting, images, reference_features, nets)
         rows += identity_metrics(setting, images, nets, reference=reference_identity)
     if views:
-        log.info("novel views: %d", len(views))
+        log.info("novel views: %d (%s convention)", len(views), view_convention)
     return pd.DataFrame([asdict(r) for r in rows], columns=list(COLUMNS))
 
 
@@ -459,8 +462,15 @@ def metrics_text(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_view_metrics(table: pd.DataFrame, out_png: str | os.PathLike[str]) -> None:
-    """Heat maps of FID and IDSIM over the novel-view grid (yaw x pitch), one panel per metric/backend."""
+#: Axis words of the novel-view plot per view convention (render.view_convention).
+_VIEW_AXIS = {"head": "head {} (degrees)", "lookat": "LookAt {} offset (degrees)"}
+
+
+def plot_view_metrics(
+    table: pd.DataFrame, out_png: str | os.PathLike[str], view_convention: str = "head"
+) -> None:
+    """Heat maps of FID and IDSIM over the novel-view grid (yaw x pitch), one panel per metric/backend;
+    the axes name the convention the view angles are in."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -483,8 +493,8 @@ def plot_view_metrics(table: pd.DataFrame, out_png: str | os.PathLike[str]) -> N
         im = ax.imshow(grid, cmap="viridis_r" if metric == "fid" else "viridis", origin="lower")
         ax.set_xticks(range(len(yaws)), [f"{y:g}" for y in yaws])
         ax.set_yticks(range(len(pitches)), [f"{p:g}" for p in pitches])
-        ax.set_xlabel("yaw (degrees)")
-        ax.set_ylabel("pitch (degrees)")
+        ax.set_xlabel(_VIEW_AXIS[view_convention].format("yaw"))
+        ax.set_ylabel(_VIEW_AXIS[view_convention].format("pitch"))
         ax.set_title(f"{metric.upper()} ({backend})", fontsize=9)
         for (i, j), value in np.ndenumerate(grid):
             if np.isfinite(value):
@@ -515,9 +525,11 @@ def evaluate_stage(
     manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
     device: str | None = None,
     subject: str = "",
+    view_convention: str = "head",
 ) -> pd.DataFrame:
     """Rule evaluate: every metric of one subject to ``metrics_parquet`` (and the novel-view heat map),
     the table in the log. drives: driving audio name -> (its features.parquet, its audio.wav);
+    view_convention: how the view names' angles are read (config ``render.view_convention``);
     settings: the validated ``evaluate`` config section; weights_dir and manifest: where the metrics'
     nets are (config ``weights``)."""
     from talk3d_core.features import read_features, read_features_meta
@@ -544,11 +556,11 @@ def evaluate_stage(
     table = evaluate_subject(
         head, data, wav, rate, nets, landmark_backend=settings["landmark_backend"],
         au45_calibration=read_features_meta(features_parquet)["eye"].get("calibration"), drives=driving,
-        views=views, drive_camera=drive_camera, fps=fps,
+        views=views, view_convention=view_convention, drive_camera=drive_camera, fps=fps,
         fid_reference_frames=settings["fid_reference_frames"], max_drive_frames=settings["max_drive_frames"],
         batch_size=settings["batch_size"],
     )  # fmt: skip
     log.info("metrics of %s:\n%s", subject or model_pt, metrics_text(table))
     write_metrics(table, metrics_parquet)
-    plot_view_metrics(table, views_png)
+    plot_view_metrics(table, views_png, view_convention)
     return table

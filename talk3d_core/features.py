@@ -9,23 +9,29 @@ frame       int32            video frame index, 0..N-1 with no gaps
 split       string           "train" or "test": the last ``test_fraction`` of the clip is test
 time_s      float32          start time of the frame, frame / fps (seconds)
 audio       float32[W*D]     window of W per-frame audio features (D dims each), frame-major,
-                             normalised with the subject's statistics; the frame itself sits at
-                             position W // 2 of its window
+                             normalised with the subject's statistics (``audio_normalise``) or as
+                             the backend gives them; the frame itself sits at position W // 2
 eye         float32          blink value on the AU45 scale, clip(AU45, 0, 2): 0 open, ~2 closed
 yaw         float32          head rotation in degrees (camera.parquet, smoothed)
 pitch       float32
 roll        float32
-ldm         float32[6]       landmark token: nose tip, right-eye centre, left-eye centre (x, y),
-                             crop coordinates normalised to [-1, 1]
+ldm         float32[6]       landmark token, three (x, y) points (``landmark_token``): "crop" -
+                             nose tip, right-eye centre, left-eye centre in the aligned crop,
+                             to [-1, 1]; "frame" - nose tip, left and right outer eye corners in
+                             the full source frame, both axes divided by the frame width
 ==========  ===============  ==================================================================
 
 A driving-audio table (``drive/{audio}/features.parquet``) has only ``frame``, ``time_s`` and
-``audio``, normalised with the *subject's* statistics so a new voice lands in the same range.
+``audio``, made with the subject's backend, window and normalisation (its statistics, so a new voice
+lands in the same range). Driving audio has no frames of its own: the eye, rotation and landmark
+tokens of a driven clip are those of the subject's frames it borrows
+(:func:`talk3d_core.render.drive_conditions`), the same frames whose cameras it is rendered from.
 
 The Parquet schema metadata (key ``talk3d.features``) records the kind of table, the feature
-backends, window, dims, normalisation statistics, blink calibration and split; :func:`read_features`
-checks columns, types, lengths, frame order, NaNs and, when asked, that the recorded settings match
-the current ones, so a stale or corrupted cache is an error rather than silent garbage.
+backends, window, dims, normalisation (``audio_normalise``, ``audio_stats``), landmark token kind,
+blink calibration and split; :func:`read_features` checks columns, types, lengths, frame order, NaNs
+and, when asked, that the recorded settings match the current ones, so a stale or corrupted cache is
+an error rather than silent garbage.
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from talk3d_core.camera import read_camera_table
-from talk3d_core.crop import read_crop_table
+from talk3d_core.crop import CropTable, read_crop_table, smooth_track
 from talk3d_core.face.blink import blink_signal
+from talk3d_core.landmarks import read_landmarks
 from talk3d_core.nets.audio_features import (
     apply_normalisation,
     fit_normalisation,
@@ -56,10 +63,20 @@ from talk3d_core.util.tables import fixed_list_array, fixed_list_values
 SCHEMA_VERSION = 1
 METADATA_KEY = b"talk3d.features"
 SPLITS = ("train", "test")
-# Landmark token points (iBUG 68 indices): nose tip, right-eye centre, left-eye centre.
+#: What the landmark token describes (config ``features.landmark_token``).
+LANDMARK_TOKENS = ("crop", "frame")
+# Crop token points (iBUG 68 indices): nose tip, right-eye centre, left-eye centre.
 NOSE_TIP = 30
 RIGHT_EYE = tuple(range(36, 42))
 LEFT_EYE = tuple(range(42, 48))
+# Frame token points, in Talk3D's order: nose tip, left and right outer eye corners (its loaders keep
+# VIVE3D's keypoints 0, 2, 3 of [30, 8, 45, 36, 64, 60]).
+FRAME_TOKEN_POINTS = (30, 45, 36)
+# Tables written before these settings were recorded were all made this way.
+_LEGACY_META = {
+    "subject": {"landmark_token": "crop", "audio_normalise": True},
+    "drive": {"audio_normalise": True},
+}
 
 
 @dataclass
@@ -100,7 +117,7 @@ def split_by_time(n_frames: int, test_fraction: float) -> np.ndarray:
     return split
 
 
-def landmark_token(lm68_crop: np.ndarray, size: int) -> np.ndarray:
+def crop_landmark_token(lm68_crop: np.ndarray, size: int) -> np.ndarray:
     """(N, 68, 2) crop-pixel landmarks -> (N, 6) token: nose tip, right eye, left eye (x, y) in [-1, 1].
 
     Pixel centres are at integer coordinates, so pixel i maps to (i + 0.5) / size * 2 - 1.
@@ -108,6 +125,26 @@ def landmark_token(lm68_crop: np.ndarray, size: int) -> np.ndarray:
     lm = np.asarray(lm68_crop, dtype=np.float64)
     points = np.stack([lm[:, NOSE_TIP], lm[:, RIGHT_EYE].mean(axis=1), lm[:, LEFT_EYE].mean(axis=1)], axis=1)
     return ((points + 0.5) / size * 2.0 - 1.0).reshape(len(lm), 6).astype(np.float32)
+
+
+def frame_landmark_token(
+    lm68_frame: np.ndarray, frame_width: int, sigma_frames: float, cuts: np.ndarray | list[int] = ()
+) -> np.ndarray:
+    """(N, 68, 2) source-frame landmarks (pixels) -> (N, 6) token: nose tip, left and right outer eye
+    corners (x, y), smoothed over time as the crop alignment is, x and y both divided by the frame
+    width (as Talk3D), then mapped to [-1, 1] with the crop token's pixel-centre convention.
+
+    So the token says where the head sits in the frame: x spans [-1, 1]; y spans [-1, 2 H / W - 1]
+    (e.g. [-1, 0.125] for a 16:9 frame). ``sigma_frames`` (frames) and ``cuts`` (frames that start a
+    shot) are the crop stage's (:func:`talk3d_core.crop.smooth_track`).
+    """
+    lm = np.asarray(lm68_frame, dtype=np.float64)
+    if lm.ndim != 3 or lm.shape[1:] != (68, 2):
+        raise ValueError(f"frame_landmark_token: expected landmarks of shape (N, 68, 2), got {lm.shape}")
+    if not frame_width > 0:
+        raise ValueError(f"frame_landmark_token: frame width must be positive, got {frame_width}")
+    points = smooth_track(lm[:, FRAME_TOKEN_POINTS], sigma_frames, cuts)
+    return ((points + 0.5) / frame_width * 2.0 - 1.0).reshape(len(lm), 6).astype(np.float32)
 
 
 def _n_frames_of(samples: int, rate: int, fps: float) -> int:
@@ -126,15 +163,25 @@ def subject_features(
     audio_output: str = "hidden",
     audio_window: int = 16,
     audio_pad: str = "edge",
+    audio_normalise: bool = True,
     eye_backend: str = "ear",
+    landmark_token: str = "crop",
+    landmarks_parquet: str | os.PathLike[str] | None = None,
     crop_paths: list[Path] | None = None,
     test_fraction: float = 1 / 11,
 ) -> dict[str, Any]:
     """Build and write a subject's ``features.parquet``; return its metadata.
 
     The audio of ``audio_wav`` must span exactly the frames of the crop table (ingest guarantees
-    it). ``crop_paths`` is only needed by image-based eye backends (pyfeat).
+    it). ``audio_normalise``: scale each audio dimension with the clip's statistics (else the
+    backend's values as they are). ``landmark_token`` "crop" (:func:`crop_landmark_token`) or
+    "frame" (:func:`frame_landmark_token`, which needs ``landmarks_parquet``, the full-frame
+    landmarks). ``crop_paths`` is only needed by image-based eye backends (pyfeat).
     """
+    if landmark_token not in LANDMARK_TOKENS:
+        raise ValueError(
+            f"features.landmark_token must be one of {', '.join(LANDMARK_TOKENS)}, got {landmark_token!r}"
+        )
     crops = read_crop_table(crop_parquet)
     cameras = read_camera_table(camera_parquet)
     n = len(crops.frame)
@@ -149,8 +196,12 @@ def subject_features(
     per_frame = frame_features(
         wav, rate, backend=audio_backend, n_frames=n, fps=fps, model_path=audio_model, output=audio_output
     )
-    stats = fit_normalisation(per_frame)
-    audio = frame_windows(apply_normalisation(per_frame, stats), audio_window, pad=audio_pad)
+    stats = fit_normalisation(per_frame) if audio_normalise else None
+    audio = frame_windows(_normalised(per_frame, audio_normalise, stats), audio_window, pad=audio_pad)
+    if landmark_token == "frame":
+        ldm = _frame_token_of(landmarks_parquet, crops, crop_parquet)
+    else:
+        ldm = crop_landmark_token(crops.lm68, crops.size)
     eye, eye_info = blink_signal(crops.lm68, backend=eye_backend, fps=fps, frames=crop_paths)
     split = split_by_time(n, test_fraction)
     meta = {
@@ -164,8 +215,10 @@ def subject_features(
         "audio_window": audio_window,
         "audio_pad": audio_pad,
         "audio_dim": int(per_frame.shape[1]),
+        "audio_normalise": bool(audio_normalise),
         "audio_stats": stats,
         "eye_backend": eye_backend,
+        "landmark_token": landmark_token,
         "eye": eye_info,
         "test_fraction": test_fraction,
         "n_train": int((split == "train").sum()),
@@ -179,10 +232,37 @@ def subject_features(
         split=split,
         eye=np.asarray(eye, dtype=np.float32),
         rotation=cameras[["yaw", "pitch", "roll"]].to_numpy(np.float32),
-        ldm=landmark_token(crops.lm68, crops.size),
+        ldm=ldm,
     )
     write_features(table, out_parquet)
     return meta
+
+
+def _normalised(per_frame: np.ndarray, normalise: bool, stats: dict[str, Any] | None) -> np.ndarray:
+    """Per-frame features (N, D) scaled with ``stats`` (:func:`fit_normalisation`) when ``normalise``,
+    else as they are (Talk3D feeds the wav2vec2 logits unscaled)."""
+    return apply_normalisation(per_frame, stats) if normalise else per_frame
+
+
+def _frame_token_of(
+    landmarks_parquet: str | os.PathLike[str] | None, crops: CropTable, crop_parquet: str | os.PathLike[str]
+) -> np.ndarray:
+    """The frame landmark token (N, 6) from landmarks.parquet, smoothed with the crop stage's
+    recorded smoothing and shot cuts, so it follows the same track that placed the crops."""
+    if landmarks_parquet is None:
+        raise ValueError("features.landmark_token 'frame' needs the full-frame landmarks (landmarks.parquet)")
+    track = read_landmarks(landmarks_parquet)
+    if len(track) != len(crops.frame):
+        raise ValueError(
+            f"{landmarks_parquet}: {len(track)} frames, but {crop_parquet} has {len(crops.frame)}; "
+            "re-run the crop stage"
+        )
+    missing = [k for k in ("sigma_frames", "cuts") if k not in crops.meta]
+    if missing:
+        raise ValueError(f"{crop_parquet}: crop table metadata lacks {missing}; re-run the crop stage")
+    return frame_landmark_token(
+        track.lm68, track.frame_size[0], float(crops.meta["sigma_frames"]), crops.meta["cuts"]
+    )
 
 
 def drive_features(
@@ -190,7 +270,8 @@ def drive_features(
     subject_parquet: str | os.PathLike[str],
     out_parquet: str | os.PathLike[str],
 ) -> dict[str, Any]:
-    """Audio features of a driving audio file, with the subject's backend, window and statistics."""
+    """Audio features of a driving audio file, with the subject's backend, window and normalisation
+    (its statistics, or none when the subject's features are unnormalised)."""
     m = read_features_meta(subject_parquet, kind="subject")  # the settings only, not the whole table
     wav, rate = read_wav_float(audio_wav)
     n = _n_frames_of(len(wav), rate, m["fps"])
@@ -205,11 +286,10 @@ def drive_features(
         model_path=m["audio_model"],
         output=m["audio_output"],
     )
-    audio = frame_windows(
-        apply_normalisation(per_frame, m["audio_stats"]), m["audio_window"], pad=m["audio_pad"]
-    )
+    normalised = _normalised(per_frame, m["audio_normalise"], m["audio_stats"])
+    audio = frame_windows(normalised, m["audio_window"], pad=m["audio_pad"])
     keys = ("fps", "audio_backend", "audio_model", "audio_output", "audio_window", "audio_pad", "audio_dim")
-    keys += ("audio_stats",)
+    keys += ("audio_normalise", "audio_stats")
     meta = {
         "kind": "drive",
         "version": SCHEMA_VERSION,
@@ -288,6 +368,7 @@ def _check_meta(
     meta = json.loads(raw)
     if meta.get("kind") != kind:
         raise _stale(path, f"a '{meta.get('kind')}' features table where a '{kind}' one was expected")
+    meta = {**_LEGACY_META[kind], **meta}
     if meta.get("version") != SCHEMA_VERSION:
         raise _stale(path, f"schema version {meta.get('version')}, this code reads version {SCHEMA_VERSION}")
     for key, value in (expect or {}).items():

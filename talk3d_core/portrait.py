@@ -4,8 +4,9 @@ What the ``talk3d`` command and its web page use: :meth:`Portrait.open` loads a 
 model and conditions once from ``results/<subject>/`` (read only), then :meth:`Portrait.drive`
 renders it driven by any audio file the ingest accepts (features with the subject's recorded backend
 and statistics), :meth:`Portrait.view` renders the held-out frames from a novel view, and
-:meth:`Portrait.frame` one frame from any yaw/pitch. Nothing is retrained and nothing under
-``results/`` is written: intermediate files go to a temporary folder, videos to the path given.
+:meth:`Portrait.frame` one frame from any yaw/pitch (head angles, or Talk3D's LookAt offsets).
+Nothing is retrained and nothing under ``results/`` is written: intermediate files go to a temporary
+folder, videos to the path given.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from talk3d_core.model.subject import SubjectData, read_subject_data
 from talk3d_core.model.talking_head import TalkingHead, load_talking_head
 from talk3d_core.render import (
     PasteBack,
-    camera_path,
     drive_clip,
     render_batches,
     render_target,
     resize_square,
     tracked_cameras,
+    view_cameras,
     view_name,
 )
 from talk3d_core.util.images import to_uint8
@@ -188,29 +189,38 @@ class Portrait:
         pitch: float,
         out_mp4: str | os.PathLike[str],
         *,
+        convention: str = "head",
         size: int | None = None,
         batch_size: int = 8,
         crf: int = 18,
         progress: bool = True,
         on_frames: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
-        """The held-out frames with their audio, seen from head yaw/pitch (degrees), into ``out_mp4``."""
+        """The held-out frames with their audio, seen from yaw/pitch (degrees; head angles, or with
+        ``convention`` "lookat" Talk3D's LookAt offsets, :func:`talk3d_core.render.view_cameras`),
+        into ``out_mp4``."""
         return render_target(
-            self.head, self.data, out_mp4, mode="view", view=view_name(yaw, pitch), audio=self.files.audio,
-            fps=self.fps, batch_size=batch_size, output_size=size, crf=crf, progress=progress,
-            on_frames=on_frames,
+            self.head, self.data, out_mp4, mode="view", view=view_name(yaw, pitch),
+            view_convention=convention, audio=self.files.audio, fps=self.fps, batch_size=batch_size,
+            output_size=size, crf=crf, progress=progress, on_frames=on_frames,
         )  # fmt: skip
 
     def frame(
-        self, yaw: float, pitch: float, index: int | None = None, *, size: int | None = None
+        self,
+        yaw: float,
+        pitch: float,
+        index: int | None = None,
+        *,
+        convention: str = "head",
+        size: int | None = None,
     ) -> np.ndarray:
-        """Clip frame ``index`` (default: the first held-out one) seen from head yaw/pitch (degrees):
-        (S, S, 3) uint8, S = ``size`` or the render's side."""
+        """Clip frame ``index`` (default: the first held-out one) seen from yaw/pitch (degrees, read in
+        ``convention`` as :meth:`view`): (S, S, 3) uint8, S = ``size`` or the render's side."""
         n = len(self.data.conditions)
         index = int(self.held_out[0]) if index is None else int(index)
         if not 0 <= index < n:
             raise ValueError(f"frame must be within 0..{n - 1} (the clip's frames), got {index}")
         cameras = tracked_cameras(self.data.cameras).copy()
-        cameras[index] = camera_path(view_name(yaw, pitch), 1, **self._geometry())[0]
+        cameras[index] = view_cameras(yaw, pitch, 1, convention=convention, **self._geometry())[0]
         _, out = next(render_batches(self.head, self.data.conditions, cameras, [index], batch_size=1))
         return resize_square(to_uint8(out["image"])[0], size or self.size)

@@ -3,9 +3,11 @@
 Pieces, each usable alone:
 
 - Camera paths (EG3D 25-number labels): ``tracked`` (the prior's per-frame cameras), ``fixed`` (the
-  frontal camera) and novel views (:func:`view_cameras`), named ``"{yaw}_{pitch}"`` for the
-  workflow's ``views/{yaw}_{pitch}.mp4`` targets (:func:`view_name`, :func:`parse_view`; the grid is
-  the config's ``render.views``).
+  frontal camera) and novel views (:func:`view_cameras`, the one place a view's camera is made),
+  named ``"{yaw}_{pitch}"`` for the workflow's ``views/{yaw}_{pitch}.mp4`` targets
+  (:func:`view_name`, :func:`parse_view`; the grid is the config's ``render.views``, its angles read
+  in the convention ``render.view_convention``: head angles, or Talk3D's LookAt offsets, see
+  :func:`talk3d_core.camera.view_head_angles`).
 - :func:`drive_conditions`: a driving clip's conditions, its own audio with eye/rotation/landmark
   tokens borrowed from subject frames played back and forth (:func:`ping_pong`).
 - :class:`PasteBack`: composites each render into its full source frame (crop.parquet affines,
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from talk3d_core.camera import eg3d_camera
+from talk3d_core.camera import eg3d_camera, view_head_angles
 from talk3d_core.crop import paste_back, read_crop_table
 from talk3d_core.face.regions import LABELS
 from talk3d_core.masks import read_mask
@@ -74,15 +76,25 @@ def tracked_cameras(cameras: np.ndarray | Tensor) -> np.ndarray:
 
 
 def view_cameras(
-    yaw_deg: float, pitch_deg: float, n: int, *, focal: float, radius: float, pivot: Sequence[float]
+    yaw_deg: float,
+    pitch_deg: float,
+    n: int,
+    *,
+    focal: float,
+    radius: float,
+    pivot: Sequence[float],
+    convention: str = "head",
 ) -> np.ndarray:
-    """(n, 25) float32: the canonical (frontal) camera turned so that the head is seen at ``yaw_deg``,
-    ``pitch_deg`` (head angles in degrees, :mod:`talk3d_core.camera` conventions: yaw > 0 shows the
-    subject's left cheek, pitch > 0 the head from below), constant over the clip. ``focal`` in
-    image widths, ``radius`` and ``pivot`` (3,) in world units, as in the camera stage's config."""
+    """(n, 25) float32: the canonical (frontal) camera turned to the novel view ``yaw_deg``,
+    ``pitch_deg`` (degrees), constant over the clip. ``convention`` "head": the head angles seen
+    (:mod:`talk3d_core.camera` conventions: yaw > 0 shows the subject's left cheek, pitch > 0 the head
+    from below); "lookat": Talk3D's EG3D LookAtPoseSampler offsets (:func:`view_head_angles`).
+    ``focal`` in image widths, ``radius`` and ``pivot`` (3,) in world units, as in the camera stage's
+    config."""
     yaw, pitch = float(yaw_deg), float(pitch_deg)
     _check_view(yaw, pitch)
     n = _check_count(n)
+    yaw, pitch = view_head_angles(yaw, pitch, convention, radius=radius, pivot=pivot)
     label = eg3d_camera([yaw], [pitch], [0.0], radius=radius, pivot=np.asarray(pivot), focal=focal)
     return np.repeat(label.astype(np.float32), n, axis=0)
 
@@ -100,9 +112,11 @@ def camera_path(
     focal: float,
     radius: float,
     pivot: Sequence[float],
+    view_convention: str = "head",
 ) -> np.ndarray:
     """(n, 25) float32 cameras of a named path: ``"tracked"`` (``tracked`` (n, 25) as given),
-    ``"fixed"`` (frontal) or a view name ``"{yaw}_{pitch}"`` (:func:`parse_view`)."""
+    ``"fixed"`` (frontal) or a view name ``"{yaw}_{pitch}"`` (:func:`parse_view`) whose angles are
+    read in ``view_convention`` (:func:`view_cameras`)."""
     if name == "tracked":
         if tracked is None:
             raise ValueError("camera path 'tracked' needs the tracked cameras")
@@ -116,7 +130,7 @@ def camera_path(
         yaw, pitch = parse_view(name)
     except ValueError as exc:
         raise ValueError(f"unknown camera path {name!r}: use 'tracked', 'fixed' or a view; {exc}") from None
-    return view_cameras(yaw, pitch, n, focal=focal, radius=radius, pivot=pivot)
+    return view_cameras(yaw, pitch, n, focal=focal, radius=radius, pivot=pivot, convention=view_convention)
 
 
 def _check_view(yaw: float, pitch: float) -> None:
@@ -539,12 +553,14 @@ def _held_out(data: SubjectData) -> np.ndarray:
     return test
 
 
-def novel_view_cameras(head: TalkingHead, data: SubjectData, name: str) -> np.ndarray:
+def novel_view_cameras(
+    head: TalkingHead, data: SubjectData, name: str, convention: str = "head"
+) -> np.ndarray:
     """Every frame's camera (N, 25), the held-out ones replaced by the novel view ``name``
-    ("{yaw}_{pitch}") of the model's camera geometry."""
+    ("{yaw}_{pitch}", read in ``convention``, :func:`view_cameras`) of the model's camera geometry."""
     test = _held_out(data)
     cams = tracked_cameras(data.cameras).copy()  # a view of the tensor's memory otherwise
-    cams[test] = camera_path(name, len(test), **_geometry(head))
+    cams[test] = camera_path(name, len(test), view_convention=convention, **_geometry(head))
     return cams
 
 
@@ -568,6 +584,7 @@ def render_target(
     *,
     mode: str = "video",
     view: str | None = None,
+    view_convention: str = "head",
     drive_audio_features: np.ndarray | None = None,
     audio: str | os.PathLike[str] | None = None,
     drive_camera: str = "tracked",
@@ -580,8 +597,9 @@ def render_target(
 
     - mode "video": the held-out frames from their tracked cameras, ``audio`` (the clip's) from the
       first held-out frame on, optionally pasted back and with a depth video;
-    - mode "view" (``view`` "{yaw}_{pitch}"): the same frames and audio seen from that novel view (no
-      paste-back: a novel view has no source frame);
+    - mode "view" (``view`` "{yaw}_{pitch}", read in ``view_convention``, :func:`view_cameras`): the
+      same frames and audio seen from that novel view (no paste-back: a novel view has no source
+      frame);
     - mode "drive" (``drive_audio_features`` (M, W, D)): driven by other audio (``audio``: its file),
       with eye, pose and (``drive_camera`` "tracked") cameras of the held-out frames played back and
       forth, or the frontal camera ("fixed").
@@ -604,7 +622,7 @@ def render_target(
     if mode == "view":
         if view is None:
             raise ValueError("render mode 'view' needs a view name '{yaw}_{pitch}'")
-        cams = novel_view_cameras(head, data, view)
+        cams = novel_view_cameras(head, data, view, view_convention)
         paste = depth_mp4 = None
     return render_video(
         head, data.conditions, cams, out_mp4, frames=test, audio=audio,
@@ -649,10 +667,10 @@ def render_stage(
         )  # fmt: skip
     drive = read_features(drive_features, kind="drive").audio if drive_features is not None else None
     summary = render_target(
-        head, data, video_mp4, mode=mode, view=view, drive_audio_features=drive, audio=audio,
-        drive_camera=settings["drive_camera"], paste=paste, depth_mp4=depth_mp4, fps=fps,
-        batch_size=settings["batch_size"], output_size=settings["output_size"], crf=settings["crf"],
-        progress=False,
+        head, data, video_mp4, mode=mode, view=view, view_convention=settings["view_convention"],
+        drive_audio_features=drive, audio=audio, drive_camera=settings["drive_camera"], paste=paste,
+        depth_mp4=depth_mp4, fps=fps, batch_size=settings["batch_size"],
+        output_size=settings["output_size"], crf=settings["crf"], progress=False,
     )  # fmt: skip
     log.info(
         "%s: %d frames at %dx%d, the model renders %.1f frames/s (%.1f s in all)",

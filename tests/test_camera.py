@@ -30,6 +30,7 @@ from talk3d_core.camera import (
     project_template,
     read_camera_table,
     vector_column,
+    view_head_angles,
     write_camera_table,
 )
 from talk3d_core.crop import smooth_track
@@ -222,6 +223,45 @@ def test_sampler_angles_reproduce_eg3d_look_at_pose_sampler(pivot):
     # VIVE3D's "+30 degrees" yaw offset moves the camera to +x: the head appears turned to its right.
     yaw, pitch = head_angles_from_eg3d_sampler(np.pi / 2 + np.radians(30), np.pi / 2, EG3D_RADIUS, pivot)
     assert -35 < yaw < -30
+
+
+def test_talk3d_lookat_view_30_20_shows_head_yaw_minus_32_and_pitch_15():
+    # Talk3D's novel view "yaw 30, pitch 20" is LookAtPoseSampler(pi/2 + 30 deg, pi/2 + 20 deg) about
+    # VIVE3D's pivot (0, 0.05, 0.2) at radius 2.7. By hand: the polar angle is phi = arccos(1 - 2 v / pi)
+    # = arccos(-2/9) and the azimuth term pi - h = 60 deg, so the camera sits at 2.7 (sin phi cos 60,
+    # cos phi, sin phi sin 60) = (1.31624, -0.6, 2.27980), 2.54570 from the pivot along
+    # (1.31624, -0.65, 2.07980): head yaw -atan2(1.31624, 2.07980) = -32.3285 deg, head pitch
+    # asin(0.65 / 2.54570) = 14.7933 deg.
+    phi = np.arccos(-2 / 9)
+    origin = EG3D_RADIUS * np.array([np.sin(phi) * 0.5, np.cos(phi), np.sin(phi) * np.sqrt(3) / 2])
+    back = origin - np.asarray(VIVE3D_PIVOT)
+    by_hand = (
+        -np.degrees(np.arctan2(back[0], back[2])),
+        np.degrees(np.arcsin(-back[1] / np.linalg.norm(back))),
+    )
+    np.testing.assert_allclose(by_hand, (-32.3285, 14.7933), atol=5e-5)
+    yaw, pitch = view_head_angles(30, 20, "lookat", radius=EG3D_RADIUS, pivot=VIVE3D_PIVOT)
+    np.testing.assert_allclose((yaw, pitch), by_hand, atol=1e-9)
+    # The camera at those head angles is the sampler's camera, and it sees the head turned by them.
+    sampler = _sampler_cam2world(
+        np.pi / 2 + np.radians(30), np.pi / 2 + np.radians(20), VIVE3D_PIVOT, EG3D_RADIUS
+    )
+    np.testing.assert_allclose(look_at_cam2world(yaw, pitch, EG3D_RADIUS, VIVE3D_PIVOT), sampler, atol=1e-12)
+    seen = head_angles(np.diag([1.0, -1.0, -1.0]) @ sampler[:3, :3].T)  # OpenCV camera -> viewer axes
+    np.testing.assert_allclose(seen, (yaw, pitch, 0.0), atol=1e-9)
+    # EG3D's own pivot (0, 0, 0.2) gives the same yaw and a smaller pitch; "0, 0" looks up at VIVE3D's.
+    np.testing.assert_allclose(
+        view_head_angles(30, 20, "lookat", radius=EG3D_RADIUS, pivot=EG3D_PIVOT),
+        (-32.3285, 13.6999),
+        atol=5e-5,
+    )
+    np.testing.assert_allclose(
+        view_head_angles(0, 0, "lookat", radius=EG3D_RADIUS, pivot=VIVE3D_PIVOT), (0.0, 1.1458), atol=5e-5
+    )
+    # The head convention is the identity; anything else is named.
+    assert view_head_angles(30, 20, "head", pivot=VIVE3D_PIVOT) == (30.0, 20.0)
+    with pytest.raises(ValueError, match="view convention must be one of head, lookat"):
+        view_head_angles(30, 20, "sampler")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -203,6 +203,8 @@ def test_outputs_table_text_plot_and_page(tmp_path):
     assert "unavailable [1]" in text and text.endswith("[1] no weights") and "28.5" in text
     plot_view_metrics(t, tmp_path / "views.png")
     assert (tmp_path / "views.png").stat().st_size > 1000
+    plot_view_metrics(t, tmp_path / "lookat.png", "lookat")  # axes name the LookAt offsets instead
+    assert (tmp_path / "lookat.png").read_bytes() != (tmp_path / "views.png").read_bytes()
 
     video = tmp_path / "v.mp4"
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42")

@@ -13,14 +13,19 @@ from talk3d_core.camera import camera_table, write_camera_table
 from talk3d_core.crop import crop_clip, read_crop_table
 from talk3d_core.features import (
     METADATA_KEY,
+    crop_landmark_token,
     drive_features,
-    landmark_token,
+    frame_landmark_token,
     read_features,
+    read_features_meta,
     split_by_time,
     subject_features,
 )
 from talk3d_core.ingest import ingest_audio
+from talk3d_core.landmarks import write_landmarks
+from talk3d_core.nets.audio_features import frame_features
 from talk3d_core.util.io import list_frames
+from talk3d_core.util.media import read_wav_float
 
 
 def test_split_is_by_time():
@@ -36,7 +41,27 @@ def test_landmark_token_normalisation():
     lm[0, 30] = [127.5, 127.5]  # crop centre of a 256 crop
     lm[0, 36:42] = [-0.5, -0.5]  # the crop's top-left corner
     lm[0, 42:48] = [255.5, 255.5]  # bottom-right corner
-    assert landmark_token(lm, 256).tolist() == [[0.0, 0.0, -1.0, -1.0, 1.0, 1.0]]
+    assert crop_landmark_token(lm, 256).tolist() == [[0.0, 0.0, -1.0, -1.0, 1.0, 1.0]]
+
+
+def test_frame_token_is_where_the_head_sits_in_the_frame():
+    # A 640 x 360 frame: both axes are divided by the width, so y spans [-1, 2 * 360 / 640 - 1].
+    lm = np.zeros((2, 68, 2))
+    lm[:, 30] = [319.5, 179.5]  # frame centre
+    lm[:, 45] = [639.5, 359.5]  # bottom-right corner (the subject's left outer eye corner comes first)
+    lm[:, 36] = [-0.5, -0.5]  # top-left corner
+    lm[:, 39] = lm[:, 42] = [1000.0, 1000.0]  # inner corners are not part of the token
+    expected = [0.0, -0.4375, 1.0, 0.125, -1.0, -1.0]
+    np.testing.assert_allclose(frame_landmark_token(lm, 640, 0.0), [expected, expected], atol=1e-6)
+    # Smoothed over time like the crop track, shot by shot: a jump at a cut stays a jump.
+    rng = np.random.default_rng(0)
+    track = np.repeat(lm[:1], 40, axis=0) + rng.normal(0.0, 2.0, (40, 68, 2))
+    track[20:, :, 0] += 200.0
+    raw, smooth = frame_landmark_token(track, 640, 0.0), frame_landmark_token(track, 640, 2.0, [20])
+    assert smooth[:20].std(axis=0).max() < 0.6 * raw[:20].std(axis=0).max()
+    assert smooth[20, 0] - smooth[19, 0] > 0.5  # 200 px of 640, not blurred across the cut
+    with pytest.raises(ValueError, match="shape"):
+        frame_landmark_token(lm[:, :5], 640, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +106,87 @@ def test_drive_features_use_the_subject_statistics(subject, talking_face, tmp_pa
     out = drive_features(tmp_path / "drive.wav", root / "features.parquet", tmp_path / "drive.parquet")
     drive = read_features(tmp_path / "drive.parquet", kind="drive")
     own = read_features(root / "features.parquet")
-    assert out["audio_stats"] == meta["audio_stats"]
+    assert out["audio_stats"] == meta["audio_stats"] and out["audio_normalise"] is True
     # The same audio through the drive path gives the subject's own features.
     np.testing.assert_allclose(drive.audio, own.audio, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def official(subject, talking_face):
+    """The fixture clip's features the Talk3D way: frame landmark token, audio not normalised."""
+    root = subject[0]
+    write_landmarks(talking_face.track, root / "landmarks.parquet")
+    meta = subject_features(
+        talking_face.audio, root / "crop.parquet", root / "camera.parquet", root / "official.parquet",
+        fps=25, audio_window=8, test_fraction=0.1, landmark_token="frame", audio_normalise=False,
+        landmarks_parquet=root / "landmarks.parquet",
+    )  # fmt: skip
+    return root / "official.parquet", meta
+
+
+def test_frame_token_and_raw_audio_are_recorded_and_used(subject, official, talking_face):
+    root = subject[0]
+    path, meta = official
+    assert meta["landmark_token"] == "frame" and meta["audio_normalise"] is False
+    assert meta["audio_stats"] is None
+    table = read_features(path, expect={"landmark_token": "frame", "audio_normalise": False})
+    crops = read_crop_table(root / "crop.parquet")
+    width = talking_face.track.frame_size[0]
+    expected = frame_landmark_token(
+        talking_face.track.lm68, width, crops.meta["sigma_frames"], crops.meta["cuts"]
+    )
+    np.testing.assert_array_equal(table.ldm, expected)
+    # The head moves in the frame (the demo clip sways it), while the crop pins it in place.
+    crop_token = read_features(root / "features.parquet").ldm
+    assert table.ldm.std(axis=0).mean() > 1.5 * crop_token.std(axis=0).mean()
+    # Unnormalised: the backend's own values at each window's centre row.
+    wav, rate = read_wav_float(talking_face.audio)
+    raw = frame_features(wav, rate, backend="mel", n_frames=len(table.frame), fps=25)
+    np.testing.assert_allclose(table.audio[:, 8 // 2], raw, rtol=1e-6)
+    # The same everything else as the default table.
+    default = read_features(root / "features.parquet")
+    np.testing.assert_array_equal(table.eye, default.eye)
+    np.testing.assert_array_equal(table.rotation, default.rotation)
+    # A table made with the other kind of token or normalisation is a stale cache.
+    for key, value in (("landmark_token", "crop"), ("audio_normalise", True)):
+        with pytest.raises(ValueError, match=f"stale cache: recorded {key}"):
+            read_features(path, expect={key: value})
+
+
+def test_drive_features_follow_the_subject_normalisation(official, talking_face, tmp_path):
+    path, _ = official
+    ingest_audio(talking_face.root / "clip.mp4", tmp_path / "drive.wav", min_duration_s=0.5)
+    meta = drive_features(tmp_path / "drive.wav", path, tmp_path / "drive.parquet")
+    assert meta["audio_normalise"] is False and meta["audio_stats"] is None
+    drive = read_features(tmp_path / "drive.parquet", kind="drive", expect={"audio_normalise": False})
+    np.testing.assert_allclose(drive.audio, read_features(path).audio, atol=1e-5)
+
+
+def test_frame_token_needs_the_full_frame_landmarks(subject, talking_face, tmp_path):
+    root = subject[0]
+    with pytest.raises(ValueError, match="landmarks.parquet"):
+        subject_features(
+            talking_face.audio, root / "crop.parquet", root / "camera.parquet", tmp_path / "f.parquet",
+            fps=25, landmark_token="frame",
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="landmark_token must be one of crop, frame"):
+        subject_features(
+            talking_face.audio, root / "crop.parquet", root / "camera.parquet", tmp_path / "f.parquet",
+            fps=25, landmark_token="nose",
+        )  # fmt: skip
+
+
+def test_tables_from_before_the_settings_read_as_crop_token_and_normalised(subject, tmp_path):
+    src = subject[0] / "features.parquet"
+
+    def legacy(m):
+        return {k: v for k, v in m.items() if k not in ("landmark_token", "audio_normalise")}
+
+    old = rewrite(src, tmp_path / "old.parquet", meta=legacy)
+    meta = read_features_meta(old)
+    assert meta["landmark_token"] == "crop" and meta["audio_normalise"] is True
+    with pytest.raises(ValueError, match="stale cache: recorded landmark_token='crop'"):
+        read_features(old, expect={"landmark_token": "frame"})
 
 
 def rewrite(src, dst, *, table=None, meta=None):
@@ -126,8 +229,6 @@ def test_schema_check_rejects_corrupted_tables(subject, tmp_path):
 
 
 def test_metadata_alone_is_read_and_checked(subject, tmp_path):
-    from talk3d_core.features import read_features_meta
-
     root, meta, _ = subject
     assert read_features_meta(root / "features.parquet") == read_features(root / "features.parquet").meta
     with pytest.raises(ValueError, match="'subject' features table where a 'drive' one"):

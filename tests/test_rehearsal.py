@@ -44,6 +44,7 @@ from talk3d_core.face.landmark_backends.fan import (
     REFERENCE_SCALE,
 )
 from talk3d_core.face.template import MEAN_FACE_68
+from talk3d_core.features import read_features_meta
 from talk3d_core.util.media import probe
 
 pytestmark = pytest.mark.rehearsal
@@ -253,6 +254,8 @@ def test_paper_preset_dress_rehearsal(tmp_path):
         info = probe(results / video)
         assert info.video.display_size == (512, 512) and info.audio is not None, video  # paper size, sound
     assert probe(results / "depth.mp4").video is not None
+    features = read_features_meta(results / "features.parquet")  # Talk3D's landmark and audio tokens
+    assert features["landmark_token"] == "frame" and features["audio_normalise"] is False
     assert (results / "report.html").stat().st_size > 0
 
     # What the run cost, per stage (Snakemake's benchmark files), for the closing note.

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ORBIT, REPO_ROOT, decode_video
 
-from talk3d_core.camera import eg3d_camera
+from talk3d_core.camera import eg3d_camera, view_head_angles
 from talk3d_core.crop import CropTable, read_crop_table, write_crop_table
 from talk3d_core.model.deltaplane import DeltaplaneConfig
 from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
@@ -120,6 +120,13 @@ def test_camera_paths():
         camera_path("orbit", 4, **ORBIT)
     with pytest.raises(ValueError, match=r"\(N>0, 25\)"):
         tracked_cameras(np.zeros((3, 16)))
+    # Talk3D's LookAt offsets: the same name is another camera, the one at the converted head angles.
+    lookat = camera_path("30_20", 2, view_convention="lookat", **ORBIT)
+    yaw, pitch = view_head_angles(30, 20, "lookat", radius=ORBIT["radius"], pivot=ORBIT["pivot"])
+    np.testing.assert_array_equal(lookat, view_cameras(yaw, pitch, 2, **ORBIT))
+    assert yaw < -30 and 14 < pitch < 16
+    with pytest.raises(ValueError, match="view convention must be one of"):
+        view_cameras(30, 20, 1, convention="sampler", **ORBIT)
 
 
 # ---------------------------------------------------------------------------- driving conditions
@@ -313,6 +320,9 @@ def test_workflow_targets_use_the_models_camera_geometry(tmp_path, head):
     cams = novel_view_cameras(head, data, "30_-20")
     np.testing.assert_array_equal(cams[:5], tracked[:5].astype(np.float32))
     np.testing.assert_allclose(cams[5:], view_cameras(30, -20, 3, **ORBIT))
+    lookat = novel_view_cameras(head, data, "30_-20", "lookat")
+    np.testing.assert_array_equal(lookat[5:], view_cameras(30, -20, 3, convention="lookat", **ORBIT))
+    assert not np.allclose(lookat[5:], cams[5:])
     # Driving audio of 7 frames borrows the held-out frames, played back and forth.
     cond, drive_cams, order = drive_clip(head, data, np.zeros((7, AUDIO_WINDOW, AUDIO_DIM), np.float32))
     assert len(cond) == len(drive_cams) == len(order) == 7 and set(order) <= {5, 6, 7}

@@ -41,6 +41,7 @@ rule evaluate:
         weights=config["weights"],
         drives=lambda wildcards: list(SUBJECTS[wildcards.subject].drive),
         drive_camera=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["render"]["drive_camera"],
+        view_convention=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["render"]["view_convention"],
         views=view_names(),
         fps=config["fps"],
         code=core_hash("talk3d_core.evaluate"),

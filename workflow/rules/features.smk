@@ -5,6 +5,7 @@ rule features:
     """One table per subject joined on frame: audio window, eye (AU45 scale), rotation, landmarks, split."""
     input:
         audio="results/{subject}/audio.wav",
+        landmarks="results/{subject}/landmarks.parquet",
         crops="results/{subject}/crops",
         crop_table="results/{subject}/crop.parquet",
         camera="results/{subject}/camera.parquet",
@@ -30,7 +31,7 @@ rule features:
 
 
 rule drive_features:
-    """Audio features of a driving audio file, normalised with the subject's statistics."""
+    """Audio features of a driving audio file, with the subject's backend and normalisation."""
     input:
         audio="results/{subject}/drive/{audio}/audio.wav",
         subject="results/{subject}/features.parquet",

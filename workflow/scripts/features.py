@@ -17,14 +17,18 @@ with log_to(snakemake.log[0]) as log:
         audio_output=opts["audio_output"],
         audio_window=opts["audio_window"],
         audio_pad=opts["audio_pad"],
+        audio_normalise=opts["audio_normalise"],
         eye_backend=opts["eye_backend"],
+        landmark_token=opts["landmark_token"],
+        landmarks_parquet=snakemake.input.landmarks,
         crop_paths=list_frames(snakemake.input.crops),
         test_fraction=opts["test_fraction"],
     )
     log.info(
-        "%d frames (%d train, %d test); audio %s: window %d x %d dims; eye %s",
-        meta["n_frames"], meta["n_train"], meta["n_test"], meta["audio_backend"],
-        meta["audio_window"], meta["audio_dim"], meta["eye_backend"],
+        "%d frames (%d train, %d test); audio %s: window %d x %d dims, normalised %s; eye %s; "
+        "landmark token %s",
+        meta["n_frames"], meta["n_train"], meta["n_test"], meta["audio_backend"], meta["audio_window"],
+        meta["audio_dim"], meta["audio_normalise"], meta["eye_backend"], meta["landmark_token"],
     )  # fmt: skip
     eye = meta["eye"]
     log.info("eye: %d blinks, %.1f per minute", eye["n_blinks"], eye["blinks_per_minute"])
