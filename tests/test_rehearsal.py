@@ -10,7 +10,10 @@ runs it. It needs the paper extras (``make install-paper``: torchvision, lpips, 
 Random networks cannot find a face, so the FAN file is a stand-in with 2DFAN4's TorchScript
 interface (:func:`fan_stand_in`): it places a frontal 68-point face in the box it is given and opens
 the lips and lids by amounts read from the pixels, so that every landmark metric has a face to
-measure and a series that varies. Every other file holds the real architecture.
+measure and a series that varies. The crop template (rule crop_template) is found the same way: the
+random generator's average face has no face a detector sees, so FAN fits the box where the fixed
+template expects one and the template comes out close to the fixed one. Every other file holds the
+real architecture.
 
 Set TALK3D_REHEARSAL_DIR to keep the run's folder (results, logs, benchmarks) for a look.
 """
