@@ -129,6 +129,7 @@ def write_weights(weights: Path, manifest_in: Path) -> None:
     from facexlib.recognition.arcface_arch import Backbone
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
+    from talk3d_core.face.bisenet import WEIGHTS_DEST, BiSeNet
     from talk3d_core.metrics.sync import SyncNetV2
     from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
     from talk3d_core.nets.lipsync_expert import SyncNetColor
@@ -176,6 +177,12 @@ def write_weights(weights: Path, manifest_in: Path) -> None:
     heads = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False).state_dict()
     torch.save({k: v for k, v in heads.items() if k.startswith("lin")}, weights / "lpips/v0.1/alex.pth")
     fan_stand_in(weights / "face_alignment/2DFAN4-cd938726ad.zip")
+    # BiSeNet face parsing (79999_iter.pth's flat state dict). A fresh one labels background, skin,
+    # lips and eyes in every crop (at least 4% of the pixels each on german and demo frames), so the
+    # masked terms have pixels.
+    torch.manual_seed(0)
+    (weights / WEIGHTS_DEST).parent.mkdir(parents=True)
+    torch.save(BiSeNet().state_dict(), weights / WEIGHTS_DEST)
 
     manifest = yaml.safe_load(manifest_in.read_text())
     for entry in manifest["weights"]:
