@@ -2,8 +2,11 @@
 
 Per frame, five alignment points (the two eye centres, the nose tip and the two mouth corners of the
 68-point layout) are smoothed along time with a Gaussian (shot by shot: jump cuts found from the
-landmarks are not smoothed across), a least-squares similarity maps them onto a fixed canonical
-template, and the frame is warped to a square crop at the model resolution. The
+landmarks are not smoothed across), a least-squares similarity maps them onto a template, and the
+frame is warped to a square crop at the model resolution. The template is the fixed canonical one
+(:func:`canonical_template`, the scratch prior's framing) or, for a pretrained prior, the same five
+points measured on the generator's own average face (a :class:`~talk3d_core.face.template.CropTemplate`
+from :mod:`talk3d_core.crop_template`), so the crops frame faces as the generator draws them. The
 2x3 affine (source -> crop) and its inverse are kept so renders can be composited back into the
 full source frame (:func:`paste_back`).
 
@@ -42,6 +45,7 @@ from talk3d_core.face.template import (
     TEMPLATE_ED,
     TEMPLATE_EYE_DISTANCE,
     TEMPLATE_EYE_HEIGHT,
+    CropTemplate,
 )
 from talk3d_core.util.io import atomic_dir, atomic_path
 from talk3d_core.util.tables import fixed_list_array, fixed_list_values
@@ -147,6 +151,24 @@ def canonical_template(size: int, zoom: float = 1.0) -> np.ndarray:
     return frac * size - 0.5  # pixel-edge fractions -> pixel-centre coordinates
 
 
+def template_points(size: int, zoom: float = 1.0, template: CropTemplate | None = None) -> np.ndarray:
+    """Target crop-pixel positions (5, 2) of the alignment points for a ``size`` x ``size`` crop.
+
+    Without ``template`` the canonical template (:func:`canonical_template`); with one, its five
+    alignment points (:func:`alignment_points` of its 68) rescaled from its image size to ``size``
+    (pixel edges scale, centres at integers) and zoomed about the crop centre like the canonical one.
+    """
+    if template is None:
+        return canonical_template(size, zoom)
+    if size < 8:
+        raise ValueError(f"template_points: crop size must be >= 8 pixels, got {size}")
+    if not zoom > 0:
+        raise ValueError(f"template_points: zoom must be > 0, got {zoom}")
+    points = (alignment_points(template.lm68[None])[0] + 0.5) * (size / template.size) - 0.5
+    centre = (size - 1) / 2.0
+    return centre + (points - centre) * zoom
+
+
 def _fit_similarity_batch(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarities (N, 2, 3) mapping src (N, K, 2) onto dst (N, K, 2) or (K, 2).
 
@@ -214,6 +236,7 @@ def crop_affines(
     sigma_frames: float = 2.0,
     zoom: float = 1.0,
     cut_threshold_ed: float | None = CUT_THRESHOLD_ED,
+    template: CropTemplate | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-frame crop transforms from a landmark track.
 
@@ -224,6 +247,8 @@ def crop_affines(
         zoom: framing zoom, see :func:`canonical_template`.
         cut_threshold_ed: jump cuts are found with :func:`find_cuts` at this threshold (None or 0:
             off) and the smoothing does not cross them.
+        template: the measured template to align to; None for the canonical one (see
+            :func:`template_points`).
 
     Returns:
         ``(affine, inverse, align)``: (N, 2, 3) source -> crop, (N, 2, 3) crop -> source, and the
@@ -237,7 +262,7 @@ def crop_affines(
         raise ValueError(f"crop_affines: landmarks are missing (NaN/inf) in frames {bad[:10].tolist()}")
     raw = alignment_points(lm68)
     align = smooth_track(raw, sigma_frames, find_cuts(raw, cut_threshold_ed))
-    affine = _fit_similarity_batch(align, canonical_template(size, zoom))
+    affine = _fit_similarity_batch(align, template_points(size, zoom, template))
     return affine, invert_affine(affine), align
 
 
@@ -415,7 +440,12 @@ def paste_back(
     return out
 
 
-def crop_jitter(affines: np.ndarray, size: int, cuts: Sequence[int] | np.ndarray = ()) -> dict[str, Any]:
+def crop_jitter(
+    affines: np.ndarray,
+    size: int,
+    cuts: Sequence[int] | np.ndarray = (),
+    template: CropTemplate | None = None,
+) -> dict[str, Any]:
     """Frame-to-frame stability of a crop track, in crop pixels at JITTER_REFERENCE_SIZE (512).
 
     The crop window is followed through two anchors: the template eye centres mapped back into the
@@ -429,11 +459,14 @@ def crop_jitter(affines: np.ndarray, size: int, cuts: Sequence[int] | np.ndarray
         affines: (N, 2, 3) source -> crop affines.
         size: crop side in pixels the affines were made for.
         cuts: frames that start a new shot (see :func:`find_cuts`).
+        template: the template the affines align to (None: the canonical one), whose eye centres
+            are the anchors.
     """
     affines = np.asarray(affines, dtype=np.float64)
     if affines.ndim != 3 or affines.shape[1:] != (2, 3):
         raise ValueError(f"crop_jitter: expected (N, 2, 3) affines, got {affines.shape}")
-    anchors = apply_affine(invert_affine(affines), canonical_template(size)[None, :2])  # (N, 2, 2) source px
+    eyes = template_points(size, template=template)[None, :2]
+    anchors = apply_affine(invert_affine(affines), eyes)  # (N, 2, 2) source px
     to_ref = affine_scale(affines) * (JITTER_REFERENCE_SIZE / size)  # source px -> crop px at 512
     motions, accels = [], []
     for start, stop in _segments(len(affines), cuts):
@@ -552,6 +585,19 @@ def _crop_one(src: Path, dst: Path, affine: np.ndarray, size: int, expect_shape:
         raise ValueError(f"{dst}: cannot write crop image")
 
 
+def _template_meta(size: int, zoom: float, template: CropTemplate | None) -> dict[str, Any]:
+    """What crop.parquet records of the template: its name, provenance and points at this size."""
+    points = template_points(size, zoom, template).round(4).tolist()
+    if template is None:
+        return {
+            "name": CROP_TEMPLATE_NAME,
+            "eye_distance": TEMPLATE_EYE_DISTANCE,
+            "eye_height": TEMPLATE_EYE_HEIGHT,
+            "points_px": points,
+        }
+    return {"name": template.name, "source": template.source, "points_px": points}
+
+
 def crop_clip(
     frame_paths: Sequence[str | os.PathLike[str]],
     lm68: np.ndarray,
@@ -562,6 +608,7 @@ def crop_clip(
     sigma_frames: float = 2.0,
     zoom: float = 1.0,
     cut_threshold_ed: float | None = CUT_THRESHOLD_ED,
+    template: CropTemplate | None = None,
     threads: int = 2,
 ) -> dict[str, Any]:
     """Crop a whole clip: ``crops/{frame:06d}.png`` and ``crop.parquet``, both written atomically.
@@ -576,6 +623,8 @@ def crop_clip(
         zoom: framing zoom (see :func:`canonical_template`).
         cut_threshold_ed: jump-cut threshold (see :func:`find_cuts`; None or 0: off); smoothing
             does not cross cuts.
+        template: the measured template to align to (a pretrained prior's, see
+            :mod:`talk3d_core.crop_template`); None for the canonical template.
         threads: frames cropped in parallel (reading, warping and PNG coding release the GIL).
 
     Returns:
@@ -596,8 +645,9 @@ def crop_clip(
         raise ValueError(f"{crops_dir}: crop size must be >= 8 pixels, got {size}")
     try:
         affine, inverse, align = crop_affines(
-            lm68, size=size, sigma_frames=sigma_frames, zoom=zoom, cut_threshold_ed=cut_threshold_ed
-        )
+            lm68, size=size, sigma_frames=sigma_frames, zoom=zoom, cut_threshold_ed=cut_threshold_ed,
+            template=template,
+        )  # fmt: skip
         cuts = find_cuts(alignment_points(lm68), cut_threshold_ed)
     except ValueError as exc:
         raise ValueError(f"{crops_dir}: {exc}") from exc
@@ -612,8 +662,15 @@ def crop_clip(
             ]
             for job in jobs:
                 job.result()  # re-raises the first failure
-    unsmoothed = crop_affines(lm68, size=size, sigma_frames=0.0, zoom=zoom)[0] if sigma_frames else affine
-    jitter = {"smoothed": crop_jitter(affine, size, cuts), "unsmoothed": crop_jitter(unsmoothed, size, cuts)}
+    unsmoothed = (
+        crop_affines(lm68, size=size, sigma_frames=0.0, zoom=zoom, template=template)[0]
+        if sigma_frames
+        else affine
+    )
+    jitter = {
+        "smoothed": crop_jitter(affine, size, cuts, template),
+        "unsmoothed": crop_jitter(unsmoothed, size, cuts, template),
+    }
     meta = {
         "stage": "crop",
         "size": int(size),
@@ -621,12 +678,7 @@ def crop_clip(
         "zoom": float(zoom),
         "cut_threshold_ed": float(cut_threshold_ed or 0.0),
         "cuts": cuts.tolist(),
-        "template": {
-            "name": CROP_TEMPLATE_NAME,
-            "eye_distance": TEMPLATE_EYE_DISTANCE,
-            "eye_height": TEMPLATE_EYE_HEIGHT,
-            "points_px": canonical_template(size, zoom).round(4).tolist(),
-        },
+        "template": _template_meta(size, zoom, template),
         "align_points": list(ALIGN_POINTS),
         "antialias_sigma": ANTIALIAS_SIGMA,
         "frame_size": [int(first.shape[1]), int(first.shape[0])],

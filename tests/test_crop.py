@@ -118,6 +118,32 @@ def test_canonical_template_scales_with_size_and_zooms_about_the_centre():
         crop.canonical_template(256, zoom=0)
 
 
+def measured_template(size: int, scale: float, shift: tuple[float, float]) -> template.CropTemplate:
+    """A CropTemplate whose alignment points are the canonical ones of a ``size`` image scaled by
+    ``scale`` about the centre and shifted by ``shift`` px (the other 63 points anywhere)."""
+    lm68 = np.random.default_rng(3).uniform(0.3, 0.7, (68, 2)) * size
+    points = (size - 1) / 2 + (crop.canonical_template(size) - (size - 1) / 2) * scale + np.asarray(shift)
+    for k, index in enumerate(((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47))):
+        lm68[list(index)] += points[k] - lm68[list(index)].mean(axis=0)
+    lm68[[30, 48, 54]] = points[2:]
+    return template.CropTemplate(name="measured", size=size, lm68=lm68, source={"from": "test"})
+
+
+def test_template_points_of_a_measured_template_rescale_and_zoom_like_the_canonical_ones():
+    measured = measured_template(64, 1.12, (0.5, -1.0))
+    np.testing.assert_array_equal(crop.template_points(256), crop.canonical_template(256))
+    np.testing.assert_allclose(
+        crop.template_points(64, template=measured), crop.alignment_points(measured.lm68[None])[0]
+    )
+    # Pixel edges scale: 64 -> 512 is x8 about the edges; the shift scales with them.
+    expected = 255.5 + (crop.canonical_template(512) - 255.5) * 1.12 + np.array([4.0, -8.0])
+    np.testing.assert_allclose(crop.template_points(512, template=measured), expected, atol=1e-9)
+    zoomed = crop.template_points(512, 1.5, measured)
+    np.testing.assert_allclose(zoomed - 255.5, 1.5 * (expected - 255.5), atol=1e-9)
+    with pytest.raises(ValueError, match="zoom"):
+        crop.template_points(512, 0, measured)
+
+
 # ---------------------------------------------------------------------------------------------
 # Smoothing and jitter
 
@@ -448,6 +474,31 @@ def test_crop_clip_writes_crops_and_table(demo, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crop.parquet", "crops"]
     with pytest.raises(ValueError, match=r"landmarks of shape \(11, 68, 2\)"):
         crop.crop_clip(paths, lm68[:11], crops_dir, table_path, size=32)
+
+
+def test_crop_clip_aligns_to_a_measured_template(demo, tmp_path):
+    """With a measured template (a pretrained prior's) the alignment points land on its points, the
+    table records its name and source, and the jitter anchors are its eyes."""
+    paths, lm68, _ = demo
+    paths, lm68 = paths[:6], lm68[:6]
+    measured = measured_template(512, 1.12, (0.0, -6.0))
+    meta = crop.crop_clip(
+        paths, lm68, tmp_path / "crops", tmp_path / "crop.parquet", size=64, sigma_frames=0, template=measured
+    )
+    table = crop.read_crop_table(tmp_path / "crop.parquet")
+    targets = crop.template_points(64, template=measured)
+    assert meta["template"] == {
+        "name": "measured",
+        "source": {"from": "test"},
+        "points_px": targets.round(4).tolist(),
+    }
+    fixed = crop.crop_affines(lm68, size=64, sigma_frames=0)[0]
+    # Same residual shape as the fixed fit, 1.12x bigger and 0.75 px (6 px at 512) higher.
+    np.testing.assert_allclose(crop.affine_scale(table.affine), 1.12 * crop.affine_scale(fixed), rtol=1e-4)
+    found = crop.apply_affine(table.affine, table.align).mean(axis=1)
+    np.testing.assert_allclose(found, np.broadcast_to(targets.mean(axis=0), found.shape), atol=1e-3)
+    affine = crop.crop_affines(lm68, size=64, sigma_frames=0, template=measured)[0]
+    assert meta["jitter"]["smoothed"] == crop.crop_jitter(affine, 64, (), measured)
 
 
 @pytest.mark.shared

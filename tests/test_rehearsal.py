@@ -10,7 +10,10 @@ runs it. It needs the paper extras (``make install-paper``: torchvision, lpips, 
 Random networks cannot find a face, so the FAN file is a stand-in with 2DFAN4's TorchScript
 interface (:func:`fan_stand_in`): it places a frontal 68-point face in the box it is given and opens
 the lips and lids by amounts read from the pixels, so that every landmark metric has a face to
-measure and a series that varies. Every other file holds the real architecture.
+measure and a series that varies. The crop template (rule crop_template) is found the same way: the
+random generator's average face has no face a detector sees, so FAN fits the box where the fixed
+template expects one and the template comes out close to the fixed one. Every other file holds the
+real architecture.
 
 Set TALK3D_REHEARSAL_DIR to keep the run's folder (results, logs, benchmarks) for a look.
 """
@@ -127,6 +130,7 @@ def write_weights(weights: Path, manifest_in: Path) -> None:
     from facexlib.recognition.arcface_arch import Backbone
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
+    from talk3d_core.face.bisenet import WEIGHTS_DEST, BiSeNet
     from talk3d_core.metrics.sync import SyncNetV2
     from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
     from talk3d_core.nets.lipsync_expert import SyncNetColor
@@ -174,6 +178,12 @@ def write_weights(weights: Path, manifest_in: Path) -> None:
     heads = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False).state_dict()
     torch.save({k: v for k, v in heads.items() if k.startswith("lin")}, weights / "lpips/v0.1/alex.pth")
     fan_stand_in(weights / "face_alignment/2DFAN4-cd938726ad.zip")
+    # BiSeNet face parsing (79999_iter.pth's flat state dict). A fresh one labels background, skin,
+    # lips and eyes in every crop (at least 4% of the pixels each on german and demo frames), so the
+    # masked terms have pixels.
+    torch.manual_seed(0)
+    (weights / WEIGHTS_DEST).parent.mkdir(parents=True)
+    torch.save(BiSeNet().state_dict(), weights / WEIGHTS_DEST)
 
     manifest = yaml.safe_load(manifest_in.read_text())
     for entry in manifest["weights"]:

@@ -2,11 +2,24 @@
 
 - :data:`MEAN_FACE_68`: a 3D mean face at the 68 iBUG points (millimetres, head frame, origin at the
   mid-eye point), the model the camera stage fits head pose against and the head proxy is built on.
-- The crop template: where the alignment puts the eyes, nose and mouth corners in a crop
-  (:data:`TEMPLATE_ED`, :data:`TEMPLATE_EYE_DISTANCE`, :data:`TEMPLATE_EYE_HEIGHT`).
+- The fixed crop template: where the alignment puts the eyes, nose and mouth corners in a crop
+  (:data:`TEMPLATE_ED`, :data:`TEMPLATE_EYE_DISTANCE`, :data:`TEMPLATE_EYE_HEIGHT`), the framing of
+  the scratch prior.
+- :class:`CropTemplate`: a template measured on an image (the pretrained prior's: the generator's
+  average face, :mod:`talk3d_core.crop_template`) and its JSON file.
 """
 
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+
+from talk3d_core.util.io import write_json
 
 # MediaPipe face-mesh vertex for each iBUG point (0-based on both sides). Jaw: the mesh's outline
 # vertices spaced evenly by arc length from ear level (127) to the chin (152); brows: upper edge;
@@ -109,3 +122,55 @@ TEMPLATE_ED = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.59], [-0.4, 1.08], [0.4
 CROP_TEMPLATE_NAME = "talk3d-eg3d-wide-v1"
 TEMPLATE_EYE_DISTANCE = 0.2
 TEMPLATE_EYE_HEIGHT = 0.475
+
+
+@dataclass(frozen=True)
+class CropTemplate:
+    """A crop template measured on an image rather than fixed: the 68 iBUG points of a face.
+
+    ``lm68`` (68, 2) float64 in pixels of a ``size`` x ``size`` image (pixel centres at integer
+    coordinates, x right, y down); ``name`` says what the face is, ``source`` (JSON) how it was made
+    (for the generator's average face: checkpoint, digest, camera, landmark backend). The crop stage
+    aligns to its alignment points rescaled to the crop size (:func:`talk3d_core.crop.template_points`).
+    """
+
+    name: str
+    size: int
+    lm68: np.ndarray
+    source: dict[str, Any]
+
+
+def write_crop_template(template: CropTemplate, path: str | os.PathLike[str], **extra: Any) -> None:
+    """Write ``template`` as JSON (atomically), with ``extra`` keys (figures for a reader) beside it."""
+    record = {
+        "name": template.name,
+        "size": int(template.size),
+        "lm68": np.asarray(template.lm68, dtype=np.float64).round(4).tolist(),
+        "source": template.source,
+    }
+    write_json(path, extra | record)
+
+
+def read_crop_template(path: str | os.PathLike[str]) -> CropTemplate:
+    """Read a crop template JSON (:func:`write_crop_template`); a bad file raises ValueError naming it."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read crop template: {exc}") from exc
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: crop template is not a JSON object")
+    missing = [k for k in ("name", "size", "lm68", "source") if k not in record]
+    if missing:
+        raise ValueError(f"{path}: crop template lacks {missing}")
+    size = record["size"]
+    if not isinstance(size, int) or size < 8:
+        raise ValueError(f"{path}: crop template size must be an integer >= 8, got {size!r}")
+    try:
+        lm68 = np.asarray(record["lm68"], dtype=np.float64)
+    except (TypeError, ValueError):
+        lm68 = np.zeros(0)
+    if lm68.shape != (68, 2) or not np.isfinite(lm68).all():
+        raise ValueError(f"{path}: crop template lm68 must be 68 finite (x, y) points, got {lm68.shape}")
+    if not isinstance(record["source"], dict):
+        raise ValueError(f"{path}: crop template source must be a JSON object")
+    return CropTemplate(name=str(record["name"]), size=size, lm68=lm68, source=record["source"])

@@ -177,6 +177,20 @@ def audio_model_files(wildcards):
     return [f"{WEIGHTS_DIR}/{dest}" for dest in WEIGHTS if Path(WEIGHTS_DIR, dest).parent == Path(model)]
 
 
+def crop_template_input(wildcards):
+    """Input function: the subject's crop template when crop.template is 'generator' (none for fixed)."""
+    subject = SUBJECT_CONFIG[wildcards.subject]
+    if subject["crop"]["template"] != "generator":
+        return []
+    if subject["prior"]["mode"] != "pretrained":
+        raise ValueError(
+            f"config crop.template: 'generator' frames the crops like the pretrained prior's generator and "
+            f"needs prior.mode: pretrained (subject '{wildcards.subject}' has prior.mode: "
+            f"{subject['prior']['mode']}); use crop.template: fixed"
+        )
+    return f"results/{wildcards.subject}/crop_template.json"
+
+
 def prior_checkpoint(wildcards):
     """The EG3D pickle of mode pretrained (none for scratch), checked before any job runs."""
     prior = SUBJECT_CONFIG[wildcards.subject]["prior"]

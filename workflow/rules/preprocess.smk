@@ -28,11 +28,41 @@ rule landmarks:
         "../scripts/landmarks.py"
 
 
+rule crop_template:
+    """The pretrained prior's crop template: its average face rendered at the reference camera, landmarks."""
+    input:
+        checkpoint=prior_checkpoint,
+        weights=backend_weights("landmarks"),
+    output:
+        "results/{subject}/crop_template.json",
+    log:
+        log="results/{subject}/logs/crop_template.log",
+        # The render with its landmarks, for a look; a log, so it stays when no face is found.
+        render="results/{subject}/logs/crop_template.png",
+    benchmark:
+        "results/{subject}/benchmarks/crop_template.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    params:
+        prior=settings("prior"),
+        camera=config["camera"],
+        landmarks=config["landmarks"],
+        weights=config["weights"],
+        code=core_hash("talk3d_core.crop_template"),
+    script:
+        "../scripts/crop_template.py"
+
+
 rule crop:
-    """Temporally smoothed similarity alignment to the canonical template: crops/ and crop.parquet."""
+    """Temporally smoothed similarity alignment to the crop template: crops/ and crop.parquet."""
     input:
         frames="results/{subject}/frames",
         landmarks="results/{subject}/landmarks.parquet",
+        template=crop_template_input,
     output:
         crops=directory("results/{subject}/crops"),
         table="results/{subject}/crop.parquet",
@@ -47,7 +77,7 @@ rule crop:
         mem_mb=2000,
         runtime=30,
     params:
-        crop=config["crop"],
+        crop=settings("crop"),
         code=core_hash("talk3d_core.crop"),
     script:
         "../scripts/crop.py"
