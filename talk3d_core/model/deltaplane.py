@@ -2,35 +2,64 @@
 
 The network F predicts a per-frame residual tri-plane dP_n = F(P_ID, t_n); rendering P_ID + dP_n
 gives frame n. Shapes: planes (B, 3, C, R, R) in :data:`~talk3d_core.model.eg3d.config.PLANE_AXES` order;
-tokens (B, T, token_dim).
+tokens (B, T, token_dim). Two networks share this module; :class:`DeltaplaneConfig` switches between
+them field by field.
+
+Common to both:
 
 - Split convolutions: the three planes have their own weights, run as one grouped conv (groups=3) on
   the channel-stacked planes (B, 3 * C, R, R), plane-major; BatchNorm over the stacked channels is
-  therefore per plane. Blocks are conv3x3 + BatchNorm + LeakyReLU(0.2); resampling uses the
-  [1, 3, 3, 1] binomial filter (blur then stride-2 conv; 2x upsampling then blur).
-- Roll-out mixing (Mimic3D / Rodin "3D-aware" convolution): at the start of every resolution level
-  each plane also sees the other two, each averaged over the world axes it has and the plane lacks
-  and laid onto the plane's grid (:func:`roll_out`); a split conv maps the 3 x width back to width.
-- Bottleneck (R / 2**(levels - 1)): a sinusoidal encoding of each cell's world coordinate (its plane's
-  two axes, the third 0) projected and added once, then ``attention_blocks`` blocks of per-plane
-  self-attention (weights shared by the three planes; the split convs already make the planes'
-  features plane-specific), cross-attention from all cells of the three planes to the tokens (or a
-  token-conditioned affine with ``conditioning="affine"``), and a GEGLU feed-forward; pre-LayerNorm
-  and residual throughout.
-- Decoder: mirrors the encoder with additive skips; the last conv is zero-initialised so dP = 0
-  exactly at step 0. With ``decoder_conditioning`` every decoder level also conditions its cells on
-  the tokens (cross-attention, or the affine of Table 8), as diffusion U-Nets condition every
-  resolution: at the bottleneck alone the mouth, a cell or two of R / 8, is learnt far more slowly
-  (docs/decisions.md#decoder-conditioning-of-the-deltaplane-u-net).
+  therefore per plane. Resampling uses the [1, 3, 3, 1] binomial filter.
+- Roll-out mixing (Mimic3D / Rodin "3D-aware" convolution): each plane also sees the other two, each
+  averaged over the world axes it has and the plane lacks and laid onto the plane's grid
+  (:func:`roll_out`), so a split conv reads 3 x its width.
+- Bottleneck (R / 2**(levels - 1)) of ``attention_blocks`` transformer blocks: per-plane
+  self-attention, cross-attention from all cells of the three planes to the tokens (or a
+  token-conditioned affine with ``conditioning="affine"``), a GEGLU feed-forward; pre-LayerNorm and
+  residual throughout. The bottleneck is the only place the tokens enter unless
+  ``decoder_conditioning`` conditions the decoder levels too.
+- The deltaplane is exactly zero at step 0 (a zero-initialised last conv), so training starts from
+  rendering P_ID itself.
 - Tokens (:class:`ConditioningTokens`): audio (RAD-NeRF's AudioNet + attention over neighbouring
   frames), eye blink, head rotation, 6-number landmark token, a learned null token.
+
+The paper network (:meth:`DeltaplaneConfig.paper`, as the official ``training/networks_diffusers.py``
+and the trainer's token encoders):
+
+- ``unet_layout="talk3d"``: no input conv; each down stage is roll-out, conv3x3 + BN + LeakyReLU, conv3x3
+  + BN + LeakyReLU at its input resolution, then blur-downsampling; each up stage the same with 2x
+  upsampling at the end, the skips added after it. The last up stage is the output head (its second
+  conv zero-initialised, then BN, LeakyReLU, upsampling), so the deltaplane has the planes' own
+  channels and no final 1x1 conv. LeakyReLU slope 0.01 (``lrelu_slope``). The roll-out is this
+  module's, by world axes (the official ``aware3d`` pairs the planes' grid axes by plane index).
+- Bottleneck (``bottleneck_input="groupnorm_linear"``, ``plane_weights="per_plane"``,
+  ``position_encoding="sinusoidal_3d"``): per-plane GroupNorm(32) and Linear, then the blocks with
+  per-plane LayerNorms, self-attention and GEGLU weights (the cross-attention is one module over all
+  cells; the tokens enter it unnormalised), an outer residual around the whole transformer. A 3D
+  sinusoidal table (:func:`talk3d_position_table`) is added before every block; it starts as that
+  fixed table and is trained with the rest, as the official trainer does on a fresh run.
+- Tokens (``token_encoders="nerf"``): eye, rotation and landmark values go raw (AU45, degrees in pitch,
+  yaw, roll order, [-1, 1]) through NeRF encodings [x, sin(2^k x), cos(2^k x)] and 3-layer ReLU MLPs;
+  the audio attention has RAD-NeRF's Linear(S, S) before its softmax (``audio_attention="radnerf"``);
+  uniform eye noise of +-``eye_noise`` in training; the null token starts from a unit normal.
+
+The CPU network (:meth:`DeltaplaneConfig.cpu`, ``unet_layout="levels"``): an input conv, then per
+resolution level a roll-out conv and a conv (strided conv down, 2x upsampling + blur + conv up, additive
+skips), a zero-initialised output conv; LeakyReLU(0.2). Its bottleneck: a sinusoidal encoding of each
+cell's world coordinate (its plane's two axes, the third 0) projected and added once, blocks whose
+weights are shared by the three planes (the split convs already make the features plane-specific).
+Tokens: 2-layer MLPs over scaled sinusoidal encodings (rotation in radians), Gaussian eye noise. With
+``decoder_conditioning`` every decoder level also conditions its cells on the tokens (cross-attention,
+or the affine of Table 8), as diffusion U-Nets condition every resolution: at the bottleneck alone the
+mouth, a cell or two of R / 8, is learnt far more slowly
+(docs/decisions.md#decoder-conditioning-of-the-deltaplane-u-net).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,25 +72,74 @@ from talk3d_core.model.eg3d.layers import setup_filter, upfirdn2d, upsample2d
 
 TOKEN_NAMES = ("audio", "eye", "rotation", "ldm", "null")
 CONDITIONING_MODES = ("attention", "affine")
-LRELU_SLOPE = 0.2
+UNET_LAYOUTS = ("levels", "talk3d")
+PLANE_WEIGHTS = ("shared", "per_plane")
+BOTTLENECK_INPUTS = ("direct", "groupnorm_linear")
+POSITION_ENCODINGS = ("projected", "sinusoidal_3d")
+AUDIO_ATTENTIONS = ("convs", "radnerf")
+TOKEN_ENCODERS = ("fourier", "nerf")
+EYE_NOISE_DISTRIBUTIONS = ("gaussian", "uniform")
 AUDIO_LRELU_SLOPE = 0.02  # RAD-NeRF's audio networks
 EYE_RANGE = (0.0, 2.0)  # AU45 scale: 0 open, ~2 closed
+GROUPNORM_GROUPS = 32  # per plane, the official bottleneck's GroupNorm(32)
+
+# What DeltaplaneConfig.paper() sets beyond the sizes: the official network's behaviour.
+PAPER_BEHAVIOUR: dict[str, Any] = {
+    "unet_layout": "talk3d",
+    "lrelu_slope": 0.01,
+    "plane_weights": "per_plane",
+    "bottleneck_input": "groupnorm_linear",
+    "position_encoding": "sinusoidal_3d",
+    "audio_attention": "radnerf",
+    "token_encoders": "nerf",
+    "eye_noise_distribution": "uniform",
+    "null_std": 1.0,
+}
 
 
 @dataclass(frozen=True)
 class DeltaplaneConfig:
-    """Sizes and options of :class:`DeltaplaneNet` (defaults: the paper's, as in the official code).
+    """Sizes and options of :class:`DeltaplaneNet`.
+
+    The size defaults are the paper's (official code); the behaviour switches from ``unet_layout`` on
+    default to the CPU network's choices, which every network had before they existed, so a
+    checkpoint's config without them (:meth:`from_dict`) rebuilds the network it was trained as.
+    :meth:`paper` sets them to the official behaviour (:data:`PAPER_BEHAVIOUR`).
 
     ``widths``: encoder widths, ``widths[0]`` at the plane resolution R, each next level at half the
     resolution (4 widths -> an R / 8 bottleneck). ``attention_blocks`` (N_A) bottleneck blocks of
     ``heads`` x ``head_dim`` attention and a GEGLU feed-forward of ``ff_mult`` x width hidden units.
     Tokens are ``token_dim`` wide: audio attends over ``audio_frames`` neighbouring frames; eye,
     rotation and landmark values go through sinusoidal encodings of ``*_frequencies`` octaves;
-    ``eye_noise`` is the std of Gaussian noise added to the eye value in training mode. ``tokens``:
-    the enabled tokens (paper Table 7 drops some); ``conditioning``: "attention" (cross-attention to
-    the tokens) or "affine" (per-channel scale and shift from the concatenated tokens, Table 8).
+    ``eye_noise`` is the size of the noise added to the eye value in training mode (the std of
+    Gaussian noise, the half-width of uniform noise: ``eye_noise_distribution``). ``tokens``: the
+    enabled tokens (paper Table 7 drops some); ``conditioning``: "attention" (cross-attention to the
+    tokens) or "affine" (per-channel scale and shift from the concatenated tokens, Table 8).
     ``decoder_conditioning``: the decoder levels condition on the tokens too (the same way), not only
     the bottleneck; the paper's network (False) conditions the bottleneck alone.
+
+    Behaviour (CPU value first, then the official one):
+
+    - ``unet_layout``: "levels" (input conv, roll-out conv + conv per level, strided/upsampling convs,
+      zero-initialised output conv) or "talk3d" (the official down/up stages, whose last stage is the
+      output head; needs ``widths[0]`` = the planes' channels).
+    - ``lrelu_slope``: LeakyReLU slope of the U-Net convs, the affine conditioning and the "fourier"
+      token MLPs: 0.2 or 0.01 (PyTorch's default, the official U-Net's).
+    - ``plane_weights``: the bottleneck blocks' LayerNorms, self-attention and feed-forward: one set
+      "shared" by the three planes or one "per_plane" (the tokens then enter the cross-attention
+      unnormalised, as in the official block).
+    - ``bottleneck_input``: "direct" (the cells enter the blocks as they are) or "groupnorm_linear"
+      (per-plane GroupNorm(32) + Linear first, and a residual around the whole transformer).
+    - ``position_encoding``: "projected" (a NeRF encoding of each cell's world coordinate through a
+      learned Linear, added once) or "sinusoidal_3d" (:func:`talk3d_position_table`, trained from
+      there, added before every block).
+    - ``audio_attention``: "convs" (the frame logits come straight from the 1D convs) or "radnerf"
+      (a LeakyReLU after the last conv and a Linear(S, S) before the softmax, RAD-NeRF's AudioAttNet).
+    - ``token_encoders``: "fourier" (scaled encodings, rotation in radians, 2-layer LeakyReLU MLPs) or
+      "nerf" (unscaled encodings of the raw values, rotation in degrees as pitch, yaw, roll, 3-layer
+      ReLU MLPs).
+    - ``eye_noise_distribution``: "gaussian" or "uniform".
+    - ``null_std``: the null token starts as ``null_std`` x a standard normal: 0.02 or 1.
     """
 
     widths: tuple[int, ...] = (32, 64, 128, 256)
@@ -78,6 +156,15 @@ class DeltaplaneConfig:
     tokens: tuple[str, ...] = TOKEN_NAMES
     conditioning: str = "attention"
     decoder_conditioning: bool = False
+    unet_layout: str = "levels"
+    lrelu_slope: float = 0.2
+    plane_weights: str = "shared"
+    bottleneck_input: str = "direct"
+    position_encoding: str = "projected"
+    audio_attention: str = "convs"
+    token_encoders: str = "fourier"
+    eye_noise_distribution: str = "gaussian"
+    null_std: float = 0.02
 
     def __post_init__(self) -> None:
         # YAML and JSON give lists; keep the dataclass hashable and comparable.
@@ -104,8 +191,10 @@ class DeltaplaneConfig:
                 problems.append(f"{name}={value!r} must be an integer >= 1")
         if not isinstance(self.decoder_conditioning, bool):
             problems.append(f"decoder_conditioning={self.decoder_conditioning!r} must be true or false")
-        if not self.eye_noise >= 0:
-            problems.append(f"eye_noise={self.eye_noise!r} must be >= 0")
+        for name in ("eye_noise", "lrelu_slope", "null_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                problems.append(f"{name}={value!r} must be a number >= 0")
         if not self.tokens:
             problems.append(f"tokens is empty: enable at least one of {TOKEN_NAMES}")
         unknown = [t for t in self.tokens if t not in TOKEN_NAMES]
@@ -114,8 +203,23 @@ class DeltaplaneConfig:
         duplicated = sorted({t for t in self.tokens if self.tokens.count(t) > 1})
         if duplicated:
             problems.append(f"tokens {duplicated} are listed more than once")
-        if self.conditioning not in CONDITIONING_MODES:
-            problems.append(f"conditioning={self.conditioning!r} must be one of {CONDITIONING_MODES}")
+        for name, choices in (
+            ("conditioning", CONDITIONING_MODES),
+            ("unet_layout", UNET_LAYOUTS),
+            ("plane_weights", PLANE_WEIGHTS),
+            ("bottleneck_input", BOTTLENECK_INPUTS),
+            ("position_encoding", POSITION_ENCODINGS),
+            ("audio_attention", AUDIO_ATTENTIONS),
+            ("token_encoders", TOKEN_ENCODERS),
+            ("eye_noise_distribution", EYE_NOISE_DISTRIBUTIONS),
+        ):
+            if getattr(self, name) not in choices:
+                problems.append(f"{name}={getattr(self, name)!r} must be one of {choices}")
+        if self.bottleneck_input == "groupnorm_linear" and self.widths and self.widths[-1] % GROUPNORM_GROUPS:
+            problems.append(
+                f"bottleneck_input='groupnorm_linear' needs widths[-1]={self.widths[-1]} divisible by"
+                f" {GROUPNORM_GROUPS} (GroupNorm({GROUPNORM_GROUPS}) per plane)"
+            )
         if problems:
             raise ValueError("invalid DeltaplaneConfig: " + "; ".join(problems))
 
@@ -126,8 +230,9 @@ class DeltaplaneConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> DeltaplaneConfig:
-        """The official Talk3D sizes: widths 32 -> 256, 2 blocks of 4 x 64 heads, 5 tokens of 64."""
-        return dataclasses.replace(cls(), **overrides)
+        """The official Talk3D network: widths 32 -> 256, 2 blocks of 4 x 64 heads, 5 tokens of 64, and
+        the official behaviour (:data:`PAPER_BEHAVIOUR`)."""
+        return dataclasses.replace(cls(), **{**PAPER_BEHAVIOUR, **overrides})
 
     @classmethod
     def cpu(cls, **overrides: Any) -> DeltaplaneConfig:
@@ -161,7 +266,8 @@ def sinusoidal_encoding(x: Tensor, frequencies: int, scale: float) -> Tensor:
     """NeRF-style encoding: x (..., K) -> (..., K * (1 + 2 * frequencies)).
 
     [x, sin(scale * 2^k * x), cos(scale * 2^k * x)] for k = 0 .. frequencies - 1 (sines of all K
-    values for one octave after another, then the cosines).
+    values for one octave after another, then the cosines; NeRF interleaves them per octave, the same
+    features in another order).
     """
     bands = scale * 2.0 ** torch.arange(frequencies, dtype=x.dtype, device=x.device)
     angles = (x[..., None, :] * bands[:, None]).flatten(-2)  # (..., F * K)
@@ -182,6 +288,41 @@ def plane_cell_coordinates(resolution: int, plane_axes: Sequence[tuple[int, int]
         coords[p, :, :, axis_u] = u
         coords[p, :, :, axis_v] = v
     return coords.reshape(len(plane_axes), resolution * resolution, 3)
+
+
+# The official table's grid dimensions along each plane's (rows, columns); the third sits at the centre.
+TALK3D_PLANE_GRID_DIMS = ((0, 1), (1, 2), (0, 2))
+
+
+def talk3d_position_table(resolution: int, dim: int) -> Tensor:
+    """The official bottleneck positional encoding: (3, resolution^2, dim), cells row-major.
+
+    The planes are slices through a resolution^3 grid of 3D sinusoidal encodings (the
+    ``positional-encodings`` 6.0.1 package's PositionalEncoding3D): each grid dimension gets
+    c = 2 * ceil(dim / 6) channels, interleaved [sin(i f_j), cos(i f_j)] of its integer index i at
+    frequencies f_j = 10000^(-2j / c); the three are concatenated and cut to ``dim`` channels. Plane p
+    takes grid dimensions :data:`TALK3D_PLANE_GRID_DIMS` [p] along its rows and columns and the mean
+    of indices R/2 - 1 and R/2 on the third. This follows the planes' order, not their world axes
+    (the official code's choice).
+    """
+    per_dim = 2 * math.ceil(dim / 6)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, per_dim, 2).float() / per_dim))
+    angles = torch.arange(resolution, dtype=torch.float32)[:, None] * inv_freq  # (R, c / 2)
+    axis = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (R, c)
+    centre = axis[[i for i in (resolution // 2 - 1, resolution // 2) if 0 <= i < resolution]].mean(0)
+    r = resolution
+    planes = []
+    for rows, columns in TALK3D_PLANE_GRID_DIMS:
+        parts = []
+        for grid_dim in range(3):
+            if grid_dim == rows:
+                parts.append(axis[:, None].expand(r, r, per_dim))
+            elif grid_dim == columns:
+                parts.append(axis[None, :].expand(r, r, per_dim))
+            else:
+                parts.append(centre.expand(r, r, per_dim))
+        planes.append(torch.cat(parts, dim=-1)[..., :dim].reshape(r * r, dim))
+    return torch.stack(planes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,19 +371,27 @@ def roll_out(planes: Tensor, plane_axes: Sequence[tuple[int, int]]) -> Tensor:
 # Split (per-plane) convolutions
 
 
+def blur_downsample2d(x: Tensor, f: Tensor) -> Tensor:
+    """2x downsampling with the FIR filter ``f`` (4 x 4): blur, keep every other sample.
+
+    (B, C, H, W) -> (B, C, H / 2, W / 2); padded by 1 on each side, as StyleGAN2's downsample2d.
+    """
+    return upfirdn2d(x, f, pad=(1, 1, 1, 1))[..., ::2, ::2]
+
+
 class PlaneConv(nn.Module):
-    """3x3 conv with separate weights per plane, then BatchNorm + LeakyReLU(0.2).
+    """3x3 conv with separate weights per plane, then BatchNorm + LeakyReLU(``slope``).
 
     x: (B, 3 * in_channels, H, W) plane-major -> (B, 3 * out_channels, H', W'). ``resample``:
     "none" (H' = H), "down" (blur with [1, 3, 3, 1], stride-2 conv: H' = H / 2) or "up" (2x
     zero-insertion upsampling + blur, then the conv: H' = 2H).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, resample: str = "none") -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, slope: float, resample: str = "none") -> None:
         super().__init__()
         if resample not in ("none", "down", "up"):
             raise ValueError(f"PlaneConv: resample must be 'none', 'down' or 'up', got {resample!r}")
-        self.resample = resample
+        self.resample, self.slope = resample, slope
         self.conv = nn.Conv2d(
             3 * in_channels,
             3 * out_channels,
@@ -261,19 +410,26 @@ class PlaneConv(nn.Module):
             x = upfirdn2d(x, self.resample_filter, pad=(2, 2, 2, 2))
         elif self.resample == "up":
             x = upsample2d(x, self.resample_filter)
-        return F.leaky_relu(self.norm(self.conv(x)), LRELU_SLOPE)
+        return F.leaky_relu(self.norm(self.conv(x)), self.slope)
 
 
 class RollOutConv(nn.Module):
-    """Roll-out mixing then a split conv mapping 3 x ``channels`` back to ``channels`` per plane.
+    """Roll-out mixing then a split conv mapping 3 x ``channels`` to ``out_channels`` per plane.
 
-    x: (B, 3 * channels, H, W) -> (B, 3 * channels, H, W).
+    x: (B, 3 * channels, H, W) -> (B, 3 * out_channels, H, W); ``out_channels`` defaults to ``channels``.
     """
 
-    def __init__(self, channels: int, plane_axes: Sequence[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        channels: int,
+        plane_axes: Sequence[tuple[int, int]],
+        *,
+        slope: float,
+        out_channels: int | None = None,
+    ) -> None:
         super().__init__()
         self.plane_axes = tuple(tuple(a) for a in plane_axes)
-        self.mix = PlaneConv(3 * channels, channels)
+        self.mix = PlaneConv(3 * channels, out_channels or channels, slope=slope)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c3, h, w = x.shape
@@ -282,20 +438,27 @@ class RollOutConv(nn.Module):
 
 
 class EncoderLevel(nn.Module):
-    """One encoder resolution: [downsample in_channels -> width], roll-out conv, conv.
+    """One encoder resolution of the "levels" layout: [downsample in_channels -> width], roll-out conv,
+    conv.
 
     (B, 3 * in_channels, H, W) -> (B, 3 * width, H / 2 if downsample else H, ...).
     """
 
     def __init__(
-        self, in_channels: int, width: int, plane_axes: Sequence[tuple[int, int]], *, downsample: bool
+        self,
+        in_channels: int,
+        width: int,
+        plane_axes: Sequence[tuple[int, int]],
+        *,
+        downsample: bool,
+        slope: float,
     ) -> None:
         super().__init__()
         if not downsample and in_channels != width:
             raise ValueError(f"EncoderLevel: without downsampling in_channels ({in_channels}) must be width")
-        self.down = PlaneConv(in_channels, width, resample="down") if downsample else None
-        self.mix = RollOutConv(width, plane_axes)
-        self.conv = PlaneConv(width, width)
+        self.down = PlaneConv(in_channels, width, slope=slope, resample="down") if downsample else None
+        self.mix = RollOutConv(width, plane_axes, slope=slope)
+        self.conv = PlaneConv(width, width, slope=slope)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.down is not None:
@@ -304,27 +467,77 @@ class EncoderLevel(nn.Module):
 
 
 class DecoderLevel(nn.Module):
-    """One decoder resolution: upsample in_channels -> width, add the skip, roll-out conv, conv.
+    """One decoder resolution of the "levels" layout: upsample in_channels -> width, add the skip,
+    roll-out conv, conv.
 
     x (B, 3 * in_channels, H, W), skip (B, 3 * width, 2H, 2W) -> (B, 3 * width, 2H, 2W).
     """
 
-    def __init__(self, in_channels: int, width: int, plane_axes: Sequence[tuple[int, int]]) -> None:
+    def __init__(
+        self, in_channels: int, width: int, plane_axes: Sequence[tuple[int, int]], *, slope: float
+    ) -> None:
         super().__init__()
-        self.up = PlaneConv(in_channels, width, resample="up")
-        self.mix = RollOutConv(width, plane_axes)
-        self.conv = PlaneConv(width, width)
+        self.up = PlaneConv(in_channels, width, slope=slope, resample="up")
+        self.mix = RollOutConv(width, plane_axes, slope=slope)
+        self.conv = PlaneConv(width, width, slope=slope)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         return self.conv(self.mix(self.up(x) + skip))
+
+
+class StageBlock(nn.Module):
+    """One stage of the "talk3d" layout (the official down/up blocks): roll-out, split conv3x3 + BN +
+    LeakyReLU to ``out_channels``, the same again, then 2x blur down- or upsampling.
+
+    x: (B, 3 * in_channels, H, W) -> (B, 3 * out_channels, H / 2 or 2H, ...). The convs run at the
+    input resolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        plane_axes: Sequence[tuple[int, int]],
+        *,
+        resample: str,
+        slope: float,
+    ) -> None:
+        super().__init__()
+        if resample not in ("down", "up"):
+            raise ValueError(f"StageBlock: resample must be 'down' or 'up', got {resample!r}")
+        self.resample = resample
+        self.mix = RollOutConv(in_channels, plane_axes, slope=slope, out_channels=out_channels)
+        self.conv = PlaneConv(out_channels, out_channels, slope=slope)
+        self.register_buffer("resample_filter", setup_filter(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(self.mix(x))
+        if self.resample == "down":
+            return blur_downsample2d(x, self.resample_filter)
+        return upsample2d(x, self.resample_filter)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Bottleneck transformer
 
 
+def planewise(module: nn.Module, x: Tensor) -> Tensor:
+    """x (B, 3, L, d) through one module shared by the three planes, or through a ModuleList of one
+    module per plane: -> (B, 3, L, d')."""
+    if isinstance(module, nn.ModuleList):
+        return torch.stack([m(x[:, p]) for p, m in enumerate(module)], dim=1)
+    b, p, length, d = x.shape
+    return module(x.reshape(b * p, length, d)).reshape(b, p, length, -1)
+
+
+def shared_or_per_plane(per_plane: bool, make: Callable[[], nn.Module]) -> nn.Module:
+    """One module (``make()``) shared by the planes, or a ModuleList of three (see :func:`planewise`)."""
+    return nn.ModuleList(make() for _ in range(3)) if per_plane else make()
+
+
 class Attention(nn.Module):
-    """Multi-head attention: x (N, L, dim) attends to context (N, M, context_dim) -> (N, L, dim)."""
+    """Multi-head attention: x (N, L, dim) attends to context (N, M, context_dim) -> (N, L, dim);
+    without a context, to itself."""
 
     def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int) -> None:
         super().__init__()
@@ -339,7 +552,8 @@ class Attention(nn.Module):
         n, length, _ = x.shape
         return x.reshape(n, length, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        context = x if context is None else context
         q = self._split_heads(self.to_q(x))
         k = self._split_heads(self.to_k(context))
         v = self._split_heads(self.to_v(context))
@@ -366,10 +580,10 @@ class ConditionalAffine(nn.Module):
     x: (B, L, dim); tokens (B, T, token_dim) -> flattened (B, T * token_dim) -> MLP -> (scale, shift).
     """
 
-    def __init__(self, dim: int, num_tokens: int, token_dim: int) -> None:
+    def __init__(self, dim: int, num_tokens: int, token_dim: int, *, slope: float) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(num_tokens * token_dim, dim), nn.LeakyReLU(LRELU_SLOPE), nn.Linear(dim, 2 * dim)
+            nn.Linear(num_tokens * token_dim, dim), nn.LeakyReLU(slope), nn.Linear(dim, 2 * dim)
         )
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
@@ -383,22 +597,30 @@ class TokenConditioning(nn.Module):
     """Cells conditioned on the tokens: pre-LayerNorm cross-attention from each cell to the tokens,
     added to the cell (``conditioning="attention"``), or the conditional affine (``"affine"``).
 
-    cells (B, L, dim), tokens (B, T, token_dim) -> (B, L, dim).
+    cells (B, 3 * L, dim) of the three planes, plane-major; tokens (B, T, token_dim) -> (B, 3 * L, dim).
+    With ``plane_weights="per_plane"`` each plane's cells have their own LayerNorm and the tokens are
+    not normalised (the official block); otherwise one LayerNorm for all cells and one for the tokens.
     """
 
     def __init__(self, dim: int, config: DeltaplaneConfig) -> None:
         super().__init__()
         self.mode = config.conditioning
         if config.conditioning == "attention":
-            self.norm_cells = nn.LayerNorm(dim)
-            self.norm_tokens = nn.LayerNorm(config.token_dim)
+            per_plane = config.plane_weights == "per_plane"
+            self.norm_cells = shared_or_per_plane(per_plane, lambda: nn.LayerNorm(dim))
+            self.norm_tokens = None if per_plane else nn.LayerNorm(config.token_dim)
             self.cross_attention = Attention(dim, config.token_dim, config.heads, config.head_dim)
         else:
-            self.affine = ConditionalAffine(dim, len(config.tokens), config.token_dim)
+            self.affine = ConditionalAffine(
+                dim, len(config.tokens), config.token_dim, slope=config.lrelu_slope
+            )
 
     def forward(self, cells: Tensor, tokens: Tensor) -> Tensor:
         if self.mode == "attention":
-            return cells + self.cross_attention(self.norm_cells(cells), self.norm_tokens(tokens))
+            b, n, dim = cells.shape
+            normed = planewise(self.norm_cells, cells.reshape(b, 3, n // 3, dim)).reshape(b, n, dim)
+            context = tokens if self.norm_tokens is None else self.norm_tokens(tokens)
+            return cells + self.cross_attention(normed, context)
         return self.affine(cells, tokens)
 
 
@@ -406,25 +628,27 @@ class BottleneckBlock(nn.Module):
     """Per-plane self-attention, token conditioning (cross-attention or affine), GEGLU feed-forward.
 
     x: (B, 3, L, dim) cell features of the three planes; tokens (B, T, token_dim) -> (B, 3, L, dim).
-    Self-attention runs within each plane (weights shared by the planes); cross-attention lets every
-    cell of the three planes attend to the tokens.
+    Self-attention runs within each plane, cross-attention lets every cell of the three planes attend
+    to the tokens. The LayerNorms, self-attention and feed-forward weights are shared by the planes
+    or one set per plane (``config.plane_weights``).
     """
 
     def __init__(self, dim: int, config: DeltaplaneConfig) -> None:
         super().__init__()
-        self.norm_self = nn.LayerNorm(dim)
-        self.self_attention = Attention(dim, dim, config.heads, config.head_dim)
+        per_plane = config.plane_weights == "per_plane"
+        self.norm_self = shared_or_per_plane(per_plane, lambda: nn.LayerNorm(dim))
+        self.self_attention = shared_or_per_plane(
+            per_plane, lambda: Attention(dim, dim, config.heads, config.head_dim)
+        )
         self.conditioning = TokenConditioning(dim, config)
-        self.norm_ff = nn.LayerNorm(dim)
-        self.feed_forward = GEGLUFeedForward(dim, config.ff_mult)
+        self.norm_ff = shared_or_per_plane(per_plane, lambda: nn.LayerNorm(dim))
+        self.feed_forward = shared_or_per_plane(per_plane, lambda: GEGLUFeedForward(dim, config.ff_mult))
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         b, p, length, dim = x.shape
-        h = self.norm_self(x).reshape(b * p, length, dim)
-        x = x + self.self_attention(h, h).reshape(b, p, length, dim)
-        x = self.conditioning(x.reshape(b, p * length, dim), tokens)
-        x = x + self.feed_forward(self.norm_ff(x))
-        return x.reshape(b, p, length, dim)
+        x = x + planewise(self.self_attention, planewise(self.norm_self, x))
+        x = self.conditioning(x.reshape(b, p * length, dim), tokens).reshape(b, p, length, dim)
+        return x + planewise(self.feed_forward, planewise(self.norm_ff, x))
 
 
 class DecoderConditioning(nn.Module):
@@ -454,13 +678,18 @@ class AudioEncoder(nn.Module):
 
     Per frame: 1D convs over the W window positions (D -> 32 -> 32 -> 64 -> 64 ... channels, each
     stride 2 until one position is left; one unstrided conv when W = 1) and two FC layers -> a code.
-    Then attention over the S neighbouring frames: 1D convs over the S codes (token_dim -> 16 -> 8
-    -> 4 -> 2 -> 1 channels) give one logit per frame; the softmax-weighted sum of the codes is the
-    token, which smooths the audio condition over time.
+    Then attention over the S = ``frames`` neighbouring frames: 1D convs over the S codes (token_dim
+    -> 16 -> 8 -> 4 -> 2 -> 1 channels) give one logit per frame (``attention="radnerf"``: with a
+    LeakyReLU after the last conv too and a Linear(S, S) across the frames, as RAD-NeRF has it); the
+    softmax-weighted sum of the codes is the token, which smooths the audio condition over time.
     """
 
-    def __init__(self, audio_dim: int, audio_window: int, token_dim: int) -> None:
+    def __init__(
+        self, audio_dim: int, audio_window: int, token_dim: int, *, frames: int, attention: str
+    ) -> None:
         super().__init__()
+        if attention not in AUDIO_ATTENTIONS:
+            raise ValueError(f"AudioEncoder: attention must be one of {AUDIO_ATTENTIONS}, got {attention!r}")
         strided = (audio_window - 1).bit_length()  # ceil(log2 W): each k3 s2 p1 conv maps L -> ceil(L / 2)
         layers: list[nn.Module] = []
         channels = audio_dim
@@ -479,40 +708,60 @@ class AudioEncoder(nn.Module):
         att: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             att.append(nn.Conv1d(c_in, c_out, 3, padding=1))
-            if i < len(widths) - 2:
+            if i < len(widths) - 2 or attention == "radnerf":
                 att.append(nn.LeakyReLU(AUDIO_LRELU_SLOPE))
         self.frame_attention = nn.Sequential(*att)
+        self.frame_mixing = nn.Linear(frames, frames) if attention == "radnerf" else None
 
     def forward(self, audio: Tensor) -> Tensor:
         b, s, w, d = audio.shape
         x = self.frame_convs(audio.reshape(b * s, w, d).transpose(1, 2))  # (B * S, channels, 1)
         codes = self.frame_fc(x.squeeze(-1)).reshape(b, s, -1)  # (B, S, token_dim)
-        weights = self.frame_attention(codes.transpose(1, 2)).squeeze(1).softmax(dim=-1)  # (B, S)
-        return (weights.unsqueeze(-1) * codes).sum(dim=1)
+        logits = self.frame_attention(codes.transpose(1, 2)).squeeze(1)  # (B, S)
+        if self.frame_mixing is not None:
+            logits = self.frame_mixing(logits)
+        return (logits.softmax(dim=-1).unsqueeze(-1) * codes).sum(dim=1)
 
 
 class FourierTokenEncoder(nn.Module):
-    """Values (B, K) -> sinusoidal encoding (``frequencies`` octaves from ``scale``) -> MLP (B, token_dim)."""
+    """Values (B, K) -> sinusoidal encoding (``frequencies`` octaves from ``scale``) -> MLP (B, token_dim).
 
-    def __init__(self, in_features: int, frequencies: int, scale: float, token_dim: int) -> None:
+    The MLP has ``layers`` Linear layers (token_dim wide) with ``activation`` between them.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        frequencies: int,
+        scale: float,
+        token_dim: int,
+        *,
+        layers: int,
+        activation: Callable[[], nn.Module],
+    ) -> None:
         super().__init__()
         self.in_features, self.frequencies, self.scale = in_features, frequencies, scale
-        self.mlp = nn.Sequential(
-            nn.Linear(in_features * (1 + 2 * frequencies), token_dim),
-            nn.LeakyReLU(LRELU_SLOPE),
-            nn.Linear(token_dim, token_dim),
-        )
+        modules: list[nn.Module] = [nn.Linear(in_features * (1 + 2 * frequencies), token_dim)]
+        for _ in range(layers - 1):
+            modules += [activation(), nn.Linear(token_dim, token_dim)]
+        self.mlp = nn.Sequential(*modules)
 
     def forward(self, values: Tensor) -> Tensor:
         return self.mlp(sinusoidal_encoding(values, self.frequencies, self.scale))
 
 
+# The official rotation token reads (pitch, yaw, roll); the features table gives (yaw, pitch, roll).
+PITCH_YAW_ROLL = (1, 0, 2)
+
+
 class ConditioningTokens(nn.Module):
     """The conditioning tokens t_n of one frame: (B, T, token_dim) in ``config.tokens`` order.
 
-    Each sinusoidal encoding's lowest octave spans at most half a period over its value's range (so
-    it is monotonic there): eye in [0, 2] at pi / 2, rotation in radians at 1 (|angle| <= 90 deg),
-    landmarks in [-1, 1] at pi / 2.
+    ``token_encoders="fourier"``: each sinusoidal encoding's lowest octave spans at most half a period
+    over its value's range (so it is monotonic there): eye in [0, 2] at pi / 2, rotation in radians at
+    1 (|angle| <= 90 deg), landmarks in [-1, 1] at pi / 2; 2-layer LeakyReLU MLPs. ``"nerf"`` (the
+    official encoders): the raw values at scale 1 (AU45, degrees as pitch, yaw, roll, landmarks),
+    3-layer ReLU MLPs.
     """
 
     def __init__(self, config: DeltaplaneConfig, audio_dim: int, audio_window: int) -> None:
@@ -524,17 +773,32 @@ class ConditioningTokens(nn.Module):
         self.config = config
         self.audio_dim, self.audio_window = audio_dim, audio_window
         names, dim = config.tokens, config.token_dim
-        self.audio = AudioEncoder(audio_dim, audio_window, dim) if "audio" in names else None
-        self.eye = (
-            FourierTokenEncoder(1, config.eye_frequencies, math.pi / 2, dim) if "eye" in names else None
+        self.audio = (
+            AudioEncoder(
+                audio_dim, audio_window, dim, frames=config.audio_frames, attention=config.audio_attention
+            )
+            if "audio" in names
+            else None
         )
-        self.rotation = (
-            FourierTokenEncoder(3, config.rotation_frequencies, 1.0, dim) if "rotation" in names else None
-        )
-        self.ldm = (
-            FourierTokenEncoder(6, config.ldm_frequencies, math.pi / 2, dim) if "ldm" in names else None
-        )
-        self.null = nn.Parameter(0.02 * torch.randn(dim)) if "null" in names else None
+        nerf = config.token_encoders == "nerf"
+        fourier_scales = {"eye": math.pi / 2, "rotation": 1.0, "ldm": math.pi / 2}  # see the class docstring
+
+        def encoder(name: str, in_features: int, frequencies: int) -> FourierTokenEncoder | None:
+            if name not in names:
+                return None
+            return FourierTokenEncoder(
+                in_features,
+                frequencies,
+                1.0 if nerf else fourier_scales[name],
+                dim,
+                layers=3 if nerf else 2,
+                activation=nn.ReLU if nerf else lambda: nn.LeakyReLU(config.lrelu_slope),
+            )
+
+        self.eye = encoder("eye", 1, config.eye_frequencies)
+        self.rotation = encoder("rotation", 3, config.rotation_frequencies)
+        self.ldm = encoder("ldm", 6, config.ldm_frequencies)
+        self.null = nn.Parameter(config.null_std * torch.randn(dim)) if "null" in names else None
 
     def _expected_shape(self, name: str) -> str:
         return {
@@ -563,6 +827,12 @@ class ConditioningTokens(nn.Module):
             raise ValueError(f"cond[{name!r}] must be {self._expected_shape(name)}, got shape {shape}")
         return value
 
+    def _eye_noise(self, eye: Tensor) -> Tensor:
+        """Training-mode noise on the eye values: N(0, eye_noise^2) or U(-eye_noise, eye_noise)."""
+        if self.config.eye_noise_distribution == "uniform":
+            return self.config.eye_noise * (2 * torch.rand_like(eye) - 1)
+        return self.config.eye_noise * torch.randn_like(eye)
+
     def forward(
         self, cond: Mapping[str, Tensor], drop: Collection[str] = (), *, batch_size: int | None = None
     ) -> Tensor:
@@ -580,6 +850,7 @@ class ConditioningTokens(nn.Module):
             raise ValueError(f"drop names unknown tokens {unknown}: choose from {TOKEN_NAMES}")
         param = next(self.parameters())
         dtype, device = param.dtype, param.device
+        nerf = self.config.token_encoders == "nerf"
         encoded: dict[str, Tensor] = {}
         for name in self.config.tokens:
             if name in drop or name == "null":
@@ -590,10 +861,10 @@ class ConditioningTokens(nn.Module):
             elif name == "eye":
                 eye = value.clamp(*EYE_RANGE)
                 if self.training and self.config.eye_noise > 0:
-                    eye = eye + self.config.eye_noise * torch.randn_like(eye)
+                    eye = eye + self._eye_noise(eye)
                 encoded[name] = self.eye(eye[:, None])
             elif name == "rotation":
-                encoded[name] = self.rotation(torch.deg2rad(value))
+                encoded[name] = self.rotation(value[:, PITCH_YAW_ROLL] if nerf else torch.deg2rad(value))
             else:
                 encoded[name] = self.ldm(value)
         sizes = {name: t.shape[0] for name, t in encoded.items()}
@@ -626,8 +897,9 @@ class DeltaplaneNet(nn.Module):
 
     ``plane_axes`` names the tri-plane convention (a key of
     :data:`~talk3d_core.model.eg3d.config.PLANE_AXES`: "original" or "fixed"); it decides how planes are
-    rolled out onto each other and where the bottleneck cells sit in the world. R must be divisible
-    by 2**(levels - 1). The output is exactly zero at initialisation (zero last conv).
+    rolled out onto each other and where the bottleneck cells sit in the world (``position_encoding=
+    "projected"``). R must be divisible by 2**(levels - 1); the "talk3d" layout also needs
+    ``widths[0]`` = C. The output is exactly zero at initialisation (zero last conv).
     """
 
     def __init__(
@@ -652,52 +924,104 @@ class DeltaplaneNet(nn.Module):
                 f"plane_resolution={plane_resolution} must be a multiple of 2**(levels - 1) = {stride}"
                 f" for {config.levels} widths {config.widths}"
             )
+        if config.unet_layout == "talk3d" and config.widths[0] != plane_channels:
+            problems.append(
+                f"unet_layout='talk3d' works on the planes' own channels: widths[0]={config.widths[0]}"
+                f" must equal plane_channels={plane_channels}"
+            )
         if problems:
             raise ValueError("invalid DeltaplaneNet: " + "; ".join(problems))
         self.config = config
         self.plane_channels, self.plane_resolution = plane_channels, plane_resolution
         self.plane_axes_name = plane_axes
         axes = PLANE_AXES[plane_axes]
-        widths = config.widths
+        widths, slope = config.widths, config.lrelu_slope
+        talk3d = config.unet_layout == "talk3d"
 
         self.tokens = ConditioningTokens(config, audio_dim, audio_window)
-        self.input_conv = PlaneConv(plane_channels, widths[0])
-        self.encoder = nn.ModuleList(
-            EncoderLevel(widths[max(level - 1, 0)], widths[level], axes, downsample=level > 0)
-            for level in range(config.levels)
-        )
+        if talk3d:
+            self.input_conv = None
+            self.encoder = nn.ModuleList(
+                StageBlock(widths[level - 1], widths[level], axes, resample="down", slope=slope)
+                for level in range(1, config.levels)
+            )
+        else:
+            self.input_conv = PlaneConv(plane_channels, widths[0], slope=slope)
+            self.encoder = nn.ModuleList(
+                EncoderLevel(
+                    widths[max(level - 1, 0)], widths[level], axes, downsample=level > 0, slope=slope
+                )
+                for level in range(config.levels)
+            )
+
         dim = widths[-1]
         bottleneck_resolution = plane_resolution // stride
-        pe_frequencies = max(1, (bottleneck_resolution - 1).bit_length())  # finest octave: 2 cells a period
-        cells = plane_cell_coordinates(bottleneck_resolution, axes)
-        self.register_buffer(
-            "cell_encoding", sinusoidal_encoding(cells, pe_frequencies, math.pi), persistent=False
-        )  # (3, L, 3 * (1 + 2 * pe_frequencies))
-        self.position_projection = nn.Linear(self.cell_encoding.shape[-1], dim)
+        if config.bottleneck_input == "groupnorm_linear":
+            # GroupNorm over the stacked planes with 32 groups per plane = GroupNorm(32) on each plane;
+            # the grouped 1x1 conv is a Linear per plane.
+            self.bottleneck_norm = nn.GroupNorm(3 * GROUPNORM_GROUPS, 3 * dim)
+            self.bottleneck_proj_in = nn.Conv2d(3 * dim, 3 * dim, 1, groups=3)
+        else:
+            self.bottleneck_norm = self.bottleneck_proj_in = None
+        if config.position_encoding == "projected":
+            pe_frequencies = max(
+                1, (bottleneck_resolution - 1).bit_length()
+            )  # finest octave: 2 cells a period
+            cells = plane_cell_coordinates(bottleneck_resolution, axes)
+            self.register_buffer(
+                "cell_encoding", sinusoidal_encoding(cells, pe_frequencies, math.pi), persistent=False
+            )  # (3, L, 3 * (1 + 2 * pe_frequencies))
+            self.position_projection = nn.Linear(self.cell_encoding.shape[-1], dim)
+            self.position_table = None
+        else:
+            self.cell_encoding = self.position_projection = None
+            # Trained from the fixed table: the official trainer switches requires_grad on for every
+            # U-Net parameter, this one included, on a fresh run.
+            self.position_table = nn.Parameter(talk3d_position_table(bottleneck_resolution, dim))
         self.blocks = nn.ModuleList(BottleneckBlock(dim, config) for _ in range(config.attention_blocks))
-        self.decoder = nn.ModuleList(
-            DecoderLevel(widths[level + 1], widths[level], axes)
-            for level in reversed(range(config.levels - 1))
-        )
-        self.decoder_conditioning = (
-            nn.ModuleList(
-                DecoderConditioning(widths[level], config) for level in reversed(range(config.levels - 1))
+
+        if talk3d:
+            self.decoder = nn.ModuleList(
+                StageBlock(widths[level + 1], widths[level], axes, resample="up", slope=slope)
+                for level in reversed(range(config.levels - 1))
             )
+            conditioned = widths[1:-1]  # every up stage's output but the deltaplane itself
+        else:
+            self.decoder = nn.ModuleList(
+                DecoderLevel(widths[level + 1], widths[level], axes, slope=slope)
+                for level in reversed(range(config.levels - 1))
+            )
+            conditioned = widths[:-1]
+        self.decoder_conditioning = (
+            nn.ModuleList(DecoderConditioning(width, config) for width in reversed(conditioned))
             if config.decoder_conditioning
             else None
         )
-        self.output_conv = nn.Conv2d(3 * widths[0], 3 * plane_channels, 3, padding=1, groups=3)
         # dP = 0 exactly at step 0: training starts from rendering the identity tri-plane itself.
-        nn.init.zeros_(self.output_conv.weight)
-        nn.init.zeros_(self.output_conv.bias)
+        if talk3d:
+            # The official output head: the last up stage's second conv is zero, so its BatchNorm,
+            # LeakyReLU and upsampling give zero.
+            self.output_conv = None
+            last = self.decoder[-1].conv.conv
+        else:
+            self.output_conv = nn.Conv2d(3 * widths[0], 3 * plane_channels, 3, padding=1, groups=3)
+            last = self.output_conv
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def _bottleneck(self, x: Tensor, tokens: Tensor) -> Tensor:
+        """x (B, 3 * dim, r, r) -> (B, 3 * dim, r, r) through the transformer blocks."""
         b, c3, r, _ = x.shape
-        h = x.reshape(b, 3, c3 // 3, r * r).transpose(2, 3)  # (B, 3, L, dim)
-        h = h + self.position_projection(self.cell_encoding)
+        h = x if self.bottleneck_norm is None else self.bottleneck_proj_in(self.bottleneck_norm(x))
+        h = h.reshape(b, 3, c3 // 3, r * r).transpose(2, 3)  # (B, 3, L, dim)
+        if self.position_projection is not None:
+            h = h + self.position_projection(self.cell_encoding)
         for block in self.blocks:
+            if self.position_table is not None:
+                h = h + self.position_table
             h = block(h, tokens)
-        return h.transpose(2, 3).reshape(b, c3, r, r)
+        h = h.transpose(2, 3).reshape(b, c3, r, r)
+        return h if self.bottleneck_norm is None else x + h
 
     def forward(self, planes: Tensor, cond: Mapping[str, Tensor], drop: Collection[str] = ()) -> Tensor:
         """planes (B, 3, C, R, R) -> deltaplane (B, 3, C, R, R); exactly zero at initialisation.
@@ -711,7 +1035,9 @@ class DeltaplaneNet(nn.Module):
             )
         b = planes.shape[0]
         tokens = self.tokens(cond, drop, batch_size=b)
-        x = self.input_conv(planes.reshape(b, 3 * c, r, r))
+        x = planes.reshape(b, 3 * c, r, r)
+        if self.input_conv is not None:
+            x = self.input_conv(x)
         skips = []
         for level in self.encoder:
             x = level(x)
@@ -719,7 +1045,14 @@ class DeltaplaneNet(nn.Module):
         skips.pop()  # the deepest level feeds the bottleneck directly
         x = self._bottleneck(x, tokens)
         for i, level in enumerate(self.decoder):
-            x = level(x, skips.pop())
-            if self.decoder_conditioning is not None:
+            if self.output_conv is None:  # "talk3d": upsample, then add the skip
+                x = level(x)
+                if skips:
+                    x = x + skips.pop()
+            else:
+                x = level(x, skips.pop())
+            if self.decoder_conditioning is not None and i < len(self.decoder_conditioning):
                 x = self.decoder_conditioning[i](x, tokens)
-        return self.output_conv(x).reshape(b, 3, c, r, r)
+        if self.output_conv is not None:
+            x = self.output_conv(x)
+        return x.reshape(b, 3, c, r, r)
