@@ -128,6 +128,7 @@ def write_weights(weights: Path, manifest_in: Path) -> None:
 
     from talk3d_core.metrics.sync import SyncNetV2
     from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
+    from talk3d_core.model.gfpgan import GFPGAN
     from talk3d_core.nets.lipsync_expert import SyncNetColor
 
     torch.manual_seed(0)
@@ -173,6 +174,9 @@ def write_weights(weights: Path, manifest_in: Path) -> None:
     heads = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False).state_dict()
     torch.save({k: v for k, v in heads.items() if k.startswith("lin")}, weights / "lpips/v0.1/alex.pth")
     fan_stand_in(weights / "face_alignment/2DFAN4-cd938726ad.zip")
+    # GFPGAN v1.3 (train.sr gfpgan) as TencentARC releases it: a dict whose params_ema is the network.
+    (weights / "gfpgan").mkdir()
+    torch.save({"params_ema": GFPGAN().state_dict()}, weights / "gfpgan/GFPGANv1.3.pth")
 
     manifest = yaml.safe_load(manifest_in.read_text())
     for entry in manifest["weights"]:

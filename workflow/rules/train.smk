@@ -1,6 +1,13 @@
 # Stage 8, train: the audio-guided deltaplane U-Net on top of the prior, then the super-resolution fine-tune.
 
 
+def sr_weights(wildcards):
+    """Input function: the weights of the subject's train.sr network (GFPGAN v1.3 for gfpgan, manifest
+    entries used_by it; none for eg3d, the prior's own), so Snakemake fetches them first."""
+    sr = SUBJECT_CONFIG[wildcards.subject]["train"]["sr"]
+    return [f"{WEIGHTS_DIR}/{dest}" for dest, entry in WEIGHTS.items() if sr in entry.used_by]
+
+
 rule train:
     """Train the deltaplane predictor F(P_ID, t_n) on the training frames; resumable."""
     input:
@@ -12,6 +19,7 @@ rule train:
         masks="results/{subject}/masks",
         audio="results/{subject}/audio.wav",
         nets=loss_net_files("train"),
+        sr_weights=sr_weights,
     output:
         # train_log.jsonl, checkpoint.pt, samples/ and tensorboard/ sit beside it, undeclared: Snakemake
         # deletes declared outputs before a job runs, and a resumed run needs them.
