@@ -1,13 +1,6 @@
 # Stage 8, train: the audio-guided deltaplane U-Net on top of the prior, then the super-resolution fine-tune.
 
 
-def sr_weights(wildcards):
-    """Input function: the weights of the subject's train.sr network (GFPGAN v1.3 for gfpgan, manifest
-    entries used_by it; none for eg3d, the prior's own), so Snakemake fetches them first."""
-    sr = SUBJECT_CONFIG[wildcards.subject]["train"]["sr"]
-    return [f"{WEIGHTS_DIR}/{dest}" for dest, entry in WEIGHTS.items() if sr in entry.used_by]
-
-
 rule train:
     """Train the deltaplane predictor F(P_ID, t_n) on the training frames; resumable."""
     input:
