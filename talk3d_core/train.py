@@ -37,8 +37,9 @@ from PIL import Image
 from torch import Tensor
 
 from talk3d_core.model.deltaplane import DeltaplaneConfig
+from talk3d_core.model.gfpgan import GFPGAN, GFPGAN_WEIGHTS, load_gfpgan
 from talk3d_core.model.subject import SubjectData, mouth_boxes
-from talk3d_core.model.talking_head import Prior, TalkingHead
+from talk3d_core.model.talking_head import SR_NETWORKS, Prior, TalkingHead
 from talk3d_core.nets.arcface import identity_loss
 from talk3d_core.nets.lipsync_expert import sync_expert_loss
 from talk3d_core.nets.lpips import lpips_loss
@@ -48,7 +49,7 @@ from talk3d_core.util.config import from_settings
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.io import atomic_path
 from talk3d_core.util.runs import Run, check_finite, fingerprint, pick_device, seed_step
-from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR
+from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR, require
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class TrainConfig:
     mouth_zoom: int = 32
     sr_steps: int = 300
     lr_sr: float = 1e-4
+    sr: str = "eg3d"
     checkpoint_every: int = 200
     sample_every: int = 500
     seed: int = 0
@@ -91,6 +93,8 @@ class TrainConfig:
             raise ValueError("checkpoint_every and sample_every must be >= 1")
         if self.mouth_zoom < 4:
             raise ValueError(f"mouth_zoom must be >= 4 rays a side, got {self.mouth_zoom}")
+        if self.sr not in SR_NETWORKS:
+            raise ValueError(f"sr must be one of {SR_NETWORKS}, got {self.sr!r}")
 
 
 def configs_from_settings(train: dict[str, Any]) -> tuple[DeltaplaneConfig, TrainConfig]:
@@ -235,6 +239,7 @@ def train_deltaplane(
     restart_on_mismatch: bool = False,
     device: str | None = None,
     on_checkpoint: Callable[[TalkingHead, int, str], None] | None = None,
+    gfpgan: GFPGAN | None = None,
 ) -> TalkingHead:
     """Train the deltaplane predictor (then fine-tune the super-resolution) on ``data``'s training
     frames; resume from ``out_dir/checkpoint.pt``.
@@ -249,7 +254,9 @@ def train_deltaplane(
     ``on_checkpoint(head, step, stage)`` runs every ``checkpoint_every`` steps and at stage ends, after
     the checkpoint (if one was due, see :meth:`Run.due`) is written (e.g. to score the model at chosen
     steps); the head is in eval mode during the call, and since every step reseeds the
-    random generator, what the call draws does not change the training.
+    random generator, what the call draws does not change the training. ``gfpgan``: with
+    ``train_config.sr`` gfpgan, the GFPGAN v1.3 network (:func:`talk3d_core.model.gfpgan.load_gfpgan`)
+    that the sr stage fine-tunes in place of EG3D's super-resolution and that then makes the final image.
     """
     from tensorboardX import SummaryWriter
 
@@ -272,9 +279,13 @@ def train_deltaplane(
         raise ValueError(f"{out_dir}: no training frames")
     device = pick_device(device)
     torch.manual_seed(cfg.seed)
+    if (cfg.sr == "gfpgan") != (gfpgan is not None):
+        raise ValueError(
+            f"{out_dir}: train.sr is {cfg.sr} but a GFPGAN network was {'not ' * (gfpgan is None)}given"
+        )
     head = TalkingHead(
         prior.generator, prior.identity_planes, prior.w_id, net_config, audio_dim=conditions.audio.shape[2],
-        audio_window=conditions.audio.shape[1], training=prior.training,
+        audio_window=conditions.audio.shape[1], training=prior.training, gfpgan=gfpgan,
     ).to(device)  # fmt: skip
     nets = nets if nets is not None else loss_nets(cfg, device, None)
     if nets.sync_expert is not None and sync_audio is None:
@@ -305,7 +316,7 @@ def train_deltaplane(
             shutil.rmtree(out_dir / folder, ignore_errors=True)
     else:
         head.net.load_state_dict(state["net"])
-        head.generator.superresolution.load_state_dict(state["superresolution"])
+        head.sr_module.load_state_dict(state["superresolution"])
     step = run.start
     batch_size = min(cfg.batch_size, len(train_index))
     steps_per_epoch = len(train_index) / batch_size
@@ -330,6 +341,7 @@ def train_deltaplane(
             cond = conditions.gather(frames, net_config.audio_frames, device)
             target = to_unit(data.crops[frames].to(device))
             head.train(stage == "main")
+            head.sr_module.train(stage == "sr")  # GFPGAN draws fresh noise while tuned, as officially
             if stage == "main":
                 lr = learning_rate(cfg, step, steps_per_epoch)
                 for group in optimizer.param_groups:
@@ -373,7 +385,7 @@ def train_deltaplane(
                             "step": step,
                             "stage": stage,
                             "net": head.net.state_dict(),
-                            "superresolution": head.generator.superresolution.state_dict(),
+                            "superresolution": head.sr_module.state_dict(),
                             "optimizer": optimizer.state_dict(),
                         }
                     )
@@ -387,14 +399,19 @@ def train_deltaplane(
     if writer is not None:
         writer.close()
     head.steps_run = {"main": min(step, cfg.steps), "sr": max(0, step - cfg.steps)}
+    if gfpgan is not None:  # GFPGAN makes the final image once tuned (also when a finished run resumes)
+        head.sr = "gfpgan" if head.steps_run["sr"] > 0 else "eg3d"
     return head.eval()
 
 
 def _stage_optimizer(head: TalkingHead, stage: str, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over the deltaplane predictor (main) or the super-resolution module (sr)."""
-    sr = head.generator.superresolution
+    """Adam over the deltaplane predictor (main) or the super-resolution module (sr): EG3D's, or with
+    train.sr gfpgan all of GFPGAN's parameters, GFPGAN then making the final image from the raw render
+    (the official tuning stage; the main stage's final image is EG3D's there too)."""
+    sr = head.sr_module
     sr.requires_grad_(stage == "sr")
     head.net.requires_grad_(stage == "main")
+    head.sr = "gfpgan" if stage == "sr" and head.gfpgan is not None else "eg3d"
     params = list(head.net.parameters()) if stage == "main" else list(sr.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr if stage == "main" else cfg.lr_sr)
     optimizer.stage = stage  # type: ignore[attr-defined]
@@ -513,6 +530,9 @@ def train_stage(
         cfg, device_, settings["sync_weights"], weights_dir=weights_dir, manifest=manifest,
         required=not settings["allow_missing_nets"],
     )  # fmt: skip
+    gfpgan = None
+    if cfg.sr == "gfpgan":  # a missing file is an error naming the command that fetches it
+        gfpgan = load_gfpgan(require(GFPGAN_WEIGHTS, weights_dir, manifest))
     sync_audio = None
     if nets.sync_expert is not None:  # the expert's own mel of the clip's audio
         from talk3d_core.nets.lipsync_expert import wav2lip_mel
@@ -522,7 +542,7 @@ def train_stage(
         sync_audio = (wav2lip_mel(wav, rate), fps)
     head = train_deltaplane(
         data, prior, out_dir, net_config=net_config, train_config=cfg, sync_audio=sync_audio, nets=nets,
-        run_id=run_id, restart_on_mismatch=True, device=device,
+        run_id=run_id, restart_on_mismatch=True, device=device, gfpgan=gfpgan,
     )  # fmt: skip
     log.info("trained %d main + %d super-resolution steps", head.steps_run["main"], head.steps_run["sr"])
     with atomic_path(model_pt) as tmp:

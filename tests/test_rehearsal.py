@@ -133,6 +133,7 @@ def write_weights(weights: Path, manifest_in: Path) -> None:
     from talk3d_core.face.bisenet import WEIGHTS_DEST, BiSeNet
     from talk3d_core.metrics.sync import SyncNetV2
     from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
+    from talk3d_core.model.gfpgan import GFPGAN
     from talk3d_core.nets.lipsync_expert import SyncNetColor
 
     torch.manual_seed(0)
@@ -184,6 +185,10 @@ def write_weights(weights: Path, manifest_in: Path) -> None:
     torch.manual_seed(0)
     (weights / WEIGHTS_DEST).parent.mkdir(parents=True)
     torch.save(BiSeNet().state_dict(), weights / WEIGHTS_DEST)
+
+    # GFPGAN v1.3 (train.sr gfpgan) as TencentARC releases it: a dict whose params_ema is the network.
+    (weights / "gfpgan").mkdir()
+    torch.save({"params_ema": GFPGAN().state_dict()}, weights / "gfpgan/GFPGANv1.3.pth")
 
     manifest = yaml.safe_load(manifest_in.read_text())
     for entry in manifest["weights"]:

@@ -303,6 +303,7 @@ def test_the_paper_preset_needs_its_loss_nets_before_any_job():
             "lpips/alexnet-owt-7be5be79.pth",
             "arcface/model_ir_se50.pth",
             "syncnet/lipsync_expert.pth",
+            "gfpgan/GFPGANv1.3.pth",  # train.sr gfpgan
         ):
             assert f"resources/weights/{dest}" in out
 

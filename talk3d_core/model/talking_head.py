@@ -4,6 +4,9 @@ train stage's model files.
 
 Both model files carry ``training`` (:func:`talk3d_core.model.personalized.training_record`): how the
 prior was made, so render and evaluate read its background handling and camera geometry from the model.
+
+The final image comes from EG3D's super-resolution, or (``train.sr: gfpgan``, the official release's
+tuning stage) from GFPGAN v1.3 on the raw render (:mod:`talk3d_core.model.gfpgan`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from torch import Tensor, nn
 
 from talk3d_core.model.deltaplane import DeltaplaneConfig, DeltaplaneNet
 from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator, camera_rays
+from talk3d_core.model.gfpgan import GFPGAN, GFPGANConfig
+
+SR_NETWORKS = ("eg3d", "gfpgan")
 
 
 @dataclass
@@ -34,7 +40,13 @@ class Prior:
 
 class TalkingHead(nn.Module):
     """The prior's generator (frozen but for its super-resolution in the ``sr`` stage), the identity
-    tri-plane and the deltaplane predictor: renders frame conditions from cameras."""
+    tri-plane and the deltaplane predictor: renders frame conditions from cameras.
+
+    ``gfpgan``: GFPGAN v1.3 at the generator's image size, which the ``sr`` stage tunes instead of EG3D's
+    super-resolution (frozen until then). :attr:`sr` names the network that makes the final image:
+    ``eg3d`` (the default, and GFPGAN's main stage: the official trainer's 512 px losses see EG3D's
+    image until the tuning stage) or ``gfpgan``.
+    """
 
     def __init__(
         self,
@@ -46,6 +58,7 @@ class TalkingHead(nn.Module):
         audio_dim: int,
         audio_window: int,
         training: dict[str, Any] | None = None,
+        gfpgan: GFPGAN | None = None,
     ) -> None:
         super().__init__()
         self.training_record = dict(training or {})
@@ -65,6 +78,35 @@ class TalkingHead(nn.Module):
         )
         self.net_config = net_config
         self.audio_dim, self.audio_window = audio_dim, audio_window
+        if gfpgan is not None:
+            if gfpgan.config.out_size != gen.image_resolution:
+                raise ValueError(
+                    f"GFPGAN makes {gfpgan.config.out_size} px images, the generator "
+                    f"{gen.image_resolution} px: train.sr gfpgan needs the paper generator (512 px, "
+                    "GFPGAN v1.3's size)"
+                )
+            gfpgan.requires_grad_(False)
+        self.gfpgan = gfpgan
+        self._sr = "eg3d"
+
+    @property
+    def sr(self) -> str:
+        """The network that makes the final image: ``eg3d`` or ``gfpgan`` (needs :attr:`gfpgan`)."""
+        return self._sr
+
+    @sr.setter
+    def sr(self, name: str) -> None:
+        if name not in SR_NETWORKS or (name == "gfpgan" and self.gfpgan is None):
+            raise ValueError(
+                f"sr must be one of {SR_NETWORKS} ('gfpgan' needs a GFPGAN network), got {name!r}"
+            )
+        self._sr = name
+
+    @property
+    def sr_module(self) -> nn.Module:
+        """The super-resolution network the ``sr`` stage fine-tunes: GFPGAN when the head has one, else
+        the generator's."""
+        return self.gfpgan if self.gfpgan is not None else self.generator.superresolution
 
     def deltaplanes(self, cond: dict[str, Tensor], drop: Collection[str] = ()) -> Tensor:
         """dP (B, 3, C, R, R) for conditions of B frames; ``drop`` zeroes the named tokens."""
@@ -81,13 +123,18 @@ class TalkingHead(nn.Module):
         jitter: bool | None = None,
     ) -> dict[str, Tensor]:
         """Render P_ID + dP from cameras (B, 25); ``identity_only`` renders P_ID alone (dP = 0).
-        Returns the generator's render dict plus ``deltaplanes`` (None with identity_only)."""
+        Returns the generator's render dict plus ``deltaplanes`` (None with identity_only); with
+        :attr:`sr` ``gfpgan`` its ``image`` is GFPGAN's from ``image_raw``, with fresh noise while GFPGAN
+        is in training mode (as the official code, which also draws it at inference) and its stored
+        noise in eval mode, so that a frame renders the same every time."""
         batch = len(cameras)
         planes = self.identity_planes.expand(batch, -1, -1, -1, -1)
         delta = None if identity_only else self.deltaplanes(cond, drop)
         if delta is not None:
             planes = planes + delta
         out = self.generator.render(planes, cameras, self.w_id.expand(batch, -1, -1), jitter=jitter)
+        if self.sr == "gfpgan":
+            out["image"] = self.gfpgan.upscale(out["image_raw"], randomize_noise=self.gfpgan.training)
         return out | {"deltaplanes": delta}
 
     def render_raw(
@@ -105,8 +152,15 @@ class TalkingHead(nn.Module):
         return self.identity_planes.device
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything needed to rebuild the model (see :func:`load_talking_head`)."""
-        return {
+        """Everything needed to rebuild the model (see :func:`load_talking_head`); GFPGAN's config and
+        weights only when it makes the final image."""
+        gfpgan = {}
+        if self.sr == "gfpgan":
+            gfpgan = {
+                "gfpgan_config": dataclasses.asdict(self.gfpgan.config),
+                "gfpgan": self.gfpgan.state_dict(),
+            }
+        return gfpgan | {
             "generator_config": dataclasses.asdict(self.generator.config),
             "generator": self.generator.state_dict(),
             "identity_planes": self.identity_planes.cpu(),
@@ -117,6 +171,7 @@ class TalkingHead(nn.Module):
             "audio_window": self.audio_window,
             "training": self.training_record,
             "steps_run": self.steps_run,
+            "sr": self.sr,
         }
 
 
@@ -143,7 +198,8 @@ def load_prior(generator_pt: str | os.PathLike[str], identity_pt: str | os.PathL
 
 
 def load_talking_head(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> TalkingHead:
-    """Rebuild a trained :class:`TalkingHead` from ``deltaplane.pt`` (eval mode)."""
+    """Rebuild a trained :class:`TalkingHead` from ``deltaplane.pt`` (eval mode). A file from before
+    ``train.sr`` existed has EG3D's super-resolution."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     needed = {"generator_config", "generator", "identity_planes", "w_id", "net_config", "net", "training"}
     missing = needed - set(saved)
@@ -151,6 +207,13 @@ def load_talking_head(path: str | os.PathLike[str], device: str | torch.device =
         raise ValueError(f"{path}: missing {sorted(missing)}; not a deltaplane checkpoint, re-run train")
     generator = TriPlaneGenerator(_generator_config(saved["generator_config"]))
     generator.load_state_dict(saved["generator"])
+    sr = saved.get("sr", "eg3d")
+    gfpgan = None
+    if sr == "gfpgan":
+        if "gfpgan" not in saved or "gfpgan_config" not in saved:
+            raise ValueError(f"{path}: sr is gfpgan but the file has no GFPGAN weights; re-run train")
+        gfpgan = GFPGAN(GFPGANConfig(**saved["gfpgan_config"]))
+        gfpgan.load_state_dict(saved["gfpgan"])
     head = TalkingHead(
         generator,
         saved["identity_planes"],
@@ -159,7 +222,9 @@ def load_talking_head(path: str | os.PathLike[str], device: str | torch.device =
         audio_dim=saved["audio_dim"],
         audio_window=saved["audio_window"],
         training=saved["training"],
+        gfpgan=gfpgan,
     )
+    head.sr = sr
     head.net.load_state_dict(saved["net"])
     head.steps_run = dict(saved.get("steps_run", {}))
     return head.to(device).eval()

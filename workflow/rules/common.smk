@@ -168,6 +168,13 @@ def backend_weights(section, key="backend"):
     return [f"{WEIGHTS_DIR}/{dest}" for dest, entry in WEIGHTS.items() if backend in entry.used_by]
 
 
+def sr_weights(wildcards):
+    """Input function: the weights of the subject's train.sr network (GFPGAN v1.3 for gfpgan, manifest
+    entries used_by it; none for eg3d, the prior's own), so Snakemake fetches them first."""
+    sr = SUBJECT_CONFIG[wildcards.subject]["train"]["sr"]
+    return [f"{WEIGHTS_DIR}/{dest}" for dest, entry in WEIGHTS.items() if sr in entry.used_by]
+
+
 def audio_model_files(wildcards):
     """Input function: the files of features.audio_model when it is a folder of manifest entries (the
     paper's wav2vec2), so Snakemake fetches them before the features are computed."""

@@ -12,6 +12,7 @@ rule train:
         masks="results/{subject}/masks",
         audio="results/{subject}/audio.wav",
         nets=loss_net_files("train"),
+        sr_weights=sr_weights,
     output:
         # train_log.jsonl, checkpoint.pt, samples/ and tensorboard/ sit beside it, undeclared: Snakemake
         # deletes declared outputs before a job runs, and a resumed run needs them.
