@@ -4,6 +4,9 @@ from talk3d_core.features import subject_features
 from talk3d_core.util.io import list_frames
 from talk3d_core.util.logs import log_to
 
+OPTIONS = ("audio_backend", "audio_model", "audio_output", "audio_window", "audio_pad", "audio_normalise",
+           "eye_backend", "landmark_token", "test_fraction")  # fmt: skip
+
 with log_to(snakemake.log[0]) as log:
     opts = snakemake.params.features
     meta = subject_features(
@@ -12,17 +15,9 @@ with log_to(snakemake.log[0]) as log:
         snakemake.input.camera,
         snakemake.output[0],
         fps=snakemake.params.fps,
-        audio_backend=opts["audio_backend"],
-        audio_model=opts["audio_model"],
-        audio_output=opts["audio_output"],
-        audio_window=opts["audio_window"],
-        audio_pad=opts["audio_pad"],
-        audio_normalise=opts["audio_normalise"],
-        eye_backend=opts["eye_backend"],
-        landmark_token=opts["landmark_token"],
+        **{k: opts[k] for k in OPTIONS},
         landmarks_parquet=snakemake.input.landmarks,
         crop_paths=list_frames(snakemake.input.crops),
-        test_fraction=opts["test_fraction"],
     )
     log.info(
         "%d frames (%d train, %d test); audio %s: window %d x %d dims, normalised %s; eye %s; "
