@@ -7,13 +7,17 @@ by the pretrained prior), and compared with the crop. Two stages, as in the offi
 1. ``main`` (``steps``): the U-Net and its token encoders learn from L1 on the raw and the final
    image, LPIPS, a mouth loss on the lip/mouth mask, the identity loss and, after a warm-up, the
    lip-sync expert loss. Terms whose model is not installed are skipped with one log line each.
-2. ``sr`` (``sr_steps``): the super-resolution module is fine-tuned with reconstruction loss only,
-   the deltaplanes fixed.
+2. ``sr`` (``sr_steps``): the super-resolution module is fine-tuned with L1 (and LPIPS) on the final
+   image, the deltaplanes fixed.
 
-Adam with a step decay (x ``lr_decay`` every ``decay_every_epochs`` epochs). Batches, eye noise and
-renderer jitter are functions of (seed, step) only; checkpoints are atomic and a resumed run ends
-with the same weights as an uninterrupted one. Logs: ``train_log.jsonl`` (one line per step),
-TensorBoard scalars (``tensorboard/``) and sample renders (``samples/``) every ``sample_every`` steps.
+Batches: ``batch_size`` random training frames a step, or, with ``window_positions`` (the official
+sync loader), windows of 5 consecutive training frames of which only those positions are rendered;
+the lip-sync expert sees each window's face boxes, its rendered frames among ground-truth ones, so
+the term costs no extra render. Adam with a step decay (x ``lr_decay`` every ``decay_every_epochs``
+epochs). Batches, eye noise and renderer jitter are functions of (seed, step) only; checkpoints are
+atomic and a resumed run ends with the same weights as an uninterrupted one. Logs:
+``train_log.jsonl`` (one line per step), TensorBoard scalars (``tensorboard/``) and sample renders
+(``samples/``) every ``sample_every`` steps.
 """
 
 from __future__ import annotations
@@ -38,10 +42,16 @@ from torch import Tensor
 
 from talk3d_core.model.deltaplane import DeltaplaneConfig
 from talk3d_core.model.gfpgan import GFPGAN, GFPGAN_WEIGHTS, load_gfpgan
-from talk3d_core.model.subject import SubjectData, mouth_boxes
+from talk3d_core.model.subject import (
+    SubjectData,
+    face_box_pixels,
+    mouth_boxes,
+    window_batch,
+    window_starts,
+)
 from talk3d_core.model.talking_head import SR_NETWORKS, Prior, TalkingHead
 from talk3d_core.nets.arcface import identity_loss
-from talk3d_core.nets.lipsync_expert import sync_expert_loss
+from talk3d_core.nets.lipsync_expert import SYNC_FRAMES, face_box_crops, mel_window, sync_expert_loss
 from talk3d_core.nets.lpips import lpips_loss
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.nets.requirements import needed_nets
@@ -61,34 +71,61 @@ class TrainConfig:
     """Optimisation settings of the deltaplane stage (the network's sizes are in DeltaplaneConfig).
 
     Loss weights follow the official code: L1 x16 on the raw and the final image, LPIPS x1, mouth
-    x15 (L2 over the mouth pixels, plus LPIPS on the mouth box when LPIPS is available), identity x1
-    on the face region, lip-sync expert x0.01 after ``sync_warmup_epochs``.
+    x15 (L2 over the mouth pixels, plus LPIPS when available), identity x1 on the face region,
+    lip-sync expert x0.01 after ``sync_warmup_epochs``. The defaults are the CPU preset's; the
+    official recipe (config/paper.yaml) also sets ``window_positions`` (1, 3) with ``batch_size`` 4,
+    ``weight_lpips_raw`` 1, ``lpips_reduction`` "sum", ``mouth_image`` "raw", ``identity_crop``
+    False and ``weight_lpips_sr`` 1 (workflow/schemas/config.schema.yaml says why each).
     """
 
     steps: int = 3000
     batch_size: int = 2
+    window_positions: tuple[int, ...] | None = None
+    sr_batch_size: int = 2
     lr: float = 5e-4
     lr_decay: float = 0.98
     decay_every_epochs: float = 2.0
     weight_l1: float = 16.0
     weight_l1_raw: float = 16.0
     weight_lpips: float = 1.0
+    weight_lpips_raw: float = 0.0
+    lpips_reduction: str = "mean"
     weight_mouth: float = 15.0
+    mouth_image: str = "final"
     weight_identity: float = 1.0
+    identity_crop: bool = True
     weight_sync: float = 0.01
-    sync_warmup_epochs: float = 20.0
+    sync_warmup_epochs: float = 21.0
     weight_mouth_zoom: float = 0.0
     mouth_zoom: int = 32
     sr_steps: int = 300
     lr_sr: float = 1e-4
+    weight_lpips_sr: float = 0.0
     sr: str = "eg3d"
     checkpoint_every: int = 200
     sample_every: int = 500
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.sr_steps < 0 or self.batch_size < 1:
-            raise ValueError(f"need steps >= 0, sr_steps >= 0, batch_size >= 1; got {self}")
+        if self.steps < 0 or self.sr_steps < 0 or self.batch_size < 1 or self.sr_batch_size < 1:
+            raise ValueError(f"need steps >= 0, sr_steps >= 0, batch sizes >= 1; got {self}")
+        if self.window_positions is not None:
+            positions = tuple(int(p) for p in self.window_positions)
+            object.__setattr__(self, "window_positions", positions)
+            increasing = sorted(set(positions)) == list(positions)
+            if not positions or not increasing or positions[0] < 0 or positions[-1] >= SYNC_FRAMES:
+                raise ValueError(
+                    f"window_positions must be increasing positions in 0..{SYNC_FRAMES - 1}, got {positions}"
+                )
+            if self.batch_size % len(positions):
+                raise ValueError(
+                    f"batch_size {self.batch_size} is not a whole number of windows of "
+                    f"{len(positions)} frames (window_positions {list(positions)})"
+                )
+        if self.lpips_reduction not in ("mean", "sum"):
+            raise ValueError(f"lpips_reduction must be 'mean' or 'sum', got {self.lpips_reduction!r}")
+        if self.mouth_image not in ("final", "raw"):
+            raise ValueError(f"mouth_image must be 'final' or 'raw', got {self.mouth_image!r}")
         if self.checkpoint_every < 1 or self.sample_every < 1:
             raise ValueError("checkpoint_every and sample_every must be >= 1")
         if self.mouth_zoom < 4:
@@ -135,14 +172,27 @@ def loss_nets(
     """The optional nets behind the loss terms with a nonzero weight (:func:`needed_nets`: LPIPS also
     serves the mouth term), ArcFace and the lip-sync expert from ``weights_dir`` (``sync_weights``:
     another expert file); each missing one is logged and its term skipped, or with ``required``
-    (``allow_missing_nets: false``) it is an error."""
+    (``allow_missing_nets: false``) it is an error. The lip-sync term needs window batches
+    (``window_positions``): without them the expert is not loaded and the log says so."""
     factories: dict[str, Callable[[], tuple[Any, str]]] = {
         "lpips": lambda: lpips_loss(device, weights_dir=weights_dir, manifest=manifest),
-        "identity": lambda: identity_loss(device, weights_dir=weights_dir, manifest=manifest),
+        "identity": lambda: identity_loss(
+            device, weights_dir=weights_dir, manifest=manifest, crop=cfg.identity_crop
+        ),
         "sync_expert": lambda: sync_expert_loss(device, weights=sync_weights, weights_dir=weights_dir),
     }
-    builders = {name: factories[name] for name in needed_nets(dataclasses.asdict(cfg))}
-    return OptionalNets.load(builders, purpose="training", required=required)
+    names = needed_nets(dataclasses.asdict(cfg))
+    no_windows = "sync_expert" in names and cfg.window_positions is None
+    if no_windows and required:
+        raise ValueError(
+            "train.weight_sync > 0 with allow_missing_nets: false needs train.window_positions (the "
+            "lip-sync expert scores windows of consecutive frames)"
+        )
+    builders = {name: factories[name] for name in names if not (name == "sync_expert" and no_windows)}
+    nets = OptionalNets.load(builders, purpose="training", required=required)
+    if no_windows:
+        nets.missing("sync_expert", "the lip-sync term needs window batches (train.window_positions)")
+    return nets
 
 
 def deltaplane_losses(
@@ -156,36 +206,128 @@ def deltaplane_losses(
     """Weighted loss terms of a rendered batch and their ``total``.
 
     out: the render dict; target (B, 3, S, S) in [-1, 1]; face and mouth (B, 1, S, S) bool masks.
-    Terms: l1, l1_raw (vs the area-downsampled target), lpips, mouth (squared error summed over mouth
-    pixels / their count, plus LPIPS on the mouth box), identity (on the face region).
+    Terms: l1 and l1_raw (means; the raw image against the area-downsampled target), lpips and
+    lpips_raw (LPIPS of the final and the raw image, per frame, then ``lpips_reduction`` over the
+    batch), mouth (:func:`mouth_loss`), identity (ArcFace on the face region, mean over the batch).
     """
     image, raw = out["image"], out["image_raw"]
-    terms = {
-        "l1": F.l1_loss(image, target),
-        "l1_raw": F.l1_loss(raw, F.interpolate(target, size=raw.shape[-2:], mode="area")),
-    }
+    target_raw = F.interpolate(target, size=raw.shape[-2:], mode="area")
+    reduce = torch.sum if cfg.lpips_reduction == "sum" else torch.mean
+    terms = {"l1": F.l1_loss(image, target), "l1_raw": F.l1_loss(raw, target_raw)}
     weights = {"l1": cfg.weight_l1, "l1_raw": cfg.weight_l1_raw}
     if nets.lpips is not None and cfg.weight_lpips > 0:
-        terms["lpips"], weights["lpips"] = nets.lpips(image, target).mean(), cfg.weight_lpips
+        terms["lpips"], weights["lpips"] = reduce(nets.lpips(image, target)), cfg.weight_lpips
+    if nets.lpips is not None and cfg.weight_lpips_raw > 0:
+        terms["lpips_raw"], weights["lpips_raw"] = reduce(nets.lpips(raw, target_raw)), cfg.weight_lpips_raw
     if cfg.weight_mouth > 0:
-        m = mouth.float()
-        # Normalised by the mouth's own pixel count, so a small mouth weighs as much as a wide one.
-        mouth_term = ((image - target).pow(2) * m).sum() / (3 * m.sum()).clamp(min=1.0)
-        if nets.lpips is not None:
-            crops = [
-                (image[i : i + 1, :, t : t + s, x : x + s], target[i : i + 1, :, t : t + s, x : x + s])
-                for i, (t, x, s) in enumerate(mouth_boxes(mouth))
-            ]
-            a = torch.cat([F.interpolate(c[0], size=(64, 64), mode="bilinear") for c in crops])
-            b = torch.cat([F.interpolate(c[1], size=(64, 64), mode="bilinear") for c in crops])
-            mouth_term = mouth_term + nets.lpips(a, b).mean()
-        terms["mouth"], weights["mouth"] = mouth_term, cfg.weight_mouth
+        if cfg.mouth_image == "raw":
+            terms["mouth"] = mouth_loss(raw, target_raw, mouth, nets, cfg.lpips_reduction)
+        else:
+            terms["mouth"] = mouth_loss(image, target, mouth, nets, cfg.lpips_reduction, box=True)
+        weights["mouth"] = cfg.weight_mouth
     if nets.identity is not None and cfg.weight_identity > 0:
         f = face.float()
         terms["identity"] = nets.identity(image * f, target * f).mean()
         weights["identity"] = cfg.weight_identity
     terms["total"] = sum(weights[k] * v for k, v in terms.items())
     return terms
+
+
+def mouth_loss(
+    image: Tensor, target: Tensor, mouth: Tensor, nets: OptionalNets, reduction: str, *, box: bool = False
+) -> Tensor:
+    """The mouth term of images (B, 3, H, W) against targets, both in [-1, 1].
+
+    ``mouth`` (B, 1, S, S) bool, at the crop resolution: area-downsampled to H and rounded when H is
+    smaller (Talk3D's 128 px mouth mask). Squared error summed over the mouth pixels / (3 x their
+    count over the batch), so a small mouth weighs as much as a wide one; plus, with LPIPS, LPIPS of
+    the mouth-masked images (``box``: of the mouth box of each image, resampled to 64^2) reduced
+    over the batch by ``reduction`` ("mean" or "sum").
+    """
+    m = mouth.float()
+    if m.shape[-2:] != image.shape[-2:]:
+        m = F.interpolate(m, size=image.shape[-2:], mode="area").round()
+    term = ((image - target).pow(2) * m).sum() / (3 * m.sum()).clamp(min=1.0)
+    if nets.lpips is None:
+        return term
+    if box:
+        crops = [
+            (image[i : i + 1, :, t : t + s, x : x + s], target[i : i + 1, :, t : t + s, x : x + s])
+            for i, (t, x, s) in enumerate(mouth_boxes(mouth))
+        ]
+        a = torch.cat([F.interpolate(c[0], size=(64, 64), mode="bilinear") for c in crops])
+        b = torch.cat([F.interpolate(c[1], size=(64, 64), mode="bilinear") for c in crops])
+    else:
+        a, b = image * m, target * m
+    reduce = torch.sum if reduction == "sum" else torch.mean
+    return term + reduce(nets.lpips(a, b))
+
+
+def sr_losses(
+    out: dict[str, Tensor], target: Tensor, cfg: TrainConfig, nets: OptionalNets
+) -> dict[str, Tensor]:
+    """Weighted loss terms of the super-resolution fine-tune and their ``total``: l1 (mean) and, with
+    ``weight_lpips_sr``, lpips (``lpips_reduction`` over the batch) of the final image (B, 3, S, S)
+    against the target, both in [-1, 1]."""
+    image = out["image"]
+    terms = {"l1": F.l1_loss(image, target)}
+    weights = {"l1": cfg.weight_l1}
+    if nets.lpips is not None and cfg.weight_lpips_sr > 0:
+        per_frame = nets.lpips(image, target)
+        terms["lpips"] = per_frame.sum() if cfg.lpips_reduction == "sum" else per_frame.mean()
+        weights["lpips"] = cfg.weight_lpips_sr
+    terms["total"] = sum(weights[k] * v for k, v in terms.items())
+    return terms
+
+
+def sync_window_faces(raw: Tensor, truth: Tensor, boxes: Tensor, positions: Sequence[int]) -> Tensor:
+    """The lip-sync expert's windows: (W, 5, 3, 96, 96) face boxes in [-1, 1], RGB.
+
+    raw (W * P, 3, R, R): the renders of each window's ``positions`` (P of them, window-major), the
+    same renders as the reconstruction losses'; truth (W, 5, 3, R, R): the windows' crops at the
+    render's resolution; boxes (W, 5, 4) int face boxes x1, y1, x2, y2 in pixels of R. As Talk3D: the
+    rendered positions hold the renders' boxes (nearest resampling, with gradients), the others the
+    crops' boxes (bilinear).
+    """
+    w, t = truth.shape[:2]
+    positions = list(positions)
+    if raw.shape[0] != w * len(positions) or boxes.shape != (w, t, 4):
+        raise ValueError(
+            f"sync windows: {raw.shape[0]} renders, {w} windows of {t} crops, positions {positions}, "
+            f"boxes {tuple(boxes.shape)}"
+        )
+    real_positions = [p for p in range(t) if p not in positions]
+    real = face_box_crops(
+        truth[:, real_positions].flatten(0, 1), boxes[:, real_positions].flatten(0, 1), "bilinear"
+    )
+    fake = face_box_crops(raw, boxes[:, positions].flatten(0, 1), "nearest")
+    real, fake = real.unflatten(0, (w, len(real_positions))), fake.unflatten(0, (w, len(positions)))
+    frames = [
+        fake[:, positions.index(p)] if p in positions else real[:, real_positions.index(p)] for p in range(t)
+    ]
+    return torch.stack(frames, dim=1)
+
+
+def _window_sync_loss(
+    raw: Tensor,
+    data: SubjectData,
+    window: np.ndarray,
+    positions: Sequence[int],
+    sync_audio: tuple[np.ndarray, float],
+    sync: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """Lip-sync expert loss (mean over the windows) of the step's windows (W, 5 frames), whose
+    ``positions`` were rendered as ``raw`` (W * P, 3, R, R): the other frames' crops are
+    area-downsampled to R (Talk3D resizes its 512 crops to the 128 render's size), every frame's face
+    box is scaled to R, and each window's mel starts at its first frame."""
+    size = raw.shape[-1]
+    flat = window.reshape(-1)
+    crops = F.interpolate(to_unit(data.crops[flat].to(raw.device)), size=(size, size), mode="area")
+    boxes = face_box_pixels(data.face_box[flat], size).view(*window.shape, 4)
+    faces = sync_window_faces(raw, crops.unflatten(0, window.shape), boxes, positions)
+    mel, fps = sync_audio
+    mels = torch.as_tensor(np.stack([mel_window(mel, int(f), fps) for f in window[:, 0]]), device=raw.device)
+    return sync(faces, mels).mean()
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -246,8 +388,9 @@ def train_deltaplane(
 
     data: crops, masks, cameras (the prior's frame cameras) and conditions of every frame; prior: the
     prior stage's model (:func:`talk3d_core.model.talking_head.load_prior`). ``sync_audio``: the
-    Wav2Lip mel (80, T) of the clip and the fps, for the lip-sync expert term; ``nets``: the loss nets
-    (default :func:`loss_nets` with no lip-sync expert weights). Writes ``checkpoint.pt`` every
+    Wav2Lip mel (80, T) of the clip and the fps, for the lip-sync expert term, which also needs
+    window batches (``window_positions``) and ``data.face_box``; ``nets``: the loss nets (default
+    :func:`loss_nets` with no lip-sync expert weights). Writes ``checkpoint.pt`` every
     ``checkpoint_every`` steps and at the end of each stage, ``train_log.jsonl``, ``tensorboard/`` and
     ``samples/step_XXXXXX.png``. A checkpoint of other settings (or another ``run_id``, e.g. the code
     hash) is an error, or with ``restart_on_mismatch`` parked in ``checkpoints/``.
@@ -277,6 +420,21 @@ def train_deltaplane(
     train_index = np.flatnonzero(data.train)
     if len(train_index) == 0:
         raise ValueError(f"{out_dir}: no training frames")
+    positions = cfg.window_positions
+    if positions is None:  # independent random frames; an epoch is one pass over them
+        batch_size = min(cfg.batch_size, len(train_index))
+        steps_per_epoch = len(train_index) / batch_size
+    else:  # the official sync loader: an epoch is windows / windows a step, the remainder dropped
+        windows = cfg.batch_size // len(positions)
+        starts = window_starts(data.train, SYNC_FRAMES)
+        if len(starts) < windows:
+            raise ValueError(
+                f"{out_dir}: {len(starts)} windows of {SYNC_FRAMES} consecutive training frames, "
+                f"a step takes {windows} (train.batch_size / len(train.window_positions))"
+            )
+        steps_per_epoch = len(starts) // windows
+    sync_after = cfg.sync_warmup_epochs * steps_per_epoch
+    sr_batch_size = min(cfg.sr_batch_size, len(train_index))
     device = pick_device(device)
     torch.manual_seed(cfg.seed)
     if (cfg.sr == "gfpgan") != (gfpgan is not None):
@@ -290,6 +448,11 @@ def train_deltaplane(
     nets = nets if nets is not None else loss_nets(cfg, device, None)
     if nets.sync_expert is not None and sync_audio is None:
         nets.missing("sync_expert", "no audio given for the lip-sync expert")
+    if nets.sync_expert is not None and (positions is None or data.face_box is None):
+        raise ValueError(
+            f"{out_dir}: the lip-sync expert term needs window batches (train.window_positions) and the "
+            "crops' face boxes (read_subject_data(..., crop_table=...))"
+        )
     meta = {
         # Everything that shapes the result but the sr budget: a finished fine-tune may be extended (the
         # main budget stays: the fine-tune was fitted to that stage's end).
@@ -300,7 +463,9 @@ def train_deltaplane(
         },
         "net_config": dataclasses.asdict(net_config),
         "run_id": run_id,
-        "data": fingerprint(data.crops, data.face, data.mouth, data.cameras, data.train, data.mouth_patch),
+        "data": fingerprint(
+            data.crops, data.face, data.mouth, data.cameras, data.train, data.mouth_patch, data.face_box
+        ),
         "conditions": fingerprint(conditions.audio, conditions.eye, conditions.rotation, conditions.ldm),
         "prior": fingerprint(prior.identity_planes, prior.w_id),
         "losses": sorted(k for k in ("lpips", "identity", "sync_expert") if getattr(nets, k) is not None),
@@ -318,9 +483,6 @@ def train_deltaplane(
         head.net.load_state_dict(state["net"])
         head.sr_module.load_state_dict(state["superresolution"])
     step = run.start
-    batch_size = min(cfg.batch_size, len(train_index))
-    steps_per_epoch = len(train_index) / batch_size
-    sync_after = cfg.sync_warmup_epochs * steps_per_epoch
     # Only a run with steps to take opens an event file (a finished run resumed leaves the folder alone).
     writer = (
         SummaryWriter(str(out_dir / "tensorboard"), purge_step=step, flush_secs=30) if step < total else None
@@ -336,7 +498,14 @@ def train_deltaplane(
                     optimizer.load_state_dict(state["optimizer"])
             started = time.perf_counter()
             seed_step(cfg.seed, step)
-            frames = train_index[torch.randint(len(train_index), (batch_size,)).numpy()]
+            window = None  # (W, 5) frames of the step's sync windows
+            if stage == "sr":
+                frames = train_index[torch.randint(len(train_index), (sr_batch_size,)).numpy()]
+            elif positions is None:
+                frames = train_index[torch.randint(len(train_index), (batch_size,)).numpy()]
+            else:
+                window = window_batch(starts, step, windows, cfg.seed)[:, None] + np.arange(SYNC_FRAMES)
+                frames = window[:, list(positions)].reshape(-1)
             cameras = data.cameras[frames].to(device)
             cond = conditions.gather(frames, net_config.audio_frames, device)
             target = to_unit(data.crops[frames].to(device))
@@ -358,13 +527,14 @@ def train_deltaplane(
                     terms["mouth_zoom"] = F.l1_loss(raw, truth)
                     terms["total"] = terms["total"] + cfg.weight_mouth_zoom * terms["mouth_zoom"]
                 if nets.sync_expert is not None and step >= sync_after:
-                    terms["sync"] = _sync_term(head, data, train_index, sync_audio, nets.sync_expert, device)
+                    terms["sync"] = _window_sync_loss(
+                        out["image_raw"], data, window, positions, sync_audio, nets.sync_expert
+                    )
                     terms["total"] = terms["total"] + cfg.weight_sync * terms["sync"]
             else:
                 lr = cfg.lr_sr
                 out = head(cond, cameras, jitter=True)  # the U-Net is frozen in this stage
-                terms = {"l1": F.l1_loss(out["image"], target)}
-                terms["total"] = cfg.weight_l1 * terms["l1"]
+                terms = sr_losses(out, target, cfg, nets)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             values = torch.stack([v.detach() for v in terms.values()]).tolist()
@@ -418,30 +588,6 @@ def _stage_optimizer(head: TalkingHead, stage: str, cfg: TrainConfig) -> torch.o
     return optimizer
 
 
-def _sync_term(
-    head: TalkingHead,
-    data: SubjectData,
-    train_index: np.ndarray,
-    sync_audio: tuple[np.ndarray, float],
-    sync: Callable[[Tensor, Tensor], Tensor],
-    device: torch.device,
-) -> Tensor:
-    """Lip-sync expert loss of one window of consecutive training frames (uses the torch RNG)."""
-    from talk3d_core.nets.lipsync_expert import SYNC_FRAMES, mel_window
-
-    mel, fps = sync_audio
-    # Windows that lie entirely inside the training frames.
-    starts = [
-        f for f in train_index if f + SYNC_FRAMES - 1 < len(data.train) and data.train[f + SYNC_FRAMES - 1]
-    ]
-    start = int(starts[int(torch.randint(len(starts), ()).item())])
-    frames = np.arange(start, start + SYNC_FRAMES)
-    cond = data.conditions.gather(frames, head.net_config.audio_frames, device)
-    out = head(cond, data.cameras[frames].to(device), jitter=True)
-    window = torch.as_tensor(mel_window(mel, start, fps), dtype=torch.float32, device=device)
-    return sync(out["image"][None], window[None]).mean()
-
-
 def plot_loss_curves(
     log_path: str | os.PathLike[str], out_png: str | os.PathLike[str], window: int = 50
 ) -> None:
@@ -491,6 +637,7 @@ def train_stage(
     identity_pt: str | os.PathLike[str],
     crops: str | os.PathLike[str],
     masks: str | os.PathLike[str],
+    crop_table: str | os.PathLike[str],
     prior_frames: str | os.PathLike[str],
     features_parquet: str | os.PathLike[str],
     audio_wav: str | os.PathLike[str],
@@ -505,8 +652,9 @@ def train_stage(
 ) -> TalkingHead:
     """Rule train: the deltaplane predictor and the super-resolution fine-tune of one subject, saved to
     ``model_pt`` (``deltaplane.pt``) with the loss curves; the checkpoint, step log, TensorBoard events
-    and samples go beside it. settings: the validated ``train`` config section; weights_dir and
-    manifest: where the loss nets' weights are (config ``weights``)."""
+    and samples go beside it. settings: the validated ``train`` config section; crop_table: the crop
+    stage's ``crop.parquet`` (its landmarks give the lip-sync expert's face boxes, read with window
+    batches only); weights_dir and manifest: where the loss nets' weights are (config ``weights``)."""
     from talk3d_core.features import read_features
     from talk3d_core.model.subject import read_subject_data
     from talk3d_core.model.talking_head import load_prior
@@ -518,6 +666,7 @@ def train_stage(
         read_features(features_parquet), prior_frames, crops=crops, masks=masks,
         size=prior.generator.config.image_resolution, background=prior.training["background"],
         mouth_zoom=cfg.mouth_zoom if cfg.weight_mouth_zoom > 0 else 0,
+        crop_table=crop_table if cfg.window_positions is not None else None,
     )  # fmt: skip
     log.info(
         "training on %d frames (%d held out): %d + %d steps, tokens %s, %s conditioning of the %s",

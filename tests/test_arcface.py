@@ -53,3 +53,27 @@ def test_arcface_embeds_images_in_any_memory_layout(tmp_path: Path):
     out = embed(images)
     assert out.shape == (2, 512)
     torch.testing.assert_close(out, embed(images.contiguous()))
+
+
+def test_arcface_without_the_crop_pools_the_whole_image(tmp_path: Path):
+    arch = pytest.importorskip("facexlib.recognition.arcface_arch", reason="facexlib: make install-paper")
+    import torch
+    import yaml
+
+    from talk3d_core.nets.arcface import arcface_embedder
+    from talk3d_core.util.weights import sha256_file
+
+    path = tmp_path / "arcface" / "model_ir_se50.pth"
+    path.parent.mkdir()
+    torch.manual_seed(0)
+    torch.save(arch.Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se").state_dict(), path)
+    entry = {"name": ARCFACE_WEIGHTS, "url": "https://example.org/a.pth", "sha256": sha256_file(path),
+             "license": "test", "dest": "arcface/model_ir_se50.pth"}  # fmt: skip
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump({"weights": [entry]}))
+    kwargs = dict(weights_dir=tmp_path, manifest=tmp_path / "manifest.yaml")
+    cropped, _ = arcface_embedder(**kwargs)
+    whole, _ = arcface_embedder(**kwargs, crop=False)
+    image = torch.rand(2, 3, 256, 256) * 2 - 1
+    face = image[:, :, 35:223, 32:220]  # pSp/PTI's face region of a 256 crop
+    torch.testing.assert_close(whole(face), cropped(image))
+    assert not torch.allclose(whole(image), cropped(image))

@@ -10,10 +10,12 @@ import torch
 
 from talk3d_core.nets import lipsync_expert as syncnet
 from talk3d_core.nets.lipsync_expert import (
+    FACE_BOX_SIDE,
     MEL_SILENCE,
     MEL_STEPS,
     SYNC_FRAMES,
     SyncNetColor,
+    face_box_crops,
     load_sync_expert,
     mel_window,
     sync_expert_loss,
@@ -223,6 +225,29 @@ def test_face_input_is_lower_half_bgr_in_unit_range_stacked_by_frame():
             torch.testing.assert_close(face[:, 3 * t + c], torch.full((b, 48, 96), float(expected)))
     with pytest.raises(ValueError, match=r"frames must be \(B, 5, 3, H, W\)"):
         sync_face_input(frames[:, :4])
+
+
+def test_face_boxes_resize_to_the_experts_96_px_face():
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(2, 3, 128, 128, generator=g)
+    boxes = torch.tensor([[10, 20, 58, 68], [0, 0, 128, 128]])  # a 48 px box, the whole image
+    nearest = face_box_crops(images, boxes, "nearest")
+    assert nearest.shape == (2, 3, FACE_BOX_SIDE, FACE_BOX_SIDE)
+    # Nearest doubles every pixel of the 48 px box (Talk3D's renders); bilinear keeps a flat area flat.
+    doubled = images[0, :, 20:68, 10:58].repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    assert torch.equal(nearest[0], doubled)
+    flat = face_box_crops(torch.full((1, 3, 64, 64), 0.25), torch.tensor([[5, 7, 40, 50]]), "bilinear")
+    torch.testing.assert_close(flat, torch.full((1, 3, 96, 96), 0.25))
+    with pytest.raises(ValueError, match="is not inside"):
+        face_box_crops(images[:1], torch.tensor([[10, 20, 130, 68]]), "nearest")
+
+
+def test_face_input_of_96_px_faces_is_their_exact_lower_half():
+    g = torch.Generator().manual_seed(4)
+    frames = torch.rand(2, SYNC_FRAMES, 3, 96, 96, generator=g) * 2 - 1
+    face = sync_face_input(frames)
+    expected = ((frames[:, :, [2, 1, 0], 48:] + 1) / 2).reshape(2, 15, 48, 96)
+    torch.testing.assert_close(face, expected, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ def test_needed_nets_follow_the_nonzero_weights():
     assert needed_nets(train | {"weight_lpips": 0.0}) == ["lpips", "identity", "sync_expert"]  # mouth LPIPS
     assert needed_nets({"weight_lpips": 0.0, "weight_identity": 0.1}) == ["identity"]  # personalization
     assert needed_nets({}) == []
+    assert needed_nets({"weight_lpips": 0.0, "weight_lpips_raw": 1.0}) == ["lpips"]  # the raw image's
+    assert needed_nets({"weight_lpips": 0.0, "weight_lpips_sr": 1.0}) == ["lpips"]  # the SR fine-tune's
 
 
 def test_with_the_packages_the_weights_become_inputs(monkeypatch, tmp_path):

@@ -12,7 +12,7 @@ from conftest import NET, REPO_ROOT, talking_disc, tiny_prior
 
 from talk3d_core.camera import eg3d_camera
 from talk3d_core.model.deltaplane import DeltaplaneConfig
-from talk3d_core.model.subject import mouth_boxes
+from talk3d_core.model.subject import face_box_pixels, face_boxes, mouth_boxes, window_batch, window_starts
 from talk3d_core.model.talking_head import TalkingHead, load_talking_head
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.train import (
@@ -21,6 +21,8 @@ from talk3d_core.train import (
     deltaplane_losses,
     learning_rate,
     loss_nets,
+    sr_losses,
+    sync_window_faces,
     train_deltaplane,
     zoom_cameras,
 )
@@ -146,6 +148,30 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path, monkeypatch):
     assert without_time(_log(part)) == without_time(_log(tmp_path / "whole"))
 
 
+def test_window_batches_with_the_sync_term_resume_to_the_same_weights(tmp_path, monkeypatch):
+    weights = tmp_path / "lipsync_expert.pth"
+    torch.save({"state_dict": _random_expert_state()}, weights)
+    data = talking_disc()
+    data.face_box = torch.tensor([[6 / 32, 6 / 32, 26 / 32, 26 / 32]]).expand(len(data.train), 4)
+    cfg = TrainConfig(
+        steps=4, sr_steps=1, batch_size=4, window_positions=(1, 3), weight_lpips=0.0, weight_identity=0.0,
+        sync_warmup_epochs=0, checkpoint_every=2, sample_every=100,
+    )  # fmt: skip
+    kwargs = dict(net_config=NET, train_config=cfg, sync_audio=(np.full((80, 60), -4.0, np.float32), 25.0))
+    nets = loss_nets(cfg, torch.device("cpu"), weights)
+    whole = train_deltaplane(data, tiny_prior(), tmp_path / "whole", nets=nets, **kwargs)
+    _kill_after(monkeypatch, 3)  # the last checkpoint before the kill: step 2
+    with pytest.raises(_Killed):
+        train_deltaplane(data, tiny_prior(), tmp_path / "part", nets=nets, **kwargs)
+    monkeypatch.undo()
+    resumed = train_deltaplane(data, tiny_prior(), tmp_path / "part", nets=nets, **kwargs)
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["sync"] for r in _log(tmp_path / "part")[:4]] == [
+        r["sync"] for r in _log(tmp_path / "whole")[:4]
+    ]
+
+
 def test_checkpoint_callback_sees_each_checkpoint_and_changes_nothing(tmp_path):
     data = talking_disc()
     cfg = TrainConfig(steps=8, sr_steps=2, checkpoint_every=4, sample_every=100, **NO_EXTRAS)
@@ -178,10 +204,22 @@ def test_configs_from_settings_follow_the_config_files():
         tokens=tuple(cpu["tokens"]), audio_frames=cpu["audio_frames"], decoder_conditioning=True
     )
     assert cfg.steps == cpu["steps"] and cfg.weight_mouth == cpu["weight_mouth"] and cfg.seed == cpu["seed"]
-    paper = validate_config(yaml.safe_load((root / "config/paper.yaml").read_text()), schema)["train"]
+    assert cfg.window_positions is None and cfg.lpips_reduction == "mean" and cfg.mouth_image == "final"
+    config = yaml.safe_load((root / "config/config.yaml").read_text())
+    paper = validate_config(config | yaml.safe_load((root / "config/paper.yaml").read_text()), schema)[
+        "train"
+    ]
     net, cfg = configs_from_settings(paper)
     assert net.widths == DeltaplaneConfig.paper().widths and not net.decoder_conditioning
-    assert cfg.steps == paper["steps"]
+    # The official trainer's recipe.
+    assert (cfg.steps, cfg.batch_size, cfg.window_positions, cfg.sync_warmup_epochs) == (80000, 4, (1, 3), 21)
+    assert (cfg.weight_lpips_raw, cfg.lpips_reduction, cfg.mouth_image, cfg.identity_crop) == (
+        1,
+        "sum",
+        "raw",
+        False,
+    )
+    assert (cfg.sr_steps, cfg.sr_batch_size, cfg.lr_sr, cfg.weight_lpips_sr) == (1000, 2, 2e-4, 1)
 
 
 def test_other_settings_are_not_resumed_silently(tmp_path):
@@ -195,12 +233,26 @@ def test_other_settings_are_not_resumed_silently(tmp_path):
 
 def test_missing_loss_models_are_logged_once_each(caplog):
     caplog.set_level("INFO")
-    cfg = TrainConfig(weight_sync=0.01)
+    cfg = TrainConfig(weight_sync=0.01, batch_size=4, window_positions=(1, 3))
     nets = loss_nets(cfg, torch.device("cpu"), "/nonexistent/lipsync_expert.pth")
     assert nets.lpips is None and nets.identity is None and nets.sync_expert is None
     assert set(nets.reasons) == {"lpips", "identity", "sync_expert"}
     lines = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(lines) == 3 and any("/nonexistent/lipsync_expert.pth" in line for line in lines)
+
+
+def test_the_lip_sync_term_needs_window_batches(caplog, tmp_path):
+    caplog.set_level("INFO")
+    weights = tmp_path / "lipsync_expert.pth"  # present: only the random-frame batches stop it
+    torch.save({"state_dict": _random_expert_state()}, weights)
+    nets = loss_nets(TrainConfig(weight_lpips=0, weight_identity=0), torch.device("cpu"), weights)
+    assert nets.sync_expert is None and "window batches" in nets.reasons["sync_expert"]
+    with pytest.raises(ValueError, match="needs train.window_positions"):
+        loss_nets(TrainConfig(weight_lpips=0, weight_identity=0), torch.device("cpu"), weights, required=True)
+    with pytest.raises(ValueError, match="window_positions must be increasing"):
+        TrainConfig(batch_size=4, window_positions=(3, 1))
+    with pytest.raises(ValueError, match="not a whole number of windows"):
+        TrainConfig(batch_size=3, window_positions=(1, 3))
 
 
 def test_gather_centres_the_audio_window_and_clamps_at_the_ends():
@@ -212,26 +264,150 @@ def test_gather_centres_the_audio_window_and_clamps_at_the_ends():
     assert cond["audio"][1, :, 0, 1].tolist() == [4, 5, 5]
 
 
-def test_lip_sync_expert_term_joins_after_the_warm_up(tmp_path):
+def _random_expert_state() -> dict:
     from talk3d_core.nets.lipsync_expert import SyncNetColor
 
     torch.manual_seed(0)
-    weights = tmp_path / "lipsync_expert.pth"
-    torch.save({"state_dict": SyncNetColor().state_dict()}, weights)  # random weights, Wav2Lip's layout
-    data = talking_disc()
-    steps_per_epoch = int(data.train.sum()) / 2
-    cfg = TrainConfig(
-        steps=4, sr_steps=0, weight_lpips=0.0, weight_identity=0.0, weight_sync=0.5,
-        sync_warmup_epochs=2 / steps_per_epoch,  # the term joins at step 2 (0-based)
+    return SyncNetColor().state_dict()  # random weights, Wav2Lip's layout
+
+
+def _fake_lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A stand-in for LPIPS: one distance per frame (B,), differentiable."""
+    return (a - b).abs().flatten(1).mean(dim=1)
+
+
+def test_window_batches_walk_every_window_once_an_epoch():
+    train = np.array([True] * 9 + [False] * 2 + [True] * 6)
+    starts = window_starts(train, 5)
+    assert starts.tolist() == [0, 1, 2, 3, 4, 11, 12]  # no window crosses the held-out frames
+    # 7 windows, 3 a step: an epoch is 2 steps, the 7th window of each epoch dropped.
+    epoch = np.concatenate([window_batch(starts, s, 3, seed=5) for s in (0, 1)])
+    assert len(set(epoch.tolist())) == 6 and set(epoch.tolist()) <= set(starts.tolist())
+    again = np.concatenate([window_batch(starts, s, 3, seed=5) for s in (0, 1)])
+    assert np.array_equal(epoch, again)  # a function of (seed, step): a resumed run draws the same
+    assert not np.array_equal(epoch, np.concatenate([window_batch(starts, s, 3, seed=5) for s in (2, 3)]))
+    with pytest.raises(ValueError, match="2 windows of training frames, a step takes 3"):
+        window_batch(starts[:2], 0, 3, seed=0)
+
+
+def test_face_boxes_are_the_landmarks_box_scaled_down_to_the_render():
+    lm = np.zeros((2, 68, 2))
+    lm[0, :, 0], lm[0, :, 1] = np.linspace(100, 300, 68), np.linspace(150, 410, 68)
+    lm[1, :, 0], lm[1, :, 1] = np.linspace(-20, 200, 68), np.linspace(300, 530, 68)  # past the crop
+    boxes = face_boxes(lm, 512)
+    np.testing.assert_allclose(boxes[0], np.array([100, 150, 300, 410]) / 512)
+    np.testing.assert_allclose(boxes[1], np.array([0, 300, 200, 512]) / 512)
+    # Scaled to the 128 render as Talk3D's integer division by 4.
+    px = face_box_pixels(torch.from_numpy(boxes), 128)
+    assert px.tolist() == [[25, 37, 75, 102], [0, 75, 50, 128]]
+    assert face_box_pixels(torch.tensor([[0.5, 0.5, 0.5, 0.5]]), 8).tolist() == [[4, 4, 5, 5]]  # >= 1 px
+
+
+def test_sync_windows_hold_two_renders_among_three_crops():
+    w, r = 2, 16
+    renders = torch.arange(1.0, w * 2 + 1).view(-1, 1, 1, 1).expand(-1, 3, r, r).clone().requires_grad_()
+    truth = -torch.arange(1.0, w * 5 + 1).view(w, 5, 1, 1, 1).expand(-1, -1, 3, r, r) / 10
+    boxes = torch.tensor([2, 3, 14, 15]).expand(w, 5, 4)
+    faces = sync_window_faces(renders, truth, boxes, [1, 3])
+    assert faces.shape == (w, 5, 3, 96, 96)
+    values = faces[:, :, 0, 0, 0]
+    expected = torch.tensor([[-0.1, 1, -0.3, 2, -0.5], [-0.6, 3, -0.8, 4, -1.0]])  # renders at 1 and 3
+    torch.testing.assert_close(values, expected)
+    assert (faces == faces[:, :, :, :1, :1]).all()  # each face box of a constant image is constant
+    faces.sum().backward()  # gradients reach each render through its own face box only
+    assert (renders.grad[:, :, 3:15, 2:14] > 0).all() and renders.grad.sum() == renders.grad[
+        :, :, 3:15, 2:14
+    ].sum()
+    with pytest.raises(ValueError, match="sync windows"):
+        sync_window_faces(renders[:3], truth, boxes, [1, 3])
+
+
+def test_lpips_terms_sum_or_average_over_the_batch_and_the_mouth_term_uses_the_raw_image():
+    data = talking_disc(4)
+    target = data.crops[:4].float() / 127.5 - 1
+    target_raw = torch.nn.functional.interpolate(target, size=16, mode="area")
+    mouth_raw = torch.nn.functional.interpolate(data.mouth[:4].float(), size=16, mode="area").round()
+    torch.manual_seed(0)
+    out = {"image": target + 0.1 * torch.randn_like(target), "image_raw": target_raw + 0.5 * mouth_raw}
+    nets = OptionalNets(lpips=_fake_lpips)
+    cpu = TrainConfig(weight_identity=0.0, weight_sync=0.0)
+    paper = dataclasses.replace(cpu, weight_lpips_raw=1.0, lpips_reduction="sum", mouth_image="raw")
+    mean_terms = deltaplane_losses(out, target, data.face[:4], data.mouth[:4], cpu, nets)
+    sum_terms = deltaplane_losses(out, target, data.face[:4], data.mouth[:4], paper, nets)
+    per_frame = _fake_lpips(out["image"], target)
+    assert float(mean_terms["lpips"]) == pytest.approx(float(per_frame.mean()))
+    assert float(sum_terms["lpips"]) == pytest.approx(float(per_frame.sum()))
+    assert "lpips_raw" not in mean_terms  # the CPU preset: LPIPS of the final image only
+    assert float(sum_terms["lpips_raw"]) == pytest.approx(
+        float(_fake_lpips(out["image_raw"], target_raw).sum())
+    )
+    # Mouth on the raw render: 0.5 error on every (downsampled, rounded) mouth pixel, L2 0.25, plus
+    # the summed LPIPS of the mouth-masked raw frames.
+    masked = _fake_lpips(out["image_raw"] * mouth_raw, target_raw * mouth_raw).sum()
+    assert float(sum_terms["mouth"]) == pytest.approx(0.25 + float(masked))
+    assert float(sum_terms["total"]) == pytest.approx(
+        16 * float(sum_terms["l1"] + sum_terms["l1_raw"]) + float(sum_terms["lpips"] + sum_terms["lpips_raw"])
+        + 15 * float(sum_terms["mouth"])
     )  # fmt: skip
+
+
+def test_sr_losses_add_summed_lpips_to_l1():
+    target = torch.rand(2, 3, 8, 8) * 2 - 1
+    out = {"image": target + 0.25}
+    nets = OptionalNets(lpips=_fake_lpips)
+    l1_only = sr_losses(out, target, TrainConfig(), nets)
+    assert set(l1_only) == {"l1", "total"} and float(l1_only["total"]) == pytest.approx(16 * 0.25)
+    cfg = TrainConfig(weight_lpips_sr=1.0, lpips_reduction="sum")
+    terms = sr_losses(out, target, cfg, nets)
+    assert float(terms["lpips"]) == pytest.approx(2 * 0.25)  # 0.25 per frame, summed over 2
+    assert float(terms["total"]) == pytest.approx(16 * 0.25 + 2 * 0.25)
+
+
+def test_window_batches_feed_the_lip_sync_expert_without_extra_renders(tmp_path, monkeypatch):
+    from talk3d_core.nets.lipsync_expert import SyncNetColor
+
+    weights = tmp_path / "lipsync_expert.pth"
+    torch.save({"state_dict": _random_expert_state()}, weights)
+    data = talking_disc()  # 9 training frames: 5 windows of 5, 2 a step: an epoch is 2 steps
+    data.face_box = torch.tensor([[6 / 32, 6 / 32, 26 / 32, 26 / 32]]).expand(len(data.train), 4)
+    cfg = TrainConfig(
+        steps=5, sr_steps=1, batch_size=4, window_positions=(1, 3), sr_batch_size=2, weight_lpips=0.0,
+        weight_identity=0.0, weight_sync=0.5, sync_warmup_epochs=1, sample_every=100, checkpoint_every=100,
+    )  # fmt: skip
+    prior = tiny_prior()
+    renders, expert_inputs = [], []
+    render = prior.generator.render
+
+    def counted_render(planes, cameras, *args, **kwargs):
+        if torch.is_grad_enabled():  # training renders (the samples render without gradients)
+            renders.append(len(cameras))
+        return render(planes, cameras, *args, **kwargs)
+
+    expert_forward = SyncNetColor.forward
+
+    def seen_forward(self, mel, face):
+        expert_inputs.append((tuple(mel.shape), tuple(face.shape)))
+        return expert_forward(self, mel, face)
+
+    monkeypatch.setattr(prior.generator, "render", counted_render)
+    monkeypatch.setattr(SyncNetColor, "forward", seen_forward)
     mel = np.full((80, 60), -4.0, np.float32)
     train_deltaplane(
-        data, tiny_prior(), tmp_path / "run", net_config=NET, train_config=cfg,
-        sync_audio=(mel, 25.0), nets=loss_nets(cfg, torch.device("cpu"), weights),
+        data, prior, tmp_path / "run", net_config=NET, train_config=cfg, sync_audio=(mel, 25.0),
+        nets=loss_nets(cfg, torch.device("cpu"), weights),
     )  # fmt: skip
     log = _log(tmp_path / "run")
-    assert ["sync" in r for r in log] == [False, False, True, True]
-    assert all(np.isfinite(r["sync"]) and r["sync"] > 0 for r in log[2:])
+    # The term joins after one epoch of floor(5 windows / 2) = 2 steps, not 9 frames / 4 = 2.25.
+    assert ["sync" in r for r in log] == [False, False, True, True, True, False]
+    assert all(np.isfinite(r["sync"]) and r["sync"] > 0 for r in log[2:5])
+    assert renders == [4] * 5 + [2]  # one render a step: 2 windows x 2 frames, then 2 frames (sr)
+    assert expert_inputs == [((2, 1, 80, 16), (2, 15, 48, 96))] * 3
+    data.face_box = None
+    with pytest.raises(ValueError, match="face boxes"):
+        train_deltaplane(
+            data, tiny_prior(), tmp_path / "b", net_config=NET, train_config=cfg, sync_audio=(mel, 25.0),
+            nets=loss_nets(cfg, torch.device("cpu"), weights),
+        )  # fmt: skip
 
 
 def test_zoom_cameras_render_the_box_of_the_full_view():

@@ -79,8 +79,10 @@ class SubjectData:
     converted per batch by :func:`talk3d_core.util.images.to_unit`); face (N, 1, S, S) bool
     face-region mask; person (N, 1, S, S) bool foreground (every label but background) when the
     background is painted out; mouth (N, 1, S, S) bool lips and mouth; mouth_patch (N, 3, Z, Z) uint8
-    and mouth_box (N, 3) the mouth box at the crop's full resolution, for the zoomed mouth loss.
-    proxy: the head proxy placed under these cameras (None: no geometry prior).
+    and mouth_box (N, 3) the mouth box at the crop's full resolution, for the zoomed mouth loss;
+    face_box (N, 4) float32 the lip-sync expert's face box, x1, y1, x2, y2 as fractions of the crop
+    side (:func:`face_boxes`). proxy: the head proxy placed under these cameras (None: no geometry
+    prior).
     """
 
     cameras: Tensor
@@ -93,6 +95,7 @@ class SubjectData:
     mouth: Tensor | None = None
     mouth_patch: Tensor | None = None
     mouth_box: Tensor | None = None
+    face_box: Tensor | None = None
 
     @property
     def test(self) -> np.ndarray:
@@ -195,13 +198,15 @@ def read_subject_data(
     size: int | None = None,
     background: str = "black",
     mouth_zoom: int = 0,
+    crop_table: str | os.PathLike[str] | None = None,
 ) -> SubjectData:
     """A trained subject's data from the stage outputs: the features stage's split and conditioning
     (its table, :func:`talk3d_core.features.read_features`), the prior's frame cameras
     (``prior/frames.parquet``: tracked, or refined by the pretrained prior) and, with ``crops`` and
     ``masks`` folders, the images resized to ``size`` with the background as the prior saw it.
     ``mouth_zoom`` > 0 also reads each crop's mouth box at the crop's full resolution (``mouth_patch``,
-    ``mouth_box``; see :func:`mouth_patches`)."""
+    ``mouth_box``; see :func:`mouth_patches`); ``crop_table`` (``crop.parquet``) gives the lip-sync
+    expert's face boxes (``face_box``, :func:`face_boxes` of its crop landmarks)."""
     import pandas as pd
 
     from talk3d_core.util.io import list_frames
@@ -225,7 +230,64 @@ def read_subject_data(
     data.conditions = conditions
     if mouth_zoom:
         data.mouth_patch, data.mouth_box = mouth_patches(crop_paths, mask_paths, mouth_zoom, background)
+    if crop_table is not None:
+        from talk3d_core.crop import read_crop_table
+
+        table_ = read_crop_table(crop_table)
+        if not np.array_equal(table_.frame, table.frame):
+            raise ValueError(f"{crop_table}: its frames are not the features'; re-run the features stage")
+        data.face_box = torch.from_numpy(face_boxes(table_.lm68, table_.size))
     return data
+
+
+def face_boxes(lm68: np.ndarray, size: int) -> np.ndarray:
+    """The lip-sync expert's face box of each crop: the bounding box of its 68 landmarks (jaw line
+    and brows: cheek to cheek, brows to chin), clipped to the crop.
+
+    Wav2Lip trained its expert, and Talk3D feeds it, on S3FD detector boxes, which span about the same
+    region (the brows to the chin; no padding, no smoothing); the landmarks every preset already has
+    give that box without running a second detector. lm68 (N, 68, 2) in pixels of a ``size``^2 crop.
+    Returns (N, 4) float32 x1, y1, x2, y2 as fractions of the crop side (scaled to any resolution by
+    :func:`face_box_pixels`).
+    """
+    lm68 = np.asarray(lm68, dtype=np.float64)
+    if lm68.ndim != 3 or lm68.shape[1:] != (68, 2) or not np.isfinite(lm68).all():
+        raise ValueError(f"face_boxes: needs finite (N, 68, 2) landmarks, got shape {lm68.shape}")
+    box = np.concatenate([lm68.min(axis=1), lm68.max(axis=1)], axis=1)
+    return (np.clip(box, 0, size) / size).astype(np.float32)
+
+
+def face_box_pixels(boxes: Tensor, size: int) -> Tensor:
+    """Boxes (..., 4) of x1, y1, x2, y2 fractions -> int64 pixels of a ``size``^2 image, rounded down
+    as Talk3D scales its 512 px boxes to the 128 px render (integer division), at least 1 px wide
+    and high."""
+    x1, y1, x2, y2 = (boxes.double() * size).floor().long().unbind(-1)
+    x1, y1 = x1.clamp(0, size - 1), y1.clamp(0, size - 1)
+    x2, y2 = torch.maximum(x2.clamp(max=size), x1 + 1), torch.maximum(y2.clamp(max=size), y1 + 1)
+    return torch.stack([x1, y1, x2, y2], dim=-1)
+
+
+def window_starts(train: np.ndarray, length: int) -> np.ndarray:
+    """First frames (ascending) of the windows of ``length`` consecutive frames that are all
+    training frames (``train`` (N,) bool)."""
+    train = np.asarray(train, bool)
+    if len(train) < length:
+        return np.zeros(0, np.int64)
+    inside = np.lib.stride_tricks.sliding_window_view(train, length).all(axis=1)
+    return np.flatnonzero(inside)
+
+
+def window_batch(starts: np.ndarray, step: int, windows: int, seed: int) -> np.ndarray:
+    """The ``windows`` window starts of (0-based) ``step``: every epoch walks a fresh permutation of
+    ``starts`` (seeded by ``seed`` and the epoch), ``windows`` at a time, the remainder dropped.
+    An epoch is ``len(starts) // windows`` steps. A function of (seed, step) only, so a resumed run
+    sees the batches an uninterrupted one sees."""
+    per_epoch = len(starts) // windows
+    if per_epoch < 1:
+        raise ValueError(f"{len(starts)} windows of training frames, a step takes {windows}")
+    epoch, index = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(len(starts))
+    return np.asarray(starts)[order[index * windows : (index + 1) * windows]]
 
 
 def mouth_boxes(mouth: Tensor, pad: float = 0.3, min_size: int = 8) -> list[tuple[int, int, int]]:

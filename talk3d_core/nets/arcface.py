@@ -27,14 +27,17 @@ def arcface_embedder(
     *,
     weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
     manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
+    crop: bool = True,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
     """ArcFace identity embedding ``embed(x) -> (B, 512)`` unit vectors, or ``(None, reason)``.
 
     The network is facexlib's IR-SE50 ArcFace; its weights are the manifest entry
     :data:`ARCFACE_WEIGHTS` installed under ``weights_dir`` (found with
     :func:`talk3d_core.util.weights.require`, which never downloads). Inputs ``x`` are aligned face crops
-    (B, 3, H, W) in [-1, 1]; the central face region is cut out as pSp/PTI do and resized to 112^2.
-    ``embed`` keeps the autograd graph (the identity loss back-propagates through it).
+    (B, 3, H, W) in [-1, 1]; with ``crop`` the central face region is cut out as pSp/PTI do, without it
+    the whole image is used (Talk3D's identity loss pools its whole 512 crop), then resized to 112^2
+    (area averaging when shrinking, i.e. adaptive average pooling). ``embed`` keeps the autograd
+    graph (the identity loss back-propagates through it).
     """
     from talk3d_core.util.weights import WeightsError, require
 
@@ -58,9 +61,11 @@ def arcface_embedder(
     model = frozen(model, device)
 
     def embed(x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-1]
-        top, bottom, left, right = (round(f * size) for f in _ARCFACE_CROP)
-        face = x[:, :, top:bottom, left:right]
+        face = x
+        if crop:
+            size = x.shape[-1]
+            top, bottom, left, right = (round(f * size) for f in _ARCFACE_CROP)
+            face = x[:, :, top:bottom, left:right]
         face = F.interpolate(face, size=(112, 112), mode="area" if face.shape[-1] > 112 else "bilinear")
         # Images permuted from (N, H, W, 3) arrays are channels-last, which the convolutions keep and
         # facexlib's Flatten (a .view) cannot take: give the network the standard layout.
@@ -74,13 +79,14 @@ def identity_loss(
     *,
     weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
     manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
+    crop: bool = True,
 ) -> tuple[PairLoss | None, str]:
     """ArcFace identity loss ``1 - cos(emb(a), emb(b))`` or ``(None, reason)``.
 
-    The embedding is :func:`arcface_embedder`'s (same weights lookup, same face crop); inputs are face
-    crops in [-1, 1].
+    The embedding is :func:`arcface_embedder`'s (same weights lookup; ``crop``: the same face crop,
+    or the whole image); inputs are face crops in [-1, 1].
     """
-    embed, reason = arcface_embedder(device, weights_dir=weights_dir, manifest=manifest)
+    embed, reason = arcface_embedder(device, weights_dir=weights_dir, manifest=manifest, crop=crop)
     if embed is None:
         return None, reason
 

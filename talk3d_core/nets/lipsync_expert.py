@@ -8,10 +8,11 @@ the mel settings and the input conventions below are those of Wav2Lip (Prajwal e
 
 Input conventions of the expert, as Wav2Lip trained it:
 
-- faces: frames read with ``cv2.imread`` (so **BGR**), resized to 96x96, divided by 255 (so [0, 1]);
-  the lower half (rows 48:96, i.e. 48x96, H x W) of each of the 5 frames, stacked on channels
-  frame-major: ``[B0 G0 R0 B1 G1 R1 ...]`` -> (B, 15, 48, 96). Our renders are RGB in [-1, 1]:
-  :func:`sync_face_input` flips the channels and rescales.
+- faces: frames read with ``cv2.imread`` (so **BGR**), each face detector box resized to 96x96
+  (:func:`face_box_crops`), divided by 255 (so [0, 1]); the lower half (rows 48:96, i.e. 48x96,
+  H x W) of each of the 5 frames, stacked on channels frame-major: ``[B0 G0 R0 B1 G1 R1 ...]`` ->
+  (B, 15, 48, 96). Our renders are RGB in [-1, 1]: :func:`sync_face_input` flips the channels and
+  rescales.
 - audio: the (80, 16) window of Wav2Lip's normalised log-mel (80 mel frames per second) that starts
   at the window's first video frame, as (B, 1, 80, 16).
 - every conv block ends in a ReLU, so both embeddings are non-negative and their cosine similarity
@@ -49,6 +50,8 @@ MEL_STEPS = 16
 MEL_BANDS = 80
 #: Face input of the expert: lower half of a 96x96 face, (H, W).
 FACE_SIZE = (48, 96)
+#: Side of the square face the expert was trained on: Wav2Lip resizes every face box to it.
+FACE_BOX_SIDE = 96
 #: Embedding size of both encoders.
 EMBEDDING_DIM = 512
 
@@ -329,6 +332,28 @@ def sync_face_input(frames: torch.Tensor) -> torch.Tensor:
     lower = F.interpolate(lower, size=FACE_SIZE, mode="bilinear", align_corners=False, antialias=True)
     bgr = (lower.flip(1) + 1.0) / 2.0
     return bgr.reshape(b, t * c, *FACE_SIZE)
+
+
+def face_box_crops(images: torch.Tensor, boxes: torch.Tensor, mode: str) -> torch.Tensor:
+    """Each image's face box, resized to the expert's square face: (B, 3, 96, 96).
+
+    images (B, 3, H, W); boxes (B, 4) integer pixels x1, y1, x2, y2 (ends exclusive, inside the
+    image); ``mode``: the resampling (:func:`torch.nn.functional.interpolate`'s, no antialiasing,
+    half-pixel centres). Talk3D resizes its renders' boxes with "nearest" (F.interpolate's default)
+    and the dataset's real frames with OpenCV's bilinear, which is "bilinear" here. Differentiable.
+    """
+    if images.ndim != 4 or boxes.shape != (len(images), 4):
+        raise ValueError(
+            f"need images (B, 3, H, W) and boxes (B, 4), got {tuple(images.shape)}, {tuple(boxes.shape)}"
+        )
+    crops = []
+    for image, (x1, y1, x2, y2) in zip(images, boxes.tolist(), strict=True):
+        if not (0 <= x1 < x2 <= image.shape[-1] and 0 <= y1 < y2 <= image.shape[-2]):
+            raise ValueError(f"face box {(x1, y1, x2, y2)} is not inside a {tuple(image.shape[-2:])} image")
+        box = image[None, :, y1:y2, x1:x2]
+        align = None if mode == "nearest" else False
+        crops.append(F.interpolate(box, size=(FACE_BOX_SIDE, FACE_BOX_SIDE), mode=mode, align_corners=align))
+    return torch.cat(crops)
 
 
 def sync_expert_loss(

@@ -42,9 +42,11 @@ class MissingNetsError(ValueError):
 
 def needed_nets(settings: Mapping[str, Any]) -> list[str]:
     """The loss nets that a stage's settings (``train``, or ``prior.pretrained``) give a nonzero
-    weight: LPIPS (also the mouth term's), the ArcFace identity loss, the lip-sync expert."""
+    weight: LPIPS (of the final or the raw image, in either training stage, or the mouth term's), the
+    ArcFace identity loss, the lip-sync expert."""
     names = []
-    if settings.get("weight_lpips", 0) > 0 or settings.get("weight_mouth", 0) > 0:
+    lpips_keys = ("weight_lpips", "weight_lpips_raw", "weight_lpips_sr", "weight_mouth")
+    if any(settings.get(key, 0) > 0 for key in lpips_keys):
         names.append("lpips")
     if settings.get("weight_identity", 0) > 0:
         names.append("identity")

@@ -10,6 +10,7 @@ rule train:
         features="results/{subject}/features.parquet",
         crops="results/{subject}/crops",
         masks="results/{subject}/masks",
+        crop_table="results/{subject}/crop.parquet",
         audio="results/{subject}/audio.wav",
         nets=loss_net_files("train"),
         sr_weights=sr_weights,
