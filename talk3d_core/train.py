@@ -45,6 +45,7 @@ from talk3d_core.model.gfpgan import GFPGAN, GFPGAN_WEIGHTS, load_gfpgan
 from talk3d_core.model.subject import (
     SubjectData,
     face_box_pixels,
+    face_boxes,
     mouth_boxes,
     window_batch,
     window_starts,
@@ -451,7 +452,7 @@ def train_deltaplane(
     if nets.sync_expert is not None and (positions is None or data.face_box is None):
         raise ValueError(
             f"{out_dir}: the lip-sync expert term needs window batches (train.window_positions) and the "
-            "crops' face boxes (read_subject_data(..., crop_table=...))"
+            "crops' face boxes (read_subject_data(..., face_box=...))"
         )
     meta = {
         # Everything that shapes the result but the sr budget: a finished fine-tune may be extended (the
@@ -631,6 +632,17 @@ def plot_loss_curves(
     plt.close(fig)
 
 
+def _face_boxes(crop_table: str | os.PathLike[str], frames: np.ndarray) -> np.ndarray:
+    """The lip-sync expert's face box (N, 4) of every frame of ``frames`` (the features' frame
+    column), from ``crop.parquet``'s crop landmarks."""
+    from talk3d_core.crop import read_crop_table
+
+    table = read_crop_table(crop_table)
+    if not np.array_equal(table.frame, frames):
+        raise ValueError(f"{crop_table}: its frames are not the features'; re-run the features stage")
+    return face_boxes(table.lm68, table.size)
+
+
 def train_stage(
     *,
     generator_pt: str | os.PathLike[str],
@@ -662,11 +674,12 @@ def train_stage(
     out_dir = Path(model_pt).parent
     prior = load_prior(generator_pt, identity_pt)
     net_config, cfg = configs_from_settings(settings)
+    features = read_features(features_parquet)
+    face_box = _face_boxes(crop_table, features.frame) if cfg.window_positions is not None else None
     data = read_subject_data(
-        read_features(features_parquet), prior_frames, crops=crops, masks=masks,
+        features, prior_frames, crops=crops, masks=masks,
         size=prior.generator.config.image_resolution, background=prior.training["background"],
-        mouth_zoom=cfg.mouth_zoom if cfg.weight_mouth_zoom > 0 else 0,
-        crop_table=crop_table if cfg.window_positions is not None else None,
+        mouth_zoom=cfg.mouth_zoom if cfg.weight_mouth_zoom > 0 else 0, face_box=face_box,
     )  # fmt: skip
     log.info(
         "training on %d frames (%d held out): %d + %d steps, tokens %s, %s conditioning of the %s",

@@ -198,15 +198,15 @@ def read_subject_data(
     size: int | None = None,
     background: str = "black",
     mouth_zoom: int = 0,
-    crop_table: str | os.PathLike[str] | None = None,
+    face_box: np.ndarray | None = None,
 ) -> SubjectData:
     """A trained subject's data from the stage outputs: the features stage's split and conditioning
     (its table, :func:`talk3d_core.features.read_features`), the prior's frame cameras
     (``prior/frames.parquet``: tracked, or refined by the pretrained prior) and, with ``crops`` and
     ``masks`` folders, the images resized to ``size`` with the background as the prior saw it.
     ``mouth_zoom`` > 0 also reads each crop's mouth box at the crop's full resolution (``mouth_patch``,
-    ``mouth_box``; see :func:`mouth_patches`); ``crop_table`` (``crop.parquet``) gives the lip-sync
-    expert's face boxes (``face_box``, :func:`face_boxes` of its crop landmarks)."""
+    ``mouth_box``; see :func:`mouth_patches`); ``face_box`` (N, 4): the lip-sync expert's face box of
+    every frame (:func:`face_boxes` of the crop table's landmarks)."""
     import pandas as pd
 
     from talk3d_core.util.io import list_frames
@@ -230,13 +230,10 @@ def read_subject_data(
     data.conditions = conditions
     if mouth_zoom:
         data.mouth_patch, data.mouth_box = mouth_patches(crop_paths, mask_paths, mouth_zoom, background)
-    if crop_table is not None:
-        from talk3d_core.crop import read_crop_table
-
-        table_ = read_crop_table(crop_table)
-        if not np.array_equal(table_.frame, table.frame):
-            raise ValueError(f"{crop_table}: its frames are not the features'; re-run the features stage")
-        data.face_box = torch.from_numpy(face_boxes(table_.lm68, table_.size))
+    if face_box is not None:
+        if face_box.shape != (n, 4):
+            raise ValueError(f"read_subject_data: face boxes of shape {face_box.shape}, expected ({n}, 4)")
+        data.face_box = torch.as_tensor(face_box, dtype=torch.float32)
     return data
 
 
