@@ -54,7 +54,9 @@ SUBJECT = "clip"
 CLIP_SECONDS, CLIP_SEED = 3.0, 8
 DRIVE_SECONDS, DRIVE_SEED = 1.0, 1
 OVERRIDES = {
-    "prior": {"pretrained": {"n_pivots": 2, "pivot_steps": 1, "tune_steps": 1, "frame_steps": 1}},
+    "prior": {
+        "pretrained": dict(n_pivots=2, pivot_steps=1, tune_steps=1, frame_first_steps=1, frame_steps=1)
+    },
     "train": {"steps": 2, "sr_steps": 1, "sample_every": 1, "checkpoint_every": 1},
     "render": {"views": {"yaw": [30], "pitch": [0]}},
     "evaluate": {"fid_reference_frames": 8},
