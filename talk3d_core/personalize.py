@@ -1,28 +1,34 @@
-"""Stage 7, prior (pretrained mode): VIVE3D personalization of a pretrained EG3D generator.
+"""Stage 7, prior (pretrained mode): VIVE3D personalization of a pretrained EG3D generator, as
+Talk3D drives it (``personalize_generator.py`` then ``invert_video.py``).
 
 Five stages, each a plain function, all settings in :class:`PretrainedConfig`:
 
 1. :func:`select_pivots`: M pivot frames from the training split, chosen for diverse head pose and
    expression (yaw, pitch, roll, mouth and eye opening; most neutral frame first, then farthest-point
-   sampling), so nothing is hand-picked.
-2. :func:`refine_cameras`: a small differentiable correction of an EG3D camera label (3 angles about
-   the look-at pivot, 3 translation numbers), used by the inversions below.
-3. :func:`invert_pivots`: joint optimisation of the identity latent ``w_id`` (from the generator's
-   ``w_avg``), one offset ``o_m`` per pivot (small, L2 penalty) and the pivots' camera corrections,
-   generator frozen.
-4. :func:`pivotal_tuning`: latents and cameras fixed, the generator (backbone, decoder,
-   super-resolution) fine-tuned on the pivots.
+   sampling), so nothing is hand-picked (Talk3D's script names 3 frames by hand).
+2. :func:`refine_cameras`: a yaw and pitch correction of an EG3D camera label, orbiting the look-at
+   pivot (VIVE3D refines these two angles only).
+3. :func:`invert_pivots`: joint inversion of one identity latent ``w`` in W (a single 512-d vector
+   repeated over the ws, started from the mean of mapped samples at the frontal camera), one W
+   offset per pivot and the pivots' yaw/pitch, generator frozen; StyleGAN2 projector schedule
+   (learning-rate ramps, decaying w-noise), L1 + LPIPS on the raw image, a face-region term and a
+   decaying penalty on the offsets' norm.
+4. :func:`pivotal_tuning`: latents and cameras fixed, the backbone and decoder fine-tuned on the
+   pivots (super-resolution frozen) with PTI's locality regulariser, stopped early once LPIPS is tiny.
 5. :func:`invert_frames`: every frame of the clip (training and test: the test split needs refined
-   cameras too) gets its own offset (starting from the nearest pivot's) and camera correction,
-   tuned generator frozen, a fixed number of steps per batch of frames.
+   cameras too) in order, each warm-started from the previous frame's W+ offset and camera correction
+   (frame 0 from the mean pivot offset), tuned generator frozen, with a pull towards that start, so
+   the cameras stay temporally coherent.
 
 :func:`personalize` runs them with checkpoints (atomic, every ``checkpoint_every`` steps and at
 stage ends), per-step seeding (a resumed run ends bit-identical to an uninterrupted one) and a
-JSON-lines log, and returns a :class:`~talk3d_core.prior.PersonalizedGenerator`, so that the scratch mode's
-evaluation, contact sheet and outputs work unchanged.
+JSON-lines log, and returns a :class:`~talk3d_core.prior.PersonalizedGenerator`, so that the scratch
+mode's evaluation, contact sheet and outputs work unchanged.
 
-Losses: L1 on the final and on the raw (neural-rendered) image, LPIPS and an ArcFace identity term
-when :mod:`talk3d_core.nets.lpips` finds them, and the offsets' L2 penalty.
+Loss normalisations follow the official code: L1 terms are sums over the batch's pixels and channels
+divided by one image's pixel count, LPIPS terms are summed over the batch. The face region is this
+project's mask labels eyes (dilated), lips and mouth interior, united over the pivots (the official
+BiSeNet region also holds brows and nose, which these labels count as skin).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +48,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from talk3d_core.camera import EG3D_PIVOT
+from talk3d_core.camera import eg3d_camera
+from talk3d_core.face.regions import LABELS
 from talk3d_core.model.eg3d import TriPlaneGenerator
 from talk3d_core.model.personalized import PersonalizedGenerator
 from talk3d_core.model.subject import SubjectData
-from talk3d_core.nets.arcface import identity_loss
 from talk3d_core.nets.lpips import lpips_loss
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.nets.requirements import needed_nets
@@ -61,53 +67,67 @@ FEATURE_NAMES = ("yaw", "pitch", "roll", "mouth_open", "eye_open")
 INNER_LIPS = (62, 66)
 EYELID_PAIRS = ((37, 41), (38, 40), (43, 47), (44, 46))
 OUTER_EYE_CORNERS = (36, 45)
-# LPIPS compares at most this size (EG3D's projector downsamples 512 renders to 256 for VGG too).
-LPIPS_MAX_SIZE = 256
+
+# Fixed parts of the official recipe (VIVE3D inset_pipeline.py), not settings:
+# StyleGAN2 projector schedule of the pivot inversion (fractions of pivot_steps) and its w-noise.
+LR_RAMPUP, LR_RAMPDOWN, LR_FLOOR = 0.05, 0.25, 1e-4
+W_NOISE, W_NOISE_RAMP = 0.02, 0.75  # x w_std, decaying as max(0, 1 - t / ramp)^2
+OFFSET_INIT = 0.02  # pivot offsets start as randn x this
+OFFSET_DECAY, OFFSET_DECAY_AFTER = 0.99, 100  # offset-norm weight x0.99 per step after step 100
+FACE_L2 = 0.75  # weight of the L2 inside the pivots' face term (LPIPS has 1)
+# PTI locality regulariser: a psi-0.5 sample; each pivot latent moved 0.1 towards it (a step of 0.1
+# along the unit direction); L2 (sum) and LPIPS (mean) between the frozen and the tuned renders.
+LOCALITY_PSI, LOCALITY_STEP, LOCALITY_L2, LOCALITY_LPIPS = 0.5, 0.1, 0.05, 0.05
+# Face region dilations, in pixels of a 512 label image (scaled to the masks' size): the eyes alone,
+# then the pivots' union once more for the frame inversion.
+EYE_DILATION, FRAME_DILATION = 24, 8
 
 
 @dataclass(frozen=True)
 class PretrainedConfig:
     """Settings of the VIVE3D personalization (the generator's sizes come from its checkpoint).
 
-    Learning rates are per parameter unit: latents in W, rotations in degrees, translations in
-    world units (the camera sits 2.7 from the origin). Steps are optimiser steps per stage; the frame
-    inversion spends ``frame_steps`` on each batch of ``frame_batch_size`` frames.
+    Defaults are the official values (Talk3D's ``personalize_generator.py`` and ``invert_video.py``
+    arguments over VIVE3D's defaults). Learning rates are Adam's, over latents in W and camera
+    angles in radians, as VIVE3D optimises them. Steps are optimiser steps; the frame inversion
+    spends ``frame_first_steps`` on frame 0 and at most ``frame_steps`` on each later frame.
     """
 
     n_pivots: int = 5
-    # 3. pivot inversion
-    pivot_steps: int = 500
-    pivot_batch_size: int = 4
-    lr_latent: float = 1e-2
-    lr_rotation: float = 0.05
-    lr_translation: float = 5e-4
-    # 4. pivotal tuning
-    tune_steps: int = 350
-    tune_batch_size: int = 4
-    lr_generator: float = 3e-4
-    # 5. per-frame inversion
-    frame_steps: int = 100
-    frame_batch_size: int = 4
-    lr_frame_offset: float = 5e-3
-    # loss weights
-    weight_l1: float = 1.0
-    weight_l1_raw: float = 1.0
+    w_avg_samples: int = 10_000
     weight_lpips: float = 1.0
-    weight_identity: float = 0.1
-    weight_offset: float = 1e-2
-    # renderer: jittered depth samples while optimising (EG3D trains and renders that way)
+    # 3. pivot inversion
+    pivot_steps: int = 600
+    pivot_lr: float = 0.01
+    pivot_weight_l1: float = 0.05
+    pivot_weight_face: float = 2.0
+    weight_offset: float = 0.05
+    weight_offset_final: float = 0.005
+    # 4. pivotal tuning
+    tune_steps: int = 400
+    tune_lr: float = 1e-3
+    tune_weight_l1: float = 1.0
+    weight_locality: float = 1e-4
+    tune_stop_lpips: float = 0.006
+    # 5. frame inversion
+    frame_first_steps: int = 200
+    frame_steps: int = 50
+    frame_lr: float = 0.01
+    frame_weight_l1: float = 0.25
+    frame_weight_face: float = 1.2
+    frame_weight_offset: float = 0.01
+    frame_weight_prev: float = 0.02
+    frame_stop_loss: float = 0.2
+    # renderer: jittered depth samples while optimising (EG3D's renderer always jitters)
     jitter: bool = True
     checkpoint_every: int = 50
     seed: int = 0
 
     def __post_init__(self) -> None:
-        positive = ("n_pivots", "pivot_batch_size", "tune_batch_size", "frame_batch_size", "checkpoint_every")
+        positive = ("n_pivots", "w_avg_samples", "checkpoint_every")
         problems = [f"{name} must be >= 1" for name in positive if getattr(self, name) < 1]
-        problems += [
-            f"{name} must be >= 0"
-            for name in ("pivot_steps", "tune_steps", "frame_steps")
-            if getattr(self, name) < 0
-        ]
+        counts = ("pivot_steps", "tune_steps", "frame_first_steps", "frame_steps")
+        problems += [f"{name} must be >= 0" for name in counts if getattr(self, name) < 0]
         if problems:
             raise ValueError("invalid PretrainedConfig: " + "; ".join(problems))
 
@@ -177,13 +197,6 @@ def select_pivots(features: np.ndarray, train: np.ndarray, n_pivots: int = 5) ->
     return np.sort(candidates[chosen])
 
 
-def nearest_pivot(features: np.ndarray, pivots: np.ndarray) -> np.ndarray:
-    """For every frame, the position in ``pivots`` (not the frame index) of its nearest pivot (N,)."""
-    features = np.asarray(features, dtype=np.float64)
-    distance = np.linalg.norm(features[:, None] - features[np.asarray(pivots)][None], axis=-1)
-    return np.argmin(distance, axis=1)
-
-
 # ---------------------------------------------------------------------------------------------------
 # 2. Camera refinement
 
@@ -204,70 +217,209 @@ def _head_rotation(angles_deg: torch.Tensor) -> torch.Tensor:
     return r_roll @ r_pitch @ r_yaw
 
 
-def refine_cameras(
-    labels: torch.Tensor, delta: torch.Tensor, *, pivot: Sequence[float] = EG3D_PIVOT
-) -> torch.Tensor:
-    """Apply camera corrections ``delta`` (B, 6) to EG3D labels (B, 25); differentiable.
+def refine_cameras(labels: torch.Tensor, delta: torch.Tensor, *, pivot: Sequence[float]) -> torch.Tensor:
+    """Apply yaw and pitch corrections ``delta`` (B, 2) in degrees to EG3D labels (B, 25); differentiable.
 
-    delta[:, :3] are head angles (yaw, pitch, roll, degrees) composed after the label's own, in the
-    head frame: the camera orbits ``pivot`` (the look-at point, world units) the opposite way and
-    keeps its distance from the world origin (EG3D's camera sphere). A pure yaw correction d turns
-    ``camera.eg3d_camera(yaw, ...)`` exactly into ``eg3d_camera(yaw + d, ...)``; pitch and roll compose
-    the same way from a frontal camera. delta[:, 3:] then moves the camera in world units.
-    Intrinsics are unchanged. A zero delta returns the labels (up to rounding).
+    The corrections are head angles composed after the label's own, in the head frame: the camera
+    orbits ``pivot`` (the look-at point, world units) the opposite way and keeps its distance from
+    the world origin (EG3D's camera sphere), as VIVE3D's yaw and pitch move its look-at camera. A pure
+    yaw correction d turns ``camera.eg3d_camera(yaw, ...)`` exactly into ``eg3d_camera(yaw + d, ...)``;
+    pitch composes the same way from a frontal camera. Intrinsics are unchanged; a zero delta
+    returns the labels (up to rounding).
     """
-    if labels.ndim != 2 or labels.shape[1] != 25 or delta.shape != (labels.shape[0], 6):
+    if labels.ndim != 2 or labels.shape[1] != 25 or delta.shape != (labels.shape[0], 2):
         raise ValueError(
-            f"need labels (B, 25) and delta (B, 6), got {tuple(labels.shape)} and {tuple(delta.shape)}"
+            f"need labels (B, 25) and delta (B, 2), got {tuple(labels.shape)} and {tuple(delta.shape)}"
         )
     cam2world = labels[:, :16].reshape(-1, 4, 4)
     rotation, origin = cam2world[:, :3, :3], cam2world[:, :3, 3]
     # Head angles compose on the right of R_head; cam2world's rotation is R_head^T (up to the OpenCV
     # axis flip), so the camera turns by R_delta^T in the world frame.
-    turn = _head_rotation(delta[:, :3].to(labels.dtype)).transpose(1, 2)
+    angles = F.pad(delta.to(labels.dtype), (0, 1))  # no roll
+    turn = _head_rotation(angles).transpose(1, 2)
     p = torch.as_tensor(pivot, dtype=labels.dtype, device=labels.device).reshape(1, 3)
     back = F.normalize(((origin - p)[:, None] @ turn.transpose(1, 2))[:, 0], dim=-1)
     # Distance along the new viewing ray that puts the camera back on its sphere |origin| = radius.
     radius_sq = (origin * origin).sum(dim=-1)
     pb = (p * back).sum(dim=-1)
     along = -pb + torch.sqrt(pb * pb - (p * p).sum() + radius_sq)
-    new_origin = p + along[:, None] * back + delta[:, 3:].to(labels.dtype)
+    new_origin = p + along[:, None] * back
     top = torch.cat([turn @ rotation, new_origin[:, :, None]], dim=2)  # (B, 3, 4)
     refined = torch.cat([top, cam2world[:, 3:]], dim=1).reshape(-1, 16)
     return torch.cat([refined, labels[:, 16:]], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------
+# Face region, starting latent, schedules
+
+
+def _dilate(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Binary dilation of (B, 1, H, W) 0/1 masks by a ``size`` x ``size`` square whose origin is at
+    (size // 2, size // 2), as kornia's ``dilation`` that VIVE3D uses."""
+    if size <= 1:
+        return mask
+    before, after = size // 2, size - 1 - size // 2
+    return F.max_pool2d(F.pad(mask, (before, after, before, after)), size, stride=1)
+
+
+def face_region(labels: np.ndarray, size: int, dilation: int = 0) -> torch.Tensor:
+    """The face term's mask (1, 1, size, size), 0/1 float, from label images (M, H, H) (stage masks).
+
+    Union over the M images of lips, mouth interior and the eyes dilated by :data:`EYE_DILATION`
+    (VIVE3D's ``get_eyes_mouth_BiSeNet``; its brows and nose are skin in these labels), then dilated
+    by ``dilation``; dilations are pixels at 512, scaled to H. Resized to ``size``, a pixel is in the
+    region when any part of it is.
+    """
+    labels = torch.as_tensor(np.asarray(labels))
+    if labels.ndim != 3:
+        raise ValueError(f"label images must be (M, H, W), got {tuple(labels.shape)}")
+
+    def scaled(pixels_at_512: int) -> int:
+        return max(1, round(pixels_at_512 * labels.shape[-1] / 512))
+
+    eyes = (labels == LABELS["eyes"]).float()[:, None]
+    mouth = ((labels == LABELS["lips"]) | (labels == LABELS["mouth_interior"])).float()[:, None]
+    region = torch.maximum(_dilate(eyes, scaled(EYE_DILATION)), mouth).amax(dim=0, keepdim=True)
+    region = _dilate(region, scaled(dilation)) if dilation else region
+    return (F.interpolate(region, size=(size, size), mode="area") > 0).float()
+
+
+def frontal_camera(camera: Mapping[str, Any]) -> torch.Tensor:
+    """EG3D label (1, 25) of the frontal view in ``camera``'s geometry (focal, radius, pivot)."""
+    label = eg3d_camera(
+        [0.0], [0.0], [0.0], radius=camera["radius"], pivot=camera["pivot"], focal=camera["focal"]
+    )
+    return torch.as_tensor(label, dtype=torch.float32)
+
+
+@torch.no_grad()
+def mean_latent(
+    generator: TriPlaneGenerator, n_samples: int, conditioning: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, float]:
+    """VIVE3D's starting identity: the mean w (1, w_dim) of ``n_samples`` mapped z ~ N(0, I)
+    (psi 1, one w per z) under the conditioning label (1, 25), and w_std, the samples' RMS distance
+    to it (the scale of the pivot inversion's w-noise). Not the checkpoint's ``w_avg`` buffer, which
+    averages over the training cameras."""
+    rng = torch.Generator().manual_seed(seed)
+    device = conditioning.device
+    chunks = []
+    for start in range(0, n_samples, 1000):
+        z = torch.randn(min(1000, n_samples - start), generator.config.z_dim, generator=rng).to(device)
+        chunks.append(generator.mapping(z, conditioning.expand(len(z), -1))[:, 0].double())
+    ws = torch.cat(chunks)
+    mean = ws.mean(dim=0, keepdim=True)
+    return mean.float(), float(((ws - mean).pow(2).sum() / n_samples).sqrt())
+
+
+def pivot_learning_rate(step: int, cfg: PretrainedConfig) -> float:
+    """StyleGAN2 projector schedule at pivot step ``step`` (0-based): ``pivot_lr`` with a linear
+    ramp-up over the first 5% and a cosine ramp-down over the last 25%; Talk3D's floor where it is 0."""
+    t = step / max(cfg.pivot_steps, 1)
+    ramp = 0.5 - 0.5 * math.cos(min(1.0, (1.0 - t) / LR_RAMPDOWN) * math.pi)
+    lr = cfg.pivot_lr * ramp * min(1.0, t / LR_RAMPUP)
+    return lr if lr > 0 else LR_FLOOR
+
+
+def w_noise_scale(step: int, cfg: PretrainedConfig, w_std: float) -> float:
+    """Standard deviation of the w-noise at pivot step ``step``: w_std x 0.02 x max(0, 1 - t/0.75)^2."""
+    t = step / max(cfg.pivot_steps, 1)
+    return w_std * W_NOISE * max(0.0, 1.0 - t / W_NOISE_RAMP) ** 2
+
+
+def offset_weight(step: int, cfg: PretrainedConfig) -> float:
+    """Weight of the offsets' norm at pivot step ``step`` (0-based): ``weight_offset``, multiplied by
+    0.99 after each step past step 100 while the product stays above ``weight_offset_final``."""
+    weight = cfg.weight_offset
+    for _ in range(OFFSET_DECAY_AFTER + 1, step):
+        if weight * OFFSET_DECAY <= cfg.weight_offset_final:
+            break
+        weight *= OFFSET_DECAY
+    return weight
+
+
+# ---------------------------------------------------------------------------------------------------
 # Losses and the optimisation loop's plumbing
 
 
-def reconstruction_terms(
-    out: dict[str, torch.Tensor],
-    target: torch.Tensor,
-    cfg: PretrainedConfig,
-    losses: OptionalNets,
-    offsets: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """Loss terms and their weighted ``total``: L1 (final, raw), LPIPS, identity (when available),
-    offsets' mean square (when given). ``target`` (B, 3, S, S) in [-1, 1] at the final size."""
-    image, raw = out["image"], out["image_raw"]
-    terms = {
-        "l1": F.l1_loss(image, target),
-        "l1_raw": F.l1_loss(raw, F.interpolate(target, size=raw.shape[-2:], mode="area")),
-    }
-    weights = {"l1": cfg.weight_l1, "l1_raw": cfg.weight_l1_raw}
-    if losses.lpips is not None:
-        a, b = image, target
-        if image.shape[-1] > LPIPS_MAX_SIZE:
-            a = F.interpolate(image, size=(LPIPS_MAX_SIZE, LPIPS_MAX_SIZE), mode="area")
-            b = F.interpolate(target, size=(LPIPS_MAX_SIZE, LPIPS_MAX_SIZE), mode="area")
-        terms["lpips"], weights["lpips"] = losses.lpips(a, b).mean(), cfg.weight_lpips
-    if losses.identity is not None:
-        terms["identity"], weights["identity"] = losses.identity(image, target).mean(), cfg.weight_identity
-    if offsets is not None:
-        terms["offset"], weights["offset"] = offsets.pow(2).mean(), cfg.weight_offset
+def _downsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (B, 3, S, S) bicubic-downsampled (antialiased) to ``size`` (the raw render's size)."""
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+
+
+def _l1(a: torch.Tensor, b: torch.Tensor, pixels: float | torch.Tensor) -> torch.Tensor:
+    """Sum of |a - b| over the batch, channels and pixels, divided by ``pixels`` (official normalisation)."""
+    return (a - b).abs().sum() / pixels
+
+
+def _weighted(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[str, torch.Tensor]:
     terms["total"] = sum(weights[k] * v for k, v in terms.items())
     return terms
+
+
+def _face_terms(
+    image: torch.Tensor, target: torch.Tensor, region: torch.Tensor, losses: OptionalNets, *, squared: bool
+) -> dict[str, torch.Tensor]:
+    """The face term's parts on the region-masked images: LPIPS (batch sum, when available) and the
+    L2 (``squared``, pivots) or L1 (frames) sum divided by the region's pixel count over the batch."""
+    face, face_target = image * region, target * region
+    diff = face - face_target
+    pixels = region.sum() * len(image)
+    terms = {"face_l2" if squared else "face_l1": (diff.pow(2) if squared else diff.abs()).sum() / pixels}
+    if losses.lpips is not None:
+        terms["face_lpips"] = losses.lpips(face, face_target).sum()
+    return terms
+
+
+def pivot_terms(
+    out: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    region: torch.Tensor,
+    offsets: torch.Tensor,
+    step: int,
+    cfg: PretrainedConfig,
+    losses: OptionalNets,
+) -> dict[str, torch.Tensor]:
+    """Pivot inversion loss terms and their weighted ``total``: L1 and LPIPS on the raw render against
+    the target downsampled to it, the face term on the final image (LPIPS + 0.75 L2) and the offsets'
+    Frobenius norm (weight :func:`offset_weight`). target (M, 3, S, S) in [-1, 1], region (1, 1, S, S)."""
+    raw = out["image_raw"]
+    target_raw = _downsample(target, raw.shape[-1])
+    terms = {"l1_raw": _l1(raw, target_raw, raw.shape[-1] ** 2)}
+    weights = {"l1_raw": cfg.pivot_weight_l1}
+    if losses.lpips is not None:
+        terms["lpips_raw"], weights["lpips_raw"] = losses.lpips(raw, target_raw).sum(), cfg.weight_lpips
+    face = _face_terms(out["image"], target, region, losses, squared=True)
+    terms |= face
+    weights |= {"face_l2": cfg.pivot_weight_face * FACE_L2, "face_lpips": cfg.pivot_weight_face}
+    terms["offset"], weights["offset"] = torch.linalg.norm(offsets), offset_weight(step, cfg)
+    return _weighted(terms, weights)
+
+
+def frame_terms(
+    out: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    region: torch.Tensor,
+    offset: torch.Tensor,
+    start: torch.Tensor | None,
+    cfg: PretrainedConfig,
+    losses: OptionalNets,
+) -> dict[str, torch.Tensor]:
+    """Frame inversion loss terms and their weighted ``total``: L1 and LPIPS on the final image, the
+    face term (LPIPS + L1), the offset's norm and, with ``start`` (the previous frame's offset),
+    the norm of the offset's change from it. target (B, 3, S, S) in [-1, 1], region (1, 1, S, S)."""
+    image = out["image"]
+    terms = {"l1": _l1(image, target, image.shape[-1] ** 2)}
+    weights = {"l1": cfg.frame_weight_l1}
+    if losses.lpips is not None:
+        terms["lpips"], weights["lpips"] = losses.lpips(image, target).sum(), cfg.weight_lpips
+    terms |= _face_terms(image, target, region, losses, squared=False)
+    weights |= {"face_l1": cfg.frame_weight_face, "face_lpips": cfg.frame_weight_face}
+    terms["offset"], weights["offset"] = torch.linalg.norm(offset), cfg.frame_weight_offset
+    if start is not None:
+        terms["prev"], weights["prev"] = torch.linalg.norm(offset - start), cfg.frame_weight_prev
+    return _weighted(terms, weights)
 
 
 def _seed_step(seed: int, stage: str, step: int) -> None:
@@ -282,8 +434,8 @@ def _render(
     return generator.synthesis(ws, cameras, noise_mode="const", jitter=cfg.jitter)
 
 
-def _adam(groups: list[dict[str, Any]], resume: dict[str, Any] | None) -> torch.optim.Adam:
-    optimizer = torch.optim.Adam(groups)
+def _adam(params: list[torch.Tensor], lr: float, resume: dict[str, Any] | None) -> torch.optim.Adam:
+    optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
     return optimizer
@@ -302,23 +454,16 @@ def _descend(optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -
 StepHook = Callable[[str, int, dict[str, float], Callable[[], dict[str, Any]]], None]
 
 
-def _pick(n: int, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Indices of this step's batch: all n items, or a random subset (drawn after _seed_step)."""
-    if batch_size >= n:
-        return torch.arange(n, device=device)
-    return torch.randperm(n)[:batch_size].to(device)
-
-
 # ---------------------------------------------------------------------------------------------------
 # 3.-5. The optimisation stages
 
 
 @dataclass
 class PivotFit:
-    """Result of :func:`invert_pivots`: w_id (1, num_ws, w_dim), offsets (M, num_ws, w_dim),
-    camera corrections (M, 6) (see :func:`refine_cameras`)."""
+    """Result of :func:`invert_pivots`: the identity w (1, w_dim), per-pivot offsets (M, w_dim), both
+    in W, and the pivots' yaw/pitch corrections (M, 2) in degrees (see :func:`refine_cameras`)."""
 
-    w_id: torch.Tensor
+    w: torch.Tensor
     offsets: torch.Tensor
     camera_delta: torch.Tensor
 
@@ -327,39 +472,36 @@ def invert_pivots(
     generator: TriPlaneGenerator,
     targets: torch.Tensor,
     cameras: torch.Tensor,
+    region: torch.Tensor,
+    w_start: torch.Tensor,
+    w_std: float,
     cfg: PretrainedConfig,
     *,
     losses: OptionalNets,
-    pivot: Sequence[float] = EG3D_PIVOT,
+    pivot: Sequence[float],
     resume: dict[str, Any] | None = None,
     hook: StepHook | None = None,
 ) -> PivotFit:
-    """Fit w_id, per-pivot offsets and camera corrections to the pivots, generator frozen.
+    """Fit w, per-pivot W offsets and yaw/pitch corrections to all pivots at every step, generator frozen.
 
-    targets (M, 3, S, S) in [-1, 1] and cameras (M, 25) on the generator's device. w_id starts at the
-    generator's ``w_avg``, offsets and corrections at 0. ``resume`` is a snapshot given to ``hook``.
+    targets (M, 3, S, S) in [-1, 1], cameras (M, 25), region (1, 1, S, S) (:func:`face_region`) and
+    w_start (1, w_dim) (:func:`mean_latent`) on the generator's device. Offsets start as randn x 0.02,
+    corrections at 0. Each step renders w + w-noise + offset (repeated over the ws) through the
+    corrected cameras. ``resume`` is a snapshot given to ``hook``.
     """
     device = targets.device
-    n, num_ws, w_dim = len(targets), generator.num_ws, generator.config.w_dim
+    m, num_ws, w_dim = len(targets), generator.num_ws, generator.config.w_dim
     generator.requires_grad_(False)
-    w_avg = generator.backbone.mapping.w_avg
-    w_id = torch.nn.Parameter(w_avg.reshape(1, 1, w_dim).repeat(1, num_ws, 1).clone())
-    offsets = torch.nn.Parameter(torch.zeros(n, num_ws, w_dim, device=device))
-    rotation = torch.nn.Parameter(torch.zeros(n, 3, device=device))
-    translation = torch.nn.Parameter(torch.zeros(n, 3, device=device))
-    params = {"w_id": w_id, "offsets": offsets, "rotation": rotation, "translation": translation}
+    init = torch.Generator().manual_seed(cfg.seed + 1)  # mean_latent's z samples use cfg.seed
+    w = torch.nn.Parameter(w_start.detach().reshape(1, w_dim).clone())
+    offsets = torch.nn.Parameter((torch.randn(m, w_dim, generator=init) * OFFSET_INIT).to(device))
+    angles = torch.nn.Parameter(torch.zeros(m, 2, device=device))  # yaw, pitch in radians
+    params = {"w": w, "offsets": offsets, "angles": angles}
     if resume is not None:
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(resume[name])
-    optimizer = _adam(
-        [
-            {"params": [w_id, offsets], "lr": cfg.lr_latent},
-            {"params": [rotation], "lr": cfg.lr_rotation},
-            {"params": [translation], "lr": cfg.lr_translation},
-        ],
-        resume,
-    )
+    optimizer = _adam(list(params.values()), cfg.pivot_lr, resume)
     step = resume["step"] if resume is not None else 0
 
     def snapshot() -> dict[str, Any]:
@@ -369,56 +511,103 @@ def invert_pivots(
 
     while step < cfg.pivot_steps:
         _seed_step(cfg.seed, "pivots", step)
-        pick = _pick(n, cfg.pivot_batch_size, device)
-        delta = torch.cat([rotation[pick], translation[pick]], dim=1)
-        out = _render(generator, w_id + offsets[pick], refine_cameras(cameras[pick], delta, pivot=pivot), cfg)
-        values = _descend(optimizer, reconstruction_terms(out, targets[pick], cfg, losses, offsets[pick]))
+        for group in optimizer.param_groups:
+            group["lr"] = pivot_learning_rate(step, cfg)
+        noise = torch.randn_like(offsets) * w_noise_scale(step, cfg, w_std)
+        ws = (w + noise + offsets)[:, None].expand(m, num_ws, w_dim)
+        out = _render(generator, ws, refine_cameras(cameras, torch.rad2deg(angles), pivot=pivot), cfg)
+        values = _descend(optimizer, pivot_terms(out, targets, region, offsets, step, cfg, losses))
         step += 1
         if hook is not None:
             hook("pivots", step, values, snapshot)
-    return PivotFit(
-        w_id.detach().clone(), offsets.detach().clone(), torch.cat([rotation, translation], dim=1).detach()
-    )
+    return PivotFit(w.detach().clone(), offsets.detach().clone(), torch.rad2deg(angles.detach()))
 
 
 def tunable_parameters(generator: TriPlaneGenerator) -> list[torch.nn.Parameter]:
-    """What pivotal tuning trains: backbone synthesis, decoder, super-resolution (not the mapping
-    network, which inversion in W bypasses)."""
-    return [p for name, p in generator.named_parameters() if not name.startswith("backbone.mapping.")]
+    """What pivotal tuning trains: backbone synthesis and decoder. The super-resolution stays frozen
+    (VIVE3D) and the mapping network gets no gradient (inversion in W bypasses it)."""
+    frozen = ("backbone.mapping.", "superresolution.")
+    return [p for name, p in generator.named_parameters() if not name.startswith(frozen)]
+
+
+def locality_term(
+    tuned: TriPlaneGenerator,
+    frozen: TriPlaneGenerator,
+    ws: torch.Tensor,
+    conditioning: torch.Tensor,
+    cfg: PretrainedConfig,
+    losses: OptionalNets,
+) -> torch.Tensor:
+    """PTI's locality regulariser: per pivot latent ws (M, w_dim) a z ~ N(0, I) mapped at psi 0.5
+    (``frozen``'s mapping, conditioning (1, 25) the frontal label, which is also the render camera);
+    the pivot latent moved 0.1 along the unit direction to it; 0.05 x L2 (sum) + 0.05 x LPIPS
+    between ``frozen``'s and ``tuned``'s final renders of it, averaged over the pivots. Uses the
+    global torch generator."""
+    m = len(ws)
+    z = torch.randn(m, frozen.config.z_dim, device=ws.device)
+    cameras = conditioning.expand(m, -1)
+    with torch.no_grad():
+        samples = frozen.mapping(z, cameras, truncation_psi=LOCALITY_PSI)  # (M, num_ws, w_dim)
+    direction = samples - ws[:, None]
+    moved = ws[:, None] + LOCALITY_STEP * direction / direction.flatten(1).norm(dim=1)[:, None, None]
+    new = _render(tuned, moved, cameras, cfg)["image"]
+    with torch.no_grad():
+        old = _render(frozen, moved, cameras, cfg)["image"]
+    loss = LOCALITY_L2 * (old - new).pow(2).sum() / m
+    if losses.lpips is not None:
+        loss = loss + LOCALITY_LPIPS * losses.lpips(old, new).mean()
+    return loss
 
 
 def pivotal_tuning(
     generator: TriPlaneGenerator,
+    original: TriPlaneGenerator,
     targets: torch.Tensor,
     ws: torch.Tensor,
     cameras: torch.Tensor,
+    conditioning: torch.Tensor,
     cfg: PretrainedConfig,
     *,
     losses: OptionalNets,
     resume: dict[str, Any] | None = None,
     hook: StepHook | None = None,
 ) -> TriPlaneGenerator:
-    """Fine-tune ``generator`` in place on the pivots, latents ws (M, num_ws, w_dim) and refined
-    cameras (M, 25) fixed; targets (M, 3, S, S) in [-1, 1]. Returns the generator, frozen again."""
-    device = targets.device
+    """Fine-tune ``generator`` in place on all pivots at every step, latents ws (M, w_dim) and refined
+    cameras (M, 25) fixed; targets (M, 3, S, S) in [-1, 1]; ``original`` (frozen) anchors the locality
+    regulariser at the frontal label ``conditioning`` (1, 25). Loss: L1 on the raw render (sum over
+    the final image's pixel count, as VIVE3D), LPIPS on the final image, :func:`locality_term`. Stops
+    before an update once the pivots' summed LPIPS is at most ``tune_stop_lpips``. Returns the
+    generator, frozen again."""
     if resume is not None:
         generator.load_state_dict(resume["generator"])
     params = tunable_parameters(generator)
     generator.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = _adam([{"params": params, "lr": cfg.lr_generator}], resume)
+    original.requires_grad_(False)
+    optimizer = _adam(params, cfg.tune_lr, resume)
     step = resume["step"] if resume is not None else 0
 
     def snapshot() -> dict[str, Any]:
         return {"step": step, "optimizer": optimizer.state_dict(), "generator": generator.state_dict()}
 
     ws, cameras = ws.detach(), cameras.detach()
+    ws_all = ws[:, None].expand(-1, generator.num_ws, -1)
     while step < cfg.tune_steps:
         _seed_step(cfg.seed, "tune", step)
-        pick = _pick(len(targets), cfg.tune_batch_size, device)
-        out = _render(generator, ws[pick], cameras[pick], cfg)
-        values = _descend(optimizer, reconstruction_terms(out, targets[pick], cfg, losses))
+        out = _render(generator, ws_all, cameras, cfg)
+        size = out["image"].shape[-1]
+        terms = {"l1_raw": _l1(out["image_raw"], _downsample(targets, out["image_raw"].shape[-1]), size**2)}
+        weights = {"l1_raw": cfg.tune_weight_l1}
+        if losses.lpips is not None:
+            terms["lpips"], weights["lpips"] = losses.lpips(out["image"], targets).sum(), cfg.weight_lpips
+            if terms["lpips"].item() <= cfg.tune_stop_lpips:
+                log.info("pivotal tuning: LPIPS %.4f <= %g after %d steps", terms["lpips"].item(),
+                         cfg.tune_stop_lpips, step)  # fmt: skip
+                break
+        terms["locality"] = locality_term(generator, original, ws, conditioning, cfg, losses)
+        weights["locality"] = cfg.weight_locality
+        values = _descend(optimizer, _weighted(terms, weights))
         step += 1
         if hook is not None:
             hook("tune", step, values, snapshot)
@@ -427,15 +616,17 @@ def pivotal_tuning(
 
 @dataclass
 class FrameFit:
-    """Result of :func:`invert_frames`: offsets (N, num_ws, w_dim) and camera corrections (N, 6), CPU."""
+    """Result of :func:`invert_frames` (CPU): W+ offsets (N, num_ws, w_dim), yaw/pitch corrections
+    (N, 2) in degrees, and the optimiser steps each frame took (N,) (fewer when it stopped early)."""
 
     offsets: torch.Tensor
     camera_delta: torch.Tensor
+    steps: torch.Tensor
 
 
 def frame_inversion_steps(n_frames: int, cfg: PretrainedConfig) -> int:
-    """Total optimiser steps of :func:`invert_frames` for ``n_frames`` frames."""
-    return math.ceil(n_frames / cfg.frame_batch_size) * cfg.frame_steps
+    """Most optimiser steps :func:`invert_frames` takes for ``n_frames`` frames (none stopping early)."""
+    return cfg.frame_first_steps + (n_frames - 1) * cfg.frame_steps if n_frames else 0
 
 
 def invert_frames(
@@ -443,67 +634,79 @@ def invert_frames(
     crops: torch.Tensor,
     cameras: torch.Tensor,
     w_id: torch.Tensor,
-    init_offsets: torch.Tensor,
+    start_offset: torch.Tensor,
+    region: torch.Tensor,
     cfg: PretrainedConfig,
     *,
     losses: OptionalNets,
-    pivot: Sequence[float] = EG3D_PIVOT,
+    pivot: Sequence[float],
     resume: dict[str, Any] | None = None,
     hook: StepHook | None = None,
 ) -> FrameFit:
-    """Per-frame offsets and camera corrections for every frame, generator and w_id frozen.
+    """Per-frame W+ offsets and yaw/pitch corrections for every frame in clip order, generator and
+    w_id frozen (VIVE3D's ``inversion_video``).
 
-    crops (N, 3, S, S) uint8 and cameras (N, 25) stay where they are (CPU) and move per batch to
-    w_id's device; init_offsets (N, num_ws, w_dim) (the nearest pivot's). Frames are taken in order,
-    ``frame_batch_size`` at a time, each batch optimised for ``frame_steps`` steps with a fresh Adam.
+    crops (N, 3, S, S) uint8 and cameras (N, 25) stay where they are (CPU) and move a frame at a time
+    to w_id's device; w_id and start_offset (1, num_ws, w_dim); region (1, 1, S, S). Frame 0 starts
+    from start_offset with no correction and runs ``frame_first_steps``; every later frame starts
+    from the previous frame's offset and correction (the tracked camera of its own frame plus the
+    previous correction) and runs at most ``frame_steps``, pulled towards that start by
+    ``frame_weight_prev``. A frame stops early after a step whose loss was below ``frame_stop_loss``.
+    Each frame has a fresh Adam (constant ``frame_lr``) over its offset and angles (radians).
     """
     device = w_id.device
-    n = len(crops)
-    total = frame_inversion_steps(n, cfg)
+    n, num_ws, w_dim = len(crops), generator.num_ws, generator.config.w_dim
     generator.requires_grad_(False)
-    w_id = w_id.detach()
+    w_id, start_offset = w_id.detach(), start_offset.detach().cpu().reshape(1, num_ws, w_dim)
     if resume is not None:
-        offsets_all, delta_all = resume["offsets"].cpu().clone(), resume["camera_delta"].cpu().clone()
-        step = resume["step"]
+        offsets_all, angles_all = resume["offsets"].cpu().clone(), resume["angles"].cpu().clone()
+        steps_all = resume["steps"].cpu().clone()
+        step, frame, inner = resume["step"], resume["frame"], resume["inner"]
     else:
-        offsets_all = init_offsets.detach().cpu().clone()
-        delta_all = torch.zeros(n, 6)
-        step = 0
+        offsets_all, angles_all = torch.zeros(n, num_ws, w_dim), torch.zeros(n, 2)
+        steps_all = torch.zeros(n, dtype=torch.int64)
+        step = frame = inner = 0
     optimizer: torch.optim.Adam | None = None
 
     def snapshot() -> dict[str, Any]:
-        state = {"step": step, "offsets": offsets_all.clone(), "camera_delta": delta_all.clone()}
-        return state | {"optimizer": optimizer.state_dict()}
+        state = {"step": step, "frame": frame, "inner": inner, "steps": steps_all.clone()}
+        state |= {"offsets": offsets_all.clone(), "angles": angles_all.clone()}
+        return state | {"optimizer": None if optimizer is None else optimizer.state_dict()}
 
-    while step < total:
-        first, inner = divmod(step, cfg.frame_steps)
-        index = torch.arange(first * cfg.frame_batch_size, min(n, (first + 1) * cfg.frame_batch_size))
-        offset = torch.nn.Parameter(offsets_all[index].to(device))
-        rotation = torch.nn.Parameter(delta_all[index, :3].to(device))
-        translation = torch.nn.Parameter(delta_all[index, 3:].to(device))
-        # Mid-batch resume: the batch's optimiser state was checkpointed with it.
+    while frame < n:
+        budget = cfg.frame_first_steps if frame == 0 else cfg.frame_steps
+        start = start_offset if frame == 0 else offsets_all[frame - 1 : frame].clone()
+        if inner == 0:  # warm start (a resumed frame holds its own progress)
+            offsets_all[frame] = start[0]
+            angles_all[frame] = angles_all[frame - 1] if frame > 0 else 0.0
+        if budget == 0:
+            frame += 1
+            continue
+        offset = torch.nn.Parameter(offsets_all[frame : frame + 1].to(device))
+        angles = torch.nn.Parameter(angles_all[frame : frame + 1].to(device))
         optimizer = _adam(
-            [
-                {"params": [offset], "lr": cfg.lr_frame_offset},
-                {"params": [rotation], "lr": cfg.lr_rotation},
-                {"params": [translation], "lr": cfg.lr_translation},
-            ],
-            resume if resume is not None and inner > 0 else None,
+            [offset, angles], cfg.frame_lr, resume if resume is not None and inner > 0 else None
         )
         resume = None
-        target = to_unit(crops[index].to(device))
-        labels = cameras[index].to(device)
-        for _ in range(inner, cfg.frame_steps):
+        target = to_unit(crops[frame : frame + 1].to(device))
+        label = cameras[frame : frame + 1].to(device)
+        previous = None if frame == 0 else start.to(device)
+        finished = False
+        while not finished:
             _seed_step(cfg.seed, "frames", step)
-            delta = torch.cat([rotation, translation], dim=1)
-            out = _render(generator, w_id + offset, refine_cameras(labels, delta, pivot=pivot), cfg)
-            values = _descend(optimizer, reconstruction_terms(out, target, cfg, losses, offset))
-            step += 1
-            offsets_all[index] = offset.detach().cpu()
-            delta_all[index] = torch.cat([rotation, translation], dim=1).detach().cpu()
+            refined = refine_cameras(label, torch.rad2deg(angles), pivot=pivot)
+            out = _render(generator, w_id + offset, refined, cfg)
+            values = _descend(optimizer, frame_terms(out, target, region, offset, previous, cfg, losses))
+            record = values | {"frame": frame}
+            step, inner = step + 1, inner + 1
+            offsets_all[frame], angles_all[frame] = offset.detach()[0].cpu(), angles.detach()[0].cpu()
+            steps_all[frame] = inner
+            finished = inner >= budget or values["total"] < cfg.frame_stop_loss
+            if finished:  # the snapshot resumes at the next frame
+                frame, inner = frame + 1, 0
             if hook is not None:
-                hook("frames", step, values, snapshot)
-    return FrameFit(offsets_all, delta_all)
+                hook("frames", step, record, snapshot)
+    return FrameFit(offsets_all, torch.rad2deg(angles_all), steps_all)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -521,7 +724,8 @@ def personalize(
     generator: TriPlaneGenerator,
     out_dir: str | os.PathLike[str],
     *,
-    pivot: Sequence[float],
+    masks: Sequence[str | os.PathLike[str]],
+    camera: Mapping[str, Any],
     cfg: PretrainedConfig = PretrainedConfig(),
     run_id: str = "",
     restart_on_mismatch: bool = False,
@@ -538,30 +742,36 @@ def personalize(
     Args:
         data: crops at the generator's output size, tracked cameras (N, 25), the train split.
         head_angles: (N, 3) yaw, pitch, roll in degrees (camera table); landmarks: (N, 68, 2).
-        pivot: the look-at point the camera labels were made with (camera table metadata).
+        masks: the N label images (stage masks); the pivots' eyes, lips and mouth make the face region.
+        camera: focal, radius and pivot the labels were made with (camera table metadata): the
+            refinement orbits the pivot, and the frontal label conditions the mapping network.
         out_dir: ``checkpoint.pt`` (atomic; every ``checkpoint_every`` steps and at stage ends) and
             ``train_log.jsonl`` (one line per step: stage, step, global_step, loss terms, seconds).
-        run_id: e.g. a code hash; with the settings, data, poses and the starting generator's weights
-            it keys the checkpoint. A checkpoint keyed otherwise is an error, or with
-            ``restart_on_mismatch`` is parked in ``checkpoints/`` by its settings.
-        nets: the optional LPIPS and identity losses (default: those with a nonzero weight that load
-            here, from ``weights_dir`` and ``manifest``, by default resources/weights; with
-            ``required_nets`` one that does not load is an error).
+        run_id: e.g. a code hash; with the settings, data, poses, face region and the starting
+            generator's weights it keys the checkpoint. A checkpoint keyed otherwise is an error, or
+            with ``restart_on_mismatch`` is parked in ``checkpoints/`` by its settings.
+        nets: the optional LPIPS loss (default: loaded when ``weight_lpips`` > 0, from ``weights_dir``
+            and ``manifest``, by default resources/weights; with ``required_nets`` a failure is an
+            error). Without it the LPIPS terms, the tuning's early stop and the locality LPIPS drop.
         max_steps: run at most this many optimiser steps in this call, then checkpoint and raise
             :class:`StepBudgetExhausted` (time-sliced jobs; the next call resumes).
 
     Returns:
         (prior, refined_cameras (N, 25), offsets (N, num_ws, w_dim)): ``prior`` is a
-        PersonalizedGenerator on
-        ``device`` with the tuned generator, w_id and the training frames' offsets in the order of
-        ``np.flatnonzero(data.train)``; cameras and offsets (CPU) cover every frame, test frames too.
+        PersonalizedGenerator on ``device`` with the tuned generator, w_id (the identity w repeated
+        over the ws) and the training frames' W+ offsets in the order of ``np.flatnonzero(data.train)``;
+        cameras and offsets (CPU) cover every frame, test frames too.
     """
+    from talk3d_core.masks import read_mask
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(data.train)
-    if not (len(data.crops) == len(data.cameras) == n):
-        raise ValueError(f"{out_dir}: {len(data.crops)} crops, {len(data.cameras)} cameras, {n} split flags")
+    if not (len(data.crops) == len(data.cameras) == len(masks) == n):
+        raise ValueError(
+            f"{out_dir}: {len(data.crops)} crops, {len(data.cameras)} cameras, {len(masks)} masks, "
+            f"{n} split flags"
+        )
     size = generator.config.image_resolution
     if tuple(data.crops.shape[1:]) != (3, size, size):
         raise ValueError(f"{out_dir}: crops are {tuple(data.crops.shape[1:])}, the generator makes {size} px")
@@ -569,46 +779,50 @@ def personalize(
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     features = pivot_features(head_angles, landmarks, data.train)
     pivots = select_pivots(features, data.train, cfg.n_pivots)
-    nearest = nearest_pivot(features, pivots)
+    labels = np.stack([read_mask(masks[i]) for i in pivots])
+    regions = {"pivots": face_region(labels, size), "frames": face_region(labels, size, FRAME_DILATION)}
+    if not regions["pivots"].any():
+        raise ValueError(
+            f"masks {', '.join(str(masks[i]) for i in pivots)} (the pivot frames) hold no eyes, lips "
+            "or mouth pixels, which the face term needs; check the masks stage"
+        )
     device = pick_device(device)
     if nets is None:
         where = {k: v for k, v in (("weights_dir", weights_dir), ("manifest", manifest)) if v is not None}
-        factories = {
-            "lpips": lambda: lpips_loss(device, **where),
-            "identity": lambda: identity_loss(device, **where),
-        }
+        factories = {"lpips": lambda: lpips_loss(device, **where)}
         builders = {name: factories[name] for name in needed_nets(dataclasses.asdict(cfg))}
         nets = OptionalNets.load(builders, purpose="personalization", required=required_nets)
     losses = nets
-    generator = copy.deepcopy(generator).to(device).eval().requires_grad_(False)
-    pivot = [float(v) for v in pivot]
+    original = copy.deepcopy(generator).to(device).eval().requires_grad_(False)
+    generator = copy.deepcopy(original)
+    geometry = {"focal": float(camera["focal"]), "radius": float(camera["radius"])}
+    geometry["pivot"] = pivot = [float(v) for v in camera["pivot"]]
+    conditioning = frontal_camera(geometry).to(device)
+    regions = {k: v.to(device) for k, v in regions.items()}
     meta = {
         "gen_config": dataclasses.asdict(generator.config),
         "pretrained_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"},
         "run_id": run_id,
         "data": data.fingerprint(),
         "poses": fingerprint(np.asarray(head_angles, np.float64), np.asarray(landmarks, np.float64)),
+        "region": fingerprint(*regions.values()),
         "generator": module_fingerprint(generator),
-        "pivot": pivot,
+        "camera": geometry,
         "lpips": losses.lpips is not None,
-        "identity": losses.identity is not None,
     }
-    stage_steps = {
-        "pivots": cfg.pivot_steps,
-        "tune": cfg.tune_steps,
-        "frames": frame_inversion_steps(n, cfg),
-    }
-    first_step = {s: sum(stage_steps[t] for t in STAGES[: STAGES.index(s)]) for s in STAGES}
-    total = sum(stage_steps.values())
+    stage_steps = {"pivots": cfg.pivot_steps, "tune": cfg.tune_steps, "frames": frame_inversion_steps(n, cfg)}
     run = Run(
-        out_dir, meta, total=total, device=device, restart_on_mismatch=restart_on_mismatch,
-        step_key="global_step", desc="personalize", progress=progress,
+        out_dir, meta, total=sum(stage_steps.values()), device=device,
+        restart_on_mismatch=restart_on_mismatch, step_key="global_step", desc="personalize",
+        progress=progress,
     )  # fmt: skip
     saved = run.state or {"stage": "pivots", "global_step": 0, "progress": None}
     log.info("pivot frames: %s", pivots.tolist())
     results: dict[str, Any] = {k: saved.get(k) for k in ("pivot_fit", "generator", "frame_fit")}
+    # Steps that ran (early stops make it less than the stages' sums): the log's and checkpoint's count.
+    global_step = int(saved["global_step"])
 
-    def save(stage: str, global_step: int, progress_state: dict[str, Any] | None) -> None:
+    def save(stage: str, progress_state: dict[str, Any] | None) -> None:
         run.save({"stage": stage, "global_step": global_step, "progress": progress_state} | results)
 
     done_here = 0
@@ -617,16 +831,16 @@ def personalize(
     with run:
 
         def hook(stage: str, step: int, values: dict[str, float], snapshot: Callable[[], dict]) -> None:
-            nonlocal done_here, started
+            nonlocal done_here, started, global_step
             done_here += 1
-            global_step = first_step[stage] + step
+            global_step += 1
             record = {"stage": stage, "step": step, "global_step": global_step}
             record |= {k: round(v, 6) for k, v in values.items()}
             record["seconds"] = round(time.perf_counter() - started, 4)
             run.step(record)
             out_of_budget = max_steps is not None and done_here >= max_steps
             if (step % cfg.checkpoint_every == 0 and run.due()) or out_of_budget:
-                save(stage, global_step, snapshot())
+                save(stage, snapshot())
             if step % cfg.checkpoint_every == 0:
                 log.info("%s step %d/%d: loss %.4f", stage, step, stage_steps[stage], values["total"])
             if out_of_budget:
@@ -641,38 +855,41 @@ def personalize(
         targets = to_unit(data.crops[pivots]).to(device)
         pivot_cameras = data.cameras[pivots].to(device)
         if stage == "pivots":
+            w_start, w_std = mean_latent(generator, cfg.w_avg_samples, conditioning, cfg.seed)
             fit = invert_pivots(
-                generator, targets, pivot_cameras, cfg, losses=losses, pivot=pivot, resume=resume, hook=hook
-            )
+                generator, targets, pivot_cameras, regions["pivots"], w_start, w_std, cfg,
+                losses=losses, pivot=pivot, resume=resume, hook=hook,
+            )  # fmt: skip
             results["pivot_fit"] = dataclasses.asdict(fit)
             stage, resume = "tune", None
-            save(stage, first_step[stage], None)
+            save(stage, None)
         fit = PivotFit(**{k: v.to(device) for k, v in results["pivot_fit"].items()})
         if stage == "tune":
             refined = refine_cameras(pivot_cameras, fit.camera_delta, pivot=pivot)
             pivotal_tuning(
-                generator,
-                targets,
-                fit.w_id + fit.offsets,
-                refined,
-                cfg,
-                losses=losses,
-                resume=resume,
-                hook=hook,
-            )
+                generator, original, targets, fit.w + fit.offsets, refined, conditioning, cfg,
+                losses=losses, resume=resume, hook=hook,
+            )  # fmt: skip
             results["generator"] = generator.state_dict()
             stage, resume = "frames", None
-            save(stage, first_step[stage], None)
+            save(stage, None)
         generator.load_state_dict(results["generator"])
+        w_id = fit.w[:, None].expand(1, generator.num_ws, -1)
         if stage == "frames":
-            init_offsets = fit.offsets[torch.as_tensor(nearest)].cpu()
+            start = fit.offsets.mean(dim=0, keepdim=True)[:, None].expand(1, generator.num_ws, -1)
             frames = invert_frames(
-                generator, data.crops, data.cameras, fit.w_id, init_offsets, cfg,
+                generator, data.crops, data.cameras, w_id, start, regions["frames"], cfg,
                 losses=losses, pivot=pivot, resume=resume, hook=hook,
             )  # fmt: skip
             results["frame_fit"] = dataclasses.asdict(frames)
-            save("done", total, None)
-            log.info("personalization done: %d pivots, %d frames inverted", len(pivots), n)
+            save("done", None)
+            budgets = torch.full((n,), cfg.frame_steps)
+            budgets[0] = cfg.frame_first_steps
+            stopped = int((frames.steps < budgets).sum())
+            log.info(
+                "personalization done: %d pivots, %d frames inverted (%d stopped early), %d steps",
+                len(pivots), n, stopped, global_step,
+            )  # fmt: skip
 
     frames = FrameFit(**{k: v.cpu() for k, v in results["frame_fit"].items()})
     cameras = refine_cameras(data.cameras, frames.camera_delta, pivot=pivot).detach()
@@ -680,7 +897,7 @@ def personalize(
         prior = PersonalizedGenerator(generator.config, len(train_index), cfg.seed)
     prior.generator = generator
     with torch.no_grad():
-        prior.w_id.copy_(fit.w_id.cpu())
+        prior.w_id.copy_(w_id.cpu())
         prior.offsets.copy_(frames.offsets[torch.as_tensor(train_index)])
-    prior.steps_run = total
+    prior.steps_run = global_step
     return prior.to(device).requires_grad_(False), cameras, frames.offsets

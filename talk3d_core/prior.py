@@ -402,7 +402,7 @@ def prior_stage(
 
     settings: the validated ``prior`` config section; outputs: paths "generator", "identity",
     "frames", "sheet", "metrics" (the checkpoint and step log go beside "generator"). The split is the
-    features stage's; weights_dir and manifest: where pretrained mode finds its ArcFace weights (config
+    features stage's; weights_dir and manifest: where pretrained mode finds its LPIPS weights (config
     ``weights``). Returns the metrics written to outputs["metrics"].
     """
     from talk3d_core.camera import read_camera_table, vector_column
@@ -443,8 +443,9 @@ def prior_stage(
     else:
         # Fitted from scratch, nothing outside the tri-plane box is real: render it empty.
         gen_config = getattr(GeneratorConfig, settings["generator"])(empty_outside_box=True)
+    mask_paths = list_frames(masks)
     data = load_subject(
-        list_frames(crops), list_frames(masks), labels, train, gen_config.image_resolution,
+        list_frames(crops), mask_paths, labels, train, gen_config.image_resolution,
         background=settings["background"], proxy=None if pretrained else proxy,
     )  # fmt: skip
     if pretrained:
@@ -452,9 +453,9 @@ def prior_stage(
 
         model, refined, offsets = personalize(
             data, cameras[["yaw", "pitch", "roll"]].to_numpy(), landmarks, generator, out_dir,
-            pivot=camera["pivot"], cfg=from_settings(PretrainedConfig, settings["pretrained"]), run_id=run_id,
-            restart_on_mismatch=True, device=device, weights_dir=weights_dir, manifest=manifest,
-            required_nets=not settings["pretrained"]["allow_missing_nets"],
+            masks=mask_paths, camera=camera, cfg=from_settings(PretrainedConfig, settings["pretrained"]),
+            run_id=run_id, restart_on_mismatch=True, device=device, weights_dir=weights_dir,
+            manifest=manifest, required_nets=not settings["pretrained"]["allow_missing_nets"],
         )  # fmt: skip
         data = dataclasses.replace(data, cameras=refined)
     else:

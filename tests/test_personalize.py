@@ -1,4 +1,5 @@
-"""VIVE3D personalization (pretrained mode): pivots, camera refinement, checkpoint loading, fitting, resume.
+"""VIVE3D personalization (pretrained mode): pivots, camera refinement, face region, schedules,
+checkpoint loading, fitting, resume.
 
 The EG3D pickles here are written in NVlabs' persistence layout (as in test_eg3d_checkpoint.py) from a
 tiny generator of our own, so a "pretrained" network exists without any download.
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,23 +20,32 @@ from conftest import EG3D_FFHQ512_128_G_SHAPES, TINY, nvlabs_kwargs, random_gene
 
 # The NVlabs persistence-layout pickler is shared with the loader's own tests.
 from talk3d_core.camera import eg3d_camera, rotation_angle_deg
+from talk3d_core.face.regions import LABELS
 from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
 from talk3d_core.model.eg3d.checkpoint import CheckpointError, generator_from_checkpoint, load_eg3d_checkpoint
 from talk3d_core.model.subject import SubjectData
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.personalize import (
+    LR_FLOOR,
     PretrainedConfig,
     StepBudgetExhausted,
-    nearest_pivot,
+    face_region,
+    frontal_camera,
+    mean_latent,
+    offset_weight,
     personalize,
     pivot_features,
+    pivot_learning_rate,
     refine_cameras,
     select_pivots,
+    tunable_parameters,
+    w_noise_scale,
 )
 from talk3d_core.prior import evaluate_prior
 
 PIVOT = (0.0, 0.05, 0.2)
 RADIUS, FOCAL = 2.7, 3.6
+CAMERA = {"focal": FOCAL, "radius": RADIUS, "pivot": PIVOT}
 NO_EXTRA_LOSSES = OptionalNets(reasons={"lpips": "not in this test", "identity": "not in this test"})
 
 
@@ -106,9 +117,6 @@ def test_select_pivots_picks_the_extremes_from_the_training_frames():
     assert train[pivots].all()  # frame 18 is never a pivot
     np.testing.assert_array_equal(pivots, select_pivots(features, train, 5))  # deterministic
     assert select_pivots(features, train, 1)[0] not in (2, 4, 9, 13)  # it starts from a neutral frame
-    nearest = nearest_pivot(features, pivots)
-    assert (pivots[nearest[pivots]] == pivots).all()  # every pivot is its own nearest
-    assert pivots[nearest[18]] == 2  # the test frame looking up is closest to the pivot looking up
 
 
 def test_select_pivots_never_repeats_a_frame_and_rejects_bad_counts():
@@ -127,7 +135,7 @@ def test_select_pivots_never_repeats_a_frame_and_rejects_bad_counts():
 
 def test_zero_delta_is_the_identity():
     labels = torch.tensor(eg3d_camera([-20.0, 0.0, 15.0], [5.0, 0.0, -10.0], [0.0, 3.0, -2.0], pivot=PIVOT))
-    refined = refine_cameras(labels, torch.zeros(3, 6, dtype=labels.dtype), pivot=PIVOT)
+    refined = refine_cameras(labels, torch.zeros(3, 2, dtype=labels.dtype), pivot=PIVOT)
     torch.testing.assert_close(refined, labels, atol=1e-12, rtol=0)
 
 
@@ -135,34 +143,89 @@ def test_zero_delta_is_the_identity():
 def test_a_yaw_delta_equals_the_tracked_camera_at_that_yaw(delta: float):
     yaw, pitch, roll = np.array([-20.0, 0.0, 15.0]), np.array([5.0, 0.0, -10.0]), np.array([0.0, 3.0, -2.0])
     labels = torch.tensor(eg3d_camera(yaw, pitch, roll, radius=RADIUS, pivot=PIVOT, focal=FOCAL))
-    correction = torch.zeros(3, 6, dtype=labels.dtype)
+    correction = torch.zeros(3, 2, dtype=labels.dtype)
     correction[:, 0] = delta
     expected = eg3d_camera(yaw + delta, pitch, roll, radius=RADIUS, pivot=PIVOT, focal=FOCAL)
 
     refined = refine_cameras(labels, correction, pivot=PIVOT)
 
     np.testing.assert_allclose(refined.numpy(), expected, atol=1e-12)
-    # From a frontal camera, pitch and roll corrections compose the same way.
+    # From a frontal camera, a pitch correction composes the same way; intrinsics stay.
     frontal = torch.tensor(eg3d_camera([0.0], [0.0], [0.0], radius=RADIUS, pivot=PIVOT))
-    for column, angles in ((1, ([0.0], [delta], [0.0])), (2, ([0.0], [0.0], [delta]))):
-        correction = torch.zeros(1, 6, dtype=frontal.dtype)
-        correction[0, column] = delta
-        np.testing.assert_allclose(
-            refine_cameras(frontal, correction, pivot=PIVOT).numpy(),
-            eg3d_camera(*angles, radius=RADIUS, pivot=PIVOT),
-            atol=1e-12,
-        )
+    pitched = refine_cameras(frontal, torch.tensor([[0.0, delta]], dtype=frontal.dtype), pivot=PIVOT)
+    np.testing.assert_allclose(
+        pitched.numpy(), eg3d_camera([0.0], [delta], [0.0], radius=RADIUS, pivot=PIVOT), atol=1e-12
+    )
+    torch.testing.assert_close(pitched[0, 16:], frontal[0, 16:])
 
 
-def test_translation_moves_the_camera_and_gradients_flow():
+def test_refinement_is_differentiable_and_checks_shapes():
     labels = torch.tensor(eg3d_camera([10.0], [-5.0], [0.0], pivot=PIVOT))
-    correction = torch.tensor([[0.0, 0.0, 0.0, 0.01, -0.02, 0.03]], dtype=labels.dtype)
-    refined = refine_cameras(labels, correction, pivot=PIVOT).reshape(25)
-    moved = refined[[3, 7, 11]] - labels[0, [3, 7, 11]]
-    torch.testing.assert_close(moved, correction[0, 3:], atol=1e-12, rtol=0)
-    torch.testing.assert_close(refined[16:], labels[0, 16:])  # intrinsics untouched
-    delta = torch.full((1, 6), 0.5, dtype=torch.float64, requires_grad=True)
+    delta = torch.full((1, 2), 0.5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda d: refine_cameras(labels, d, pivot=PIVOT), (delta,))
+    with pytest.raises(ValueError, match=r"delta \(B, 2\)"):
+        refine_cameras(labels, torch.zeros(1, 6, dtype=labels.dtype), pivot=PIVOT)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3.-5. Face region, starting latent, schedules
+
+
+def test_face_region_unites_dilated_eyes_and_the_mouth_over_the_pivots():
+    labels = np.full((2, 64, 64), LABELS["skin"], np.uint8)
+    labels[0, 20, 20] = LABELS["eyes"]
+    labels[1, 40:42, 30:36] = LABELS["lips"]
+    labels[1, 42, 32] = LABELS["mouth_interior"]
+    labels[1, 5:9, 5:9] = LABELS["hair"]
+
+    region = face_region(labels, 64)
+
+    assert region.shape == (1, 1, 64, 64) and set(region.unique().tolist()) == {0.0, 1.0}
+    # 24 px at 512 is a 3 x 3 square at 64 px around the eye pixel (kornia's origin: size // 2).
+    eye = region[0, 0, 17:24, 17:24]
+    assert eye[2:5, 2:5].all() and eye.sum() == 9
+    assert region[0, 0, 40:42, 30:36].all() and region[0, 0, 42, 32] == 1  # lips and mouth, undilated
+    assert region.sum() == 9 + 12 + 1  # nothing else: skin and hair are not in it
+    # The frame inversion's region is that union dilated once more (8 px at 512: 1 px at 64, none).
+    torch.testing.assert_close(face_region(labels, 64, 8), region)
+    assert face_region(labels, 64, 16).sum() > region.sum()  # 2 px at 64
+    # Resized to the generator's size a pixel counts when any part of it is in the region.
+    half = face_region(labels, 32)
+    assert half[0, 0, 10, 10] == 1 and half[0, 0, 20, 15:18].all()
+    assert not face_region(np.full((1, 8, 8), LABELS["skin"], np.uint8), 8).any()
+
+
+def test_mean_latent_averages_mapped_samples_at_the_frontal_camera():
+    generator = random_generator()
+    conditioning = frontal_camera(CAMERA)
+    torch.testing.assert_close(conditioning, torch.tensor(eg3d_camera([0.0], [0.0], [0.0], **CAMERA)).float())
+
+    mean, std = mean_latent(generator, 2500, conditioning, seed=4)
+
+    z = torch.randn(2500, TINY.z_dim, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ws = generator.mapping(z, conditioning.expand(2500, -1))
+    assert mean.shape == (1, TINY.w_dim)
+    torch.testing.assert_close(mean, ws[:, 0].mean(0, keepdim=True), atol=1e-5, rtol=0)
+    expected_std = (ws[:, 0].double() - mean.double()).pow(2).sum(dim=1).mean().sqrt()
+    assert std == pytest.approx(float(expected_std), rel=1e-4)
+    assert not torch.allclose(mean, generator.backbone.mapping.w_avg[None], atol=1e-3)  # not the buffer
+
+
+def test_pivot_schedules_follow_the_stylegan2_projector():
+    cfg = PretrainedConfig(pivot_steps=600, pivot_lr=0.01)
+    lrs = np.array([pivot_learning_rate(s, cfg) for s in range(600)])
+    assert lrs[0] == LR_FLOOR  # Talk3D's floor where the ramp-up gives 0
+    assert lrs[15] == pytest.approx(0.005)  # linear ramp-up over the first 5% (30 steps)
+    assert np.all(lrs[30:450] == pytest.approx(0.01))
+    assert np.all(np.diff(lrs[450:]) < 0) and lrs[-1] < 1e-4  # cosine ramp-down over the last 25%
+    assert lrs[525] == pytest.approx(0.005)
+    assert w_noise_scale(0, cfg, 2.0) == pytest.approx(0.04)  # w_std x 0.02
+    assert w_noise_scale(225, cfg, 2.0) == pytest.approx(0.04 * 0.5**2)
+    assert w_noise_scale(450, cfg, 2.0) == 0.0 and w_noise_scale(599, cfg, 2.0) == 0.0
+    weights = np.array([offset_weight(s, cfg) for s in range(600)])
+    assert np.all(weights[:102] == 0.05) and weights[102] == pytest.approx(0.05 * 0.99)
+    assert np.all(np.diff(weights) <= 0) and weights[-1] > 0.005 and weights[-1] * 0.99 <= 0.005
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,8 +352,22 @@ class Scene:
     data: SubjectData
     angles: np.ndarray  # tracked (perturbed) head angles
     landmarks: np.ndarray
+    masks: list[Path]
     true_cameras: torch.Tensor
     snapshot: Path
+
+
+def write_masks(folder: Path, n: int, size: int = 32) -> list[Path]:
+    """Label images with two eyes and a mouth where the teacher's face sits."""
+    folder.mkdir()
+    labels = np.full((size, size), LABELS["skin"], np.uint8)
+    labels[:4] = LABELS["background"]
+    labels[12, 10:13] = labels[12, 19:22] = LABELS["eyes"]
+    labels[22:24, 13:19] = LABELS["lips"]
+    paths = [folder / f"{i:06d}.png" for i in range(n)]
+    for path in paths:
+        cv2.imwrite(str(path), labels)
+    return paths
 
 
 def teacher_scene(tmp_path: Path, n: int = 8, camera_noise_deg: float = 3.0) -> Scene:
@@ -299,8 +376,11 @@ def teacher_scene(tmp_path: Path, n: int = 8, camera_noise_deg: float = 3.0) -> 
     teacher = random_generator(seed=3)
     rng = np.random.default_rng(0)
     with torch.no_grad():
-        w_id = teacher.backbone.mapping.w_avg.reshape(1, 1, -1).repeat(1, teacher.num_ws, 1)
-        ws = w_id + 0.05 * torch.randn(n, teacher.num_ws, TINY.w_dim)
+        # Identity near where the inversion starts (the mean of mapped samples; the tests run too few
+        # steps to search W), expressions as W offsets.
+        start = mean_latent(teacher, 2000, frontal_camera(CAMERA), seed=7)[0]
+        w_id = start + 0.05 * torch.randn(1, TINY.w_dim)
+        ws = (w_id + 0.05 * torch.randn(n, TINY.w_dim))[:, None].expand(n, teacher.num_ws, -1)
     yaw, pitch, roll = np.linspace(-20, 20, n), rng.uniform(-8, 8, n), np.zeros(n)
     true = torch.tensor(eg3d_camera(yaw, pitch, roll, radius=RADIUS, pivot=PIVOT, focal=FOCAL)).float()
     images = render(teacher, ws, true)["image"]
@@ -314,7 +394,8 @@ def teacher_scene(tmp_path: Path, n: int = 8, camera_noise_deg: float = 3.0) -> 
         train=np.arange(n) < n - 2,
     )
     landmarks = synthetic_landmarks(rng.uniform(0.5, 3.0, n), rng.uniform(2.0, 3.5, n))
-    return Scene(data, tracked, landmarks, true, write_snapshot(tmp_path / "teacher.pkl", teacher))
+    masks = write_masks(tmp_path / "masks", n)
+    return Scene(data, tracked, landmarks, masks, true, write_snapshot(tmp_path / "teacher.pkl", teacher))
 
 
 def rotation_error_deg(cameras: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
@@ -328,36 +409,56 @@ def student(scene: Scene) -> TriPlaneGenerator:
     return generator_from_checkpoint(load_eg3d_checkpoint(scene.snapshot), plane_axes="fixed")
 
 
+def read_log(out_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def stand_in_lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A differentiable (B,) distance in LPIPS's place (the real one needs downloaded weights)."""
+    return (a - b).pow(2).flatten(1).mean(dim=1)
+
+
 def test_personalize_recovers_cameras_of_a_teacher(tmp_path: Path):
     scene = teacher_scene(tmp_path)
     cfg = PretrainedConfig(
-        n_pivots=4, pivot_steps=60, tune_steps=10, frame_steps=40, frame_batch_size=4,
-        lr_latent=5e-3, lr_frame_offset=5e-3, lr_rotation=0.3, lr_translation=1e-3, jitter=False,
-        checkpoint_every=50,
+        n_pivots=4, w_avg_samples=500, pivot_steps=60, tune_steps=10, frame_first_steps=40, frame_steps=25,
+        frame_stop_loss=0.0, jitter=False, checkpoint_every=50,
     )  # fmt: skip
     generator = student(scene)
     before = {k: v.clone() for k, v in generator.state_dict().items()}
 
     prior, cameras, offsets = personalize(
-        scene.data, scene.angles, scene.landmarks, generator, tmp_path / "run",
-        pivot=PIVOT, cfg=cfg, nets=NO_EXTRA_LOSSES, device="cpu",
+        scene.data, scene.angles, scene.landmarks, generator, tmp_path / "run", masks=scene.masks,
+        camera=CAMERA, cfg=cfg, nets=NO_EXTRA_LOSSES, device="cpu",
     )  # fmt: skip
 
     n, num_ws = len(scene.data.train), generator.num_ws
     assert cameras.shape == (n, 25) and offsets.shape == (n, num_ws, TINY.w_dim)
-    assert prior.w_id.shape == (1, num_ws, TINY.w_dim) and prior.offsets.shape == (6, num_ws, TINY.w_dim)
+    assert prior.offsets.shape == (6, num_ws, TINY.w_dim)
     torch.testing.assert_close(prior.offsets, offsets[:6])  # training frames in slot order
+    # One identity w in W, repeated over the ws; per-frame offsets in W+.
+    assert prior.w_id.shape == (1, num_ws, TINY.w_dim) and torch.equal(
+        prior.w_id, prior.w_id[:, :1].expand_as(prior.w_id)
+    )
+    assert not torch.equal(offsets[:, :1].expand_as(offsets), offsets)
     assert all(torch.equal(generator.state_dict()[k], v) for k, v in before.items())  # input untouched
     tuned = prior.generator.state_dict()
-    assert any(not torch.equal(tuned[k], before[k]) for k in before)  # pivotal tuning changed weights
+    changed = {k for k in before if not torch.equal(tuned[k], before[k])}
+    assert changed and all(k.startswith(("backbone.synthesis.", "decoder.")) for k in changed)  # SR frozen
 
-    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["global_step"] for r in log] == list(range(1, 60 + 10 + 2 * 40 + 1))
+    log = read_log(tmp_path / "run")
+    assert [r["global_step"] for r in log] == list(range(1, 60 + 10 + 40 + 7 * 25 + 1))
     pivots = [r["total"] for r in log if r["stage"] == "pivots"]
     assert np.mean(pivots[-5:]) < 0.8 * np.mean(pivots[:5]), pivots
-    for batch in (0, 1):
-        frames = [r["total"] for r in log if r["stage"] == "frames"][batch * 40 : (batch + 1) * 40]
-        assert np.mean(frames[-5:]) < np.mean(frames[:5]), frames
+    frames = [r for r in log if r["stage"] == "frames"]
+    assert [r["frame"] for r in frames] == [0] * 40 + [f for f in range(1, n) for _ in range(25)]
+    first = [r["total"] for r in frames if r["frame"] == 0]
+    assert np.mean(first[-5:]) < np.mean(first[:5]), first
+    # Sequential warm start: each later frame starts at the previous frame's offset (no pull yet).
+    assert "prev" not in frames[0]
+    for f in range(1, n):
+        steps = [r for r in frames if r["frame"] == f]
+        assert steps[0]["prev"] == 0.0 and steps[-1]["prev"] > 0.0
 
     error_tracked = rotation_error_deg(scene.data.cameras, scene.true_cameras).mean()
     error_refined = rotation_error_deg(cameras, scene.true_cameras).mean()
@@ -368,23 +469,30 @@ def test_personalize_recovers_cameras_of_a_teacher(tmp_path: Path):
     assert metrics["n_train"] == 6 and np.isfinite(metrics["train_psnr"])
 
 
-# 4 + 3 + 2 batches x 3 = 13 steps, with random pivot batches and jittered rendering (seeded per step).
+# 4 pivot + 3 tune steps, then frames of 3 (frame 0) and 2 steps, some stopping early at a loss
+# below 1.15; random renderer jitter (seeded per step) and a stand-in LPIPS, so every term runs.
 TINY_RUN = PretrainedConfig(
-    n_pivots=3, pivot_steps=4, pivot_batch_size=2, tune_steps=3, tune_batch_size=2, frame_steps=3,
-    frame_batch_size=4, checkpoint_every=2,
+    n_pivots=3, w_avg_samples=200, pivot_steps=4, tune_steps=3, frame_first_steps=3, frame_steps=2,
+    frame_stop_loss=1.15, checkpoint_every=2,
 )  # fmt: skip
+WITH_LPIPS = OptionalNets(lpips=stand_in_lpips)
 
 
 def run(scene: Scene, out_dir: Path, **kwargs: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
-    kwargs = dict(pivot=PIVOT, cfg=TINY_RUN, nets=NO_EXTRA_LOSSES, device="cpu") | kwargs
+    kwargs = dict(masks=scene.masks, camera=CAMERA, cfg=TINY_RUN, nets=WITH_LPIPS, device="cpu") | kwargs
     return personalize(scene.data, scene.angles, scene.landmarks, student(scene), out_dir, **kwargs)
 
 
 def test_resume_is_exact(tmp_path: Path):
     scene = teacher_scene(tmp_path, n=6)
     straight = run(scene, tmp_path / "a")
-    # Stop inside pivotal tuning, then inside the first batch of frames, then run to the end.
-    for budget in (5, 4):
+    log_a = read_log(tmp_path / "a")
+    frames = [r["frame"] for r in log_a if r["stage"] == "frames"]
+    assert set(frames) == set(range(6)) and len(frames) < 3 + 5 * 2  # some frames stopped early
+    assert {"lpips", "face_lpips", "face_l1", "prev"} <= set(log_a[-1])
+    assert {"lpips_raw", "face_lpips", "face_l2", "offset"} <= set(log_a[0])
+    # Stop inside pivotal tuning, then inside frame 0, then run to the end.
+    for budget in (5, 3):
         with pytest.raises(StepBudgetExhausted, match="run again to resume"):
             run(scene, tmp_path / "b", max_steps=budget)
     with open(tmp_path / "b" / "train_log.jsonl", "a") as fh:  # a line logged after the checkpoint
@@ -395,14 +503,33 @@ def test_resume_is_exact(tmp_path: Path):
     for name, tensor in prior_a.state_dict().items():
         assert torch.equal(tensor, prior_b.state_dict()[name]), name
     assert torch.equal(cameras_a, cameras_b) and torch.equal(offsets_a, offsets_b)
-    log = [json.loads(r) for r in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["global_step"] for r in log] == list(range(1, 14))
-    assert [r["stage"] for r in log] == ["pivots"] * 4 + ["tune"] * 3 + ["frames"] * 6
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in log_a]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in read_log(tmp_path / "b")] == strip
 
     # A finished run is read back, not repeated.
     again = run(scene, tmp_path / "b")
     assert torch.equal(again[1], cameras_a) and torch.equal(again[2], offsets_a)
-    assert len((tmp_path / "b" / "train_log.jsonl").read_text().splitlines()) == 13
+    assert len(read_log(tmp_path / "b")) == len(log_a)
+
+
+def test_tuning_and_frames_stop_early(tmp_path: Path):
+    scene = teacher_scene(tmp_path, n=6)
+    cfg = dataclasses.replace(TINY_RUN, tune_stop_lpips=1e9, frame_stop_loss=1e9)
+    generator = student(scene)
+    prior, _, _ = run(scene, tmp_path / "e", cfg=cfg)
+    log = read_log(tmp_path / "e")
+    assert [r["stage"] for r in log] == ["pivots"] * 4 + ["frames"] * 6  # no tuning step; 1 step a frame
+    assert [r["frame"] for r in log[4:]] == list(range(6))
+    for name, tensor in generator.state_dict().items():
+        assert torch.equal(prior.generator.state_dict()[name], tensor), name
+
+
+def test_tunable_parameters_leave_out_mapping_and_super_resolution():
+    generator = random_generator()
+    names = {id(p): n for n, p in generator.named_parameters()}
+    tuned = [names[id(p)] for p in tunable_parameters(generator)]
+    assert tuned and all(n.startswith(("backbone.synthesis.", "decoder.")) for n in tuned)
+    assert len(tuned) == sum(1 for n in names.values() if n.startswith(("backbone.synthesis.", "decoder.")))
 
 
 def test_checkpoint_of_other_settings_is_refused_or_set_aside(tmp_path: Path):
@@ -410,7 +537,7 @@ def test_checkpoint_of_other_settings_is_refused_or_set_aside(tmp_path: Path):
     with pytest.raises(StepBudgetExhausted):
         run(scene, tmp_path / "c", max_steps=2)
     with pytest.raises(ValueError, match="written with other settings"):
-        run(scene, tmp_path / "c", cfg=dataclasses.replace(TINY_RUN, lr_latent=0.02))
+        run(scene, tmp_path / "c", cfg=dataclasses.replace(TINY_RUN, pivot_lr=0.02))
     with pytest.raises(StepBudgetExhausted):
         run(scene, tmp_path / "c", max_steps=1, run_id="new code", restart_on_mismatch=True)
     assert len(list((tmp_path / "c" / "checkpoints").glob("*-000000002.pt"))) == 1
@@ -421,12 +548,16 @@ def test_personalize_rejects_mismatched_inputs(tmp_path: Path):
     scene = teacher_scene(tmp_path, n=6)
     with pytest.raises(ValueError, match="landmarks must have shape"):
         personalize(
-            scene.data, scene.angles, scene.landmarks[:5], student(scene), tmp_path / "d", pivot=PIVOT,
-            cfg=TINY_RUN, nets=NO_EXTRA_LOSSES,
+            scene.data, scene.angles, scene.landmarks[:5], student(scene), tmp_path / "d", masks=scene.masks,
+            camera=CAMERA, cfg=TINY_RUN, nets=NO_EXTRA_LOSSES,
         )  # fmt: skip
     small = dataclasses.replace(scene.data, crops=scene.data.crops[:, :, :16, :16])
     with pytest.raises(ValueError, match="the generator makes 32 px"):
-        personalize(
-            small, scene.angles, scene.landmarks, student(scene), tmp_path / "d", pivot=PIVOT, cfg=TINY_RUN,
-            nets=NO_EXTRA_LOSSES,
-        )  # fmt: skip
+        run(dataclasses.replace(scene, data=small), tmp_path / "d")
+    with pytest.raises(ValueError, match="5 masks"):
+        run(scene, tmp_path / "d", masks=scene.masks[:5])
+    cv2.imwrite(str(scene.masks[0]), np.full((32, 32), LABELS["skin"], np.uint8))
+    for path in scene.masks[1:]:
+        path.write_bytes(scene.masks[0].read_bytes())
+    with pytest.raises(ValueError, match="hold no eyes, lips or mouth pixels"):
+        run(scene, tmp_path / "d")

@@ -58,7 +58,9 @@ SUBJECT = "clip"
 CLIP_SECONDS, CLIP_SEED = 3.0, 8
 DRIVE_SECONDS, DRIVE_SEED = 1.0, 1
 OVERRIDES = {
-    "prior": {"pretrained": {"n_pivots": 2, "pivot_steps": 1, "tune_steps": 1, "frame_steps": 1}},
+    "prior": {
+        "pretrained": dict(n_pivots=2, pivot_steps=1, tune_steps=1, frame_first_steps=1, frame_steps=1)
+    },
     # The lip-sync term from the first step (the paper's 21-epoch warm-up is longer than 2 steps).
     "train": {"steps": 2, "sr_steps": 1, "sample_every": 1, "checkpoint_every": 1, "sync_warmup_epochs": 0},
     "render": {"views": {"yaw": [30], "pitch": [0]}},

@@ -217,7 +217,7 @@ def test_pretrained_mode_personalizes_an_eg3d_pickle(project):
         dryrun=True,
     )
     write_snapshot(project / "eg3d.pkl", random_generator())
-    tiny = {"n_pivots": 2, "pivot_steps": 2, "tune_steps": 2, "frame_steps": 1, "frame_batch_size": 40}
+    tiny = {"n_pivots": 2, "pivot_steps": 2, "tune_steps": 2, "frame_first_steps": 1, "frame_steps": 1}
     run(project, ["results/clip/prior/P_id.pt"], config={"prior": settings | {"pretrained": tiny}})
     out = project / "results/clip/prior"
     assert all((out / name).is_file() for name in PRIOR_FILES)

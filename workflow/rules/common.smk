@@ -129,9 +129,8 @@ def steps_runtime(section):
             steps = settings["steps"] + settings["sr_steps"]
         elif settings["mode"] == "pretrained":
             p = settings["pretrained"]
-            n_frames = len(os.listdir(input.crops))
-            frame_batches = -(-n_frames // p["frame_batch_size"])
-            steps = p["pivot_steps"] + p["tune_steps"] + p["frame_steps"] * frame_batches
+            frames = p["frame_first_steps"] + p["frame_steps"] * (len(os.listdir(input.crops)) - 1)
+            steps = p["pivot_steps"] + p["tune_steps"] + frames  # at most: frames may stop early
         else:
             steps = settings["steps"]
         return int(10 + 1.5 * steps * SECONDS_PER_STEP[model_preset(wildcards.subject)] / 60)
