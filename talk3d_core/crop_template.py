@@ -7,8 +7,9 @@ at the camera the cameras are labelled with. This module makes that reference fo
 
 1. ``w_avg``: the mean first-layer w of :data:`W_AVG_SAMPLES` z drawn with numpy's
    ``RandomState(W_AVG_SEED)``, mapped without truncation and conditioned on VIVE3D's frontal
-   camera (:func:`mapped_w_average`; VIVE3D's ``evaluate_average_w``, which runs in its generator's
-   constructor, before the scripts set their camera: focal 3.5, pivot (0, 0, 0.2), radius 2.7).
+   camera (``mapped_w_statistics`` of model/eg3d; VIVE3D's ``evaluate_average_w``, which runs in its
+   generator's constructor, before the scripts set their camera: focal 3.5, pivot (0, 0, 0.2),
+   radius 2.7).
 2. Render: w_avg in every layer, constant noise, no depth jitter, at the reference view
    :data:`REFERENCE_SAMPLER_OFFSETS` (LookAtPoseSampler offsets yaw 0, pitch -0.1 rad; Talk3D's
    ``vive3d_cropping.py`` takes the middle one of yaws (0.6, 0, -0.6)) with the camera stage's focal,
@@ -44,6 +45,13 @@ from talk3d_core.crop import affine_scale, alignment_points, apply_affine, canon
 from talk3d_core.face.landmark_backends import points_box
 from talk3d_core.face.template import MEAN_FACE_68, CropTemplate, write_crop_template
 from talk3d_core.model.eg3d import TriPlaneGenerator
+from talk3d_core.model.eg3d.generator import (
+    W_AVG_FOCAL,
+    W_AVG_PIVOT,
+    W_AVG_SAMPLES,
+    W_AVG_SEED,
+    mapped_w_statistics,
+)
 from talk3d_core.util.images import to_uint8
 from talk3d_core.util.io import atomic_path
 from talk3d_core.util.runs import pick_device
@@ -52,12 +60,6 @@ log = logging.getLogger(__name__)
 
 #: Name of the templates this module makes.
 TEMPLATE_NAME = "eg3d-average-face"
-#: VIVE3D's ``evaluate_average_w``: 10,000 z from ``np.random.RandomState(123)``, psi 1.
-W_AVG_SAMPLES = 10_000
-W_AVG_SEED = 123
-#: The camera w_avg is conditioned on: VIVE3D's constructor defaults, frontal.
-W_AVG_FOCAL = 3.5
-W_AVG_PIVOT = (0.0, 0.0, 0.2)
 #: The reference view as LookAtPoseSampler offsets (yaw, pitch) in radians from (pi/2, pi/2).
 REFERENCE_SAMPLER_OFFSETS = (0.0, -0.1)
 #: Landmark passes over the render (the first from the expected box, then from its own landmarks).
@@ -81,31 +83,6 @@ def sampler_camera(
         np.atleast_1d(yaw), np.atleast_1d(pitch), np.zeros(1), radius=radius, pivot=pivot, focal=focal
     )
     return label, (float(yaw), float(pitch))
-
-
-@torch.no_grad()
-def mapped_w_average(
-    generator: TriPlaneGenerator,
-    camera: np.ndarray,
-    *,
-    n_samples: int = W_AVG_SAMPLES,
-    seed: int = W_AVG_SEED,
-    batch_size: int = 1000,
-) -> torch.Tensor:
-    """Mean first-layer w (1, w_dim) of ``n_samples`` z ~ ``RandomState(seed).randn`` mapped with
-    psi 1 under the camera label ``camera`` (1, 25), on the generator's device (VIVE3D's w_avg; the
-    checkpoint's ``mapping.w_avg`` buffer is a training-time running mean over other cameras)."""
-    if n_samples < 1:
-        raise ValueError(f"mapped_w_average: n_samples must be >= 1, got {n_samples}")
-    device = next(generator.parameters()).device
-    z = np.random.RandomState(seed).randn(n_samples, generator.config.z_dim)
-    c = torch.as_tensor(camera, dtype=torch.float32, device=device).reshape(1, -1)
-    total = torch.zeros(generator.config.w_dim, dtype=torch.float64, device=device)
-    for start in range(0, n_samples, batch_size):
-        chunk = torch.as_tensor(z[start : start + batch_size], dtype=torch.float32, device=device)
-        w = generator.mapping(chunk, c.expand(len(chunk), -1))[:, 0]
-        total += w.double().sum(dim=0)
-    return (total / n_samples).float()[None]
 
 
 @torch.no_grad()
@@ -258,7 +235,7 @@ def crop_template_stage(
         [float(v) for v in camera["pivot"]],
     )
     conditioning, _ = sampler_camera(0.0, 0.0, focal=W_AVG_FOCAL, radius=radius, pivot=W_AVG_PIVOT)
-    w_avg = mapped_w_average(generator, conditioning)
+    w_avg, _ = mapped_w_statistics(generator, conditioning)
     reference, (head_yaw, head_pitch) = sampler_camera(
         *REFERENCE_SAMPLER_OFFSETS, focal=focal, radius=radius, pivot=pivot
     )

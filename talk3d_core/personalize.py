@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from talk3d_core.camera import eg3d_camera
 from talk3d_core.face.regions import LABELS
 from talk3d_core.model.eg3d import TriPlaneGenerator
+from talk3d_core.model.eg3d.generator import W_AVG_FOCAL, W_AVG_PIVOT, mapped_w_statistics
 from talk3d_core.model.personalized import PersonalizedGenerator
 from talk3d_core.model.subject import SubjectData
 from talk3d_core.nets.lpips import lpips_loss
@@ -292,25 +293,6 @@ def frontal_camera(camera: Mapping[str, Any]) -> torch.Tensor:
     return torch.as_tensor(label, dtype=torch.float32)
 
 
-@torch.no_grad()
-def mean_latent(
-    generator: TriPlaneGenerator, n_samples: int, conditioning: torch.Tensor, seed: int
-) -> tuple[torch.Tensor, float]:
-    """VIVE3D's starting identity: the mean w (1, w_dim) of ``n_samples`` mapped z ~ N(0, I)
-    (psi 1, one w per z) under the conditioning label (1, 25), and w_std, the samples' RMS distance
-    to it (the scale of the pivot inversion's w-noise). Not the checkpoint's ``w_avg`` buffer, which
-    averages over the training cameras."""
-    rng = torch.Generator().manual_seed(seed)
-    device = conditioning.device
-    chunks = []
-    for start in range(0, n_samples, 1000):
-        z = torch.randn(min(1000, n_samples - start), generator.config.z_dim, generator=rng).to(device)
-        chunks.append(generator.mapping(z, conditioning.expand(len(z), -1))[:, 0].double())
-    ws = torch.cat(chunks)
-    mean = ws.mean(dim=0, keepdim=True)
-    return mean.float(), float(((ws - mean).pow(2).sum() / n_samples).sqrt())
-
-
 def pivot_learning_rate(step: int, cfg: PretrainedConfig) -> float:
     """StyleGAN2 projector schedule at pivot step ``step`` (0-based): ``pivot_lr`` with a linear
     ramp-up over the first 5% and a cosine ramp-down over the last 25%; Talk3D's floor where it is 0."""
@@ -485,14 +467,14 @@ def invert_pivots(
     """Fit w, per-pivot W offsets and yaw/pitch corrections to all pivots at every step, generator frozen.
 
     targets (M, 3, S, S) in [-1, 1], cameras (M, 25), region (1, 1, S, S) (:func:`face_region`) and
-    w_start (1, w_dim) (:func:`mean_latent`) on the generator's device. Offsets start as randn x 0.02,
-    corrections at 0. Each step renders w + w-noise + offset (repeated over the ws) through the
-    corrected cameras. ``resume`` is a snapshot given to ``hook``.
+    w_start (1, w_dim) (``mapped_w_statistics`` of model/eg3d) on the generator's device. Offsets
+    start as randn x 0.02, corrections at 0. Each step renders w + w-noise + offset (repeated over
+    the ws) through the corrected cameras. ``resume`` is a snapshot given to ``hook``.
     """
     device = targets.device
     m, num_ws, w_dim = len(targets), generator.num_ws, generator.config.w_dim
     generator.requires_grad_(False)
-    init = torch.Generator().manual_seed(cfg.seed + 1)  # mean_latent's z samples use cfg.seed
+    init = torch.Generator().manual_seed(cfg.seed + 1)
     w = torch.nn.Parameter(w_start.detach().reshape(1, w_dim).clone())
     offsets = torch.nn.Parameter((torch.randn(m, w_dim, generator=init) * OFFSET_INIT).to(device))
     angles = torch.nn.Parameter(torch.zeros(m, 2, device=device))  # yaw, pitch in radians
@@ -855,7 +837,11 @@ def personalize(
         targets = to_unit(data.crops[pivots]).to(device)
         pivot_cameras = data.cameras[pivots].to(device)
         if stage == "pivots":
-            w_start, w_std = mean_latent(generator, cfg.w_avg_samples, conditioning, cfg.seed)
+            # VIVE3D's start, at its generator's default frontal camera (the crop template's w_avg too).
+            w_avg_camera = frontal_camera(
+                {"focal": W_AVG_FOCAL, "radius": geometry["radius"], "pivot": W_AVG_PIVOT}
+            )
+            w_start, w_std = mapped_w_statistics(generator, w_avg_camera, n_samples=cfg.w_avg_samples)
             fit = invert_pivots(
                 generator, targets, pivot_cameras, regions["pivots"], w_start, w_std, cfg,
                 losses=losses, pivot=pivot, resume=resume, hook=hook,

@@ -23,6 +23,7 @@ from talk3d_core.camera import eg3d_camera, rotation_angle_deg
 from talk3d_core.face.regions import LABELS
 from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
 from talk3d_core.model.eg3d.checkpoint import CheckpointError, generator_from_checkpoint, load_eg3d_checkpoint
+from talk3d_core.model.eg3d.generator import mapped_w_statistics
 from talk3d_core.model.subject import SubjectData
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.personalize import (
@@ -31,7 +32,6 @@ from talk3d_core.personalize import (
     StepBudgetExhausted,
     face_region,
     frontal_camera,
-    mean_latent,
     offset_weight,
     personalize,
     pivot_features,
@@ -195,14 +195,16 @@ def test_face_region_unites_dilated_eyes_and_the_mouth_over_the_pivots():
     assert not face_region(np.full((1, 8, 8), LABELS["skin"], np.uint8), 8).any()
 
 
-def test_mean_latent_averages_mapped_samples_at_the_frontal_camera():
+def test_mapped_w_statistics_averages_mapped_samples_at_the_frontal_camera():
     generator = random_generator()
     conditioning = frontal_camera(CAMERA)
     torch.testing.assert_close(conditioning, torch.tensor(eg3d_camera([0.0], [0.0], [0.0], **CAMERA)).float())
 
-    mean, std = mean_latent(generator, 2500, conditioning, seed=4)
+    mean, std = mapped_w_statistics(generator, conditioning, n_samples=2500, seed=4)
 
-    z = torch.randn(2500, TINY.z_dim, generator=torch.Generator().manual_seed(4))
+    z = torch.as_tensor(
+        np.random.RandomState(4).randn(2500, TINY.z_dim), dtype=torch.float32
+    )  # VIVE3D's draw
     with torch.no_grad():
         ws = generator.mapping(z, conditioning.expand(2500, -1))
     assert mean.shape == (1, TINY.w_dim)
@@ -210,6 +212,8 @@ def test_mean_latent_averages_mapped_samples_at_the_frontal_camera():
     expected_std = (ws[:, 0].double() - mean.double()).pow(2).sum(dim=1).mean().sqrt()
     assert std == pytest.approx(float(expected_std), rel=1e-4)
     assert not torch.allclose(mean, generator.backbone.mapping.w_avg[None], atol=1e-3)  # not the buffer
+    other, _ = mapped_w_statistics(generator, conditioning, n_samples=2500, seed=5, batch_size=700)
+    assert not torch.allclose(mean, other)
 
 
 def test_pivot_schedules_follow_the_stylegan2_projector():
@@ -378,7 +382,7 @@ def teacher_scene(tmp_path: Path, n: int = 8, camera_noise_deg: float = 3.0) -> 
     with torch.no_grad():
         # Identity near where the inversion starts (the mean of mapped samples; the tests run too few
         # steps to search W), expressions as W offsets.
-        start = mean_latent(teacher, 2000, frontal_camera(CAMERA), seed=7)[0]
+        start = mapped_w_statistics(teacher, frontal_camera(CAMERA), n_samples=2000, seed=7)[0]
         w_id = start + 0.05 * torch.randn(1, TINY.w_dim)
         ws = (w_id + 0.05 * torch.randn(n, TINY.w_dim))[:, None].expand(n, teacher.num_ws, -1)
     yaw, pitch, roll = np.linspace(-20, 20, n), rng.uniform(-8, 8, n), np.zeros(n)

@@ -6,6 +6,7 @@ State-dict names match NVlabs' ``G_ema`` (``backbone.mapping.*``, ``backbone.syn
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -152,3 +153,39 @@ class TriPlaneGenerator(nn.Module):
         """z (B, z_dim), c (B, 25) -> images (see :meth:`render`); c conditions both mapping and camera."""
         ws = self.mapping(z, c, truncation_psi, truncation_cutoff)
         return self.synthesis(ws, c, **synthesis_kwargs)
+
+
+#: VIVE3D's ``evaluate_average_w``: 10,000 z from ``np.random.RandomState(123)``, psi 1, one w per z,
+#: conditioned on the frontal camera of its generator's defaults (focal 3.5, pivot (0, 0, 0.2)).
+W_AVG_SAMPLES = 10_000
+W_AVG_SEED = 123
+W_AVG_FOCAL = 3.5
+W_AVG_PIVOT = (0.0, 0.0, 0.2)
+
+
+@torch.no_grad()
+def mapped_w_statistics(
+    generator: TriPlaneGenerator,
+    camera: np.ndarray | Tensor,
+    *,
+    n_samples: int = W_AVG_SAMPLES,
+    seed: int = W_AVG_SEED,
+    batch_size: int = 1000,
+) -> tuple[Tensor, float]:
+    """VIVE3D's average face latent: the mean first-layer w (1, w_dim) of ``n_samples`` z ~
+    ``RandomState(seed).randn`` mapped with psi 1 under the camera label ``camera`` (1, 25), on the
+    generator's device, and w_std, the samples' RMS distance to it (the scale of the pivot inversion's
+    w-noise). Not the checkpoint's ``mapping.w_avg`` buffer, a training-time running mean over the
+    training cameras."""
+    if n_samples < 1:
+        raise ValueError(f"mapped_w_statistics: n_samples must be >= 1, got {n_samples}")
+    device = next(generator.parameters()).device
+    z = np.random.RandomState(seed).randn(n_samples, generator.config.z_dim)
+    c = torch.as_tensor(camera, dtype=torch.float32).to(device).reshape(1, -1)
+    ws = []
+    for start in range(0, n_samples, batch_size):
+        chunk = torch.as_tensor(z[start : start + batch_size], dtype=torch.float32, device=device)
+        ws.append(generator.mapping(chunk, c.expand(len(chunk), -1))[:, 0].double())
+    w = torch.cat(ws)
+    mean = w.mean(dim=0, keepdim=True)
+    return mean.float(), float((w - mean).pow(2).sum(dim=1).mean().sqrt())
