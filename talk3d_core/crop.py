@@ -46,6 +46,7 @@ from talk3d_core.face.template import (
     TEMPLATE_EYE_DISTANCE,
     TEMPLATE_EYE_HEIGHT,
     CropTemplate,
+    FaceFraming,
 )
 from talk3d_core.util.io import atomic_dir, atomic_path
 from talk3d_core.util.tables import fixed_list_array, fixed_list_values
@@ -504,6 +505,19 @@ class CropTable:
     def size(self) -> int:
         """Crop side in pixels."""
         return int(self.meta["size"])
+
+    @property
+    def framing(self) -> FaceFraming:
+        """Where these crops put the face (:class:`~talk3d_core.face.template.FaceFraming`): from the
+        template points the table records, or for a table written before it did, the fixed template
+        at the table's zoom."""
+        template = self.meta.get("template")
+        points = (
+            np.asarray(template["points_px"])
+            if template is not None
+            else template_points(self.size, float(self.meta.get("zoom", 1.0)))
+        )
+        return FaceFraming.of_points(points, self.size)
 
 
 _SHAPES = {"affine": (2, 3), "inverse": (2, 3), "lm68": (68, 2), "align": (5, 2)}

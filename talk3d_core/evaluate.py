@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from talk3d_core.face.template import FaceFraming
 from talk3d_core.metrics.image import psnr, ssim
 from talk3d_core.metrics.mouth import (
     REFERENCE_SIZE,
@@ -41,7 +42,7 @@ from talk3d_core.metrics.mouth import (
     mouth_opening,
     mouth_scores,
 )
-from talk3d_core.metrics.sync import sync_scorer
+from talk3d_core.metrics.sync import sync_scorer, syncnet_window
 from talk3d_core.model.subject import FrameConditions, SubjectData
 from talk3d_core.model.talking_head import TalkingHead
 from talk3d_core.nets.identity import identity_embedder
@@ -97,19 +98,24 @@ def scoring_nets(
     syncnet_weights: str | os.PathLike[str] | None = None,
     weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
     manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
+    framing: FaceFraming | None = None,
 ) -> OptionalNets:
     """The nets behind the metrics (LPIPS, identity embedders, FID's Inception, SyncNet v2), each
     None with a reason where it cannot be loaded (its rows then say "unavailable"); ArcFace and
-    SyncNet v2 from ``weights_dir`` (``syncnet_weights``: another SyncNet file)."""
+    SyncNet v2 from ``weights_dir`` (``syncnet_weights``: another SyncNet file). ``framing``: where the
+    crops put the face (crop.parquet's template; default the fixed one): SyncNet's window and the
+    identity embedders' face regions follow it."""
     builders: dict[str, Callable[[], tuple[Any, str]]] = {
         "lpips": lambda: lpips_loss(device, weights_dir=weights_dir, manifest=manifest),
         "fid": lambda: fid_model(device=device),
-        "syncnet": lambda: sync_scorer(syncnet_weights, weights_dir=weights_dir, device=device),
+        "syncnet": lambda: sync_scorer(
+            syncnet_weights, weights_dir=weights_dir, device=device, window=syncnet_window(framing)
+        ),
     }
     for backend in identity_backends:
         where = {"weights_dir": weights_dir, "manifest": manifest} if backend == "arcface" else {}
         builders[f"embedders:{backend}"] = functools.partial(
-            identity_embedder, backend, device=device, **where
+            identity_embedder, backend, device=device, framing=framing, **where
         )
     return OptionalNets.load(builders, purpose="evaluation")
 
@@ -513,6 +519,7 @@ def evaluate_stage(
     prior_frames: str | os.PathLike[str],
     crops: str | os.PathLike[str],
     masks: str | os.PathLike[str],
+    crop_table: str | os.PathLike[str],
     audio_wav: str | os.PathLike[str],
     drives: dict[str, tuple[str | os.PathLike[str], str | os.PathLike[str]]],
     settings: dict[str, Any],
@@ -530,8 +537,10 @@ def evaluate_stage(
     """Rule evaluate: every metric of one subject to ``metrics_parquet`` (and the novel-view heat map),
     the table in the log. drives: driving audio name -> (its features.parquet, its audio.wav);
     view_convention: how the view names' angles are read (config ``render.view_convention``);
+    crop_table: the crop stage's ``crop.parquet``, whose template says where the crops put the face;
     settings: the validated ``evaluate`` config section; weights_dir and manifest: where the metrics'
     nets are (config ``weights``)."""
+    from talk3d_core.crop import read_crop_table
     from talk3d_core.features import read_features, read_features_meta
     from talk3d_core.model.subject import read_subject_data
     from talk3d_core.model.talking_head import load_talking_head
@@ -544,9 +553,10 @@ def evaluate_stage(
         read_features(features_parquet), prior_frames, crops=crops, masks=masks,
         size=head.generator.config.image_resolution, background=head.training_record["background"],
     )  # fmt: skip
+    framing = read_crop_table(crop_table).framing
     nets = scoring_nets(
         device_, identity_backends=settings["identity_backends"], syncnet_weights=settings["sync_weights"],
-        weights_dir=weights_dir, manifest=manifest,
+        weights_dir=weights_dir, manifest=manifest, framing=framing,
     )  # fmt: skip
     driving = {}
     for name, (features, audio) in drives.items():

@@ -6,6 +6,7 @@ layout here), so these tests do not depend on the landmark stage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -453,6 +454,13 @@ def test_crop_clip_writes_crops_and_table(demo, tmp_path):
     table = crop.read_crop_table(table_path)
     assert table.meta == json.loads(json.dumps(meta)) and table.size == 64
     assert meta["template"]["name"] == template.CROP_TEMPLATE_NAME and meta["frame_size"] == [512, 512]
+    fixed_framing = dataclasses.astuple(template.FaceFraming())
+    np.testing.assert_allclose(dataclasses.astuple(table.framing), fixed_framing, atol=1e-4)
+    # A table from before the template was recorded: the fixed template at its zoom.
+    old = dataclasses.replace(
+        table, meta={k: v for k, v in table.meta.items() if k != "template"} | {"zoom": 2.0}
+    )
+    np.testing.assert_allclose(dataclasses.astuple(old.framing), (0.5, 0.45, 0.4), atol=1e-4)
     jitter = meta["jitter"]
     assert jitter["smoothed"]["accel_rms_px"] < jitter["unsmoothed"]["accel_rms_px"]
     np.testing.assert_array_equal(table.frame, np.arange(12))
@@ -499,6 +507,8 @@ def test_crop_clip_aligns_to_a_measured_template(demo, tmp_path):
     np.testing.assert_allclose(found, np.broadcast_to(targets.mean(axis=0), found.shape), atol=1e-3)
     affine = crop.crop_affines(lm68, size=64, sigma_frames=0, template=measured)[0]
     assert meta["jitter"]["smoothed"] == crop.crop_jitter(affine, 64, (), measured)
+    # Metrics that cut a face region follow the face: 1.12x the fixed eye distance.
+    assert table.framing.eye_distance == pytest.approx(1.12 * template.TEMPLATE_EYE_DISTANCE, rel=1e-3)
 
 
 @pytest.mark.shared

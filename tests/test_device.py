@@ -61,7 +61,8 @@ def test_evaluate_loads_the_model_and_metric_nets_on_cuda(fake_cuda, monkeypatch
     with pytest.raises(MovedToCuda):
         evaluate_stage(
             model_pt=tmp_path / "deltaplane.pt", features_parquet=None, prior_frames=None, crops=None,
-            masks=None, audio_wav=None, drives={}, settings={}, views=[], drive_camera="tracked", fps=25,
+            masks=None, crop_table=None, audio_wav=None, drives={}, settings={}, views=[],
+            drive_camera="tracked", fps=25,
             metrics_parquet=tmp_path / "m.parquet", views_png=tmp_path / "v.png",
         )  # fmt: skip
 

@@ -10,6 +10,7 @@ import pytest
 import python_speech_features
 import torch
 
+from talk3d_core.face.template import FaceFraming
 from talk3d_core.metrics.sync import (
     DEFAULT_WINDOW,
     EMBEDDING_DIM,
@@ -185,9 +186,12 @@ def test_syncnet_window_follows_the_crop_template() -> None:
     assert x1 - x0 == pytest.approx(y1 - y0)  # square, like syncnet_python's crop
     assert (x0 + x1) / 2 == pytest.approx(0.5)
     assert (x0, y0, x1, y1) == pytest.approx((0.15, 0.325, 0.85, 1.025))
-    zoomed = syncnet_window(2.0)
-    assert zoomed[2] - zoomed[0] == pytest.approx(2 * (x1 - x0))
-    assert (zoomed[1] + zoomed[3]) / 2 - 0.5 == pytest.approx(2 * ((y0 + y1) / 2 - 0.5))
+    # A face twice as large, its eyes 0.05 lower (a generator's crop template): the window follows.
+    framing = FaceFraming(eye_x=0.5, eye_y=0.525, eye_distance=0.4)
+    moved = syncnet_window(framing)
+    assert moved[2] - moved[0] == pytest.approx(2 * (x1 - x0))
+    assert moved[1] - 0.525 == pytest.approx(2 * (y0 - 0.475))
+    assert syncnet_window(FaceFraming()) == pytest.approx(DEFAULT_WINDOW)
 
 
 def test_face_crops_are_bgr_224_with_grey_padding() -> None:

@@ -5,6 +5,7 @@
 - The fixed crop template: where the alignment puts the eyes, nose and mouth corners in a crop
   (:data:`TEMPLATE_ED`, :data:`TEMPLATE_EYE_DISTANCE`, :data:`TEMPLATE_EYE_HEIGHT`), the framing of
   the scratch prior.
+- :class:`FaceFraming`: where a crop puts the eyes, for metrics that cut a fixed face region.
 - :class:`CropTemplate`: a template measured on an image (the pretrained prior's: the generator's
   average face, :mod:`talk3d_core.crop_template`) and its JSON file.
 """
@@ -122,6 +123,47 @@ TEMPLATE_ED = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.59], [-0.4, 1.08], [0.4
 CROP_TEMPLATE_NAME = "talk3d-eg3d-wide-v1"
 TEMPLATE_EYE_DISTANCE = 0.2
 TEMPLATE_EYE_HEIGHT = 0.475
+
+
+@dataclass(frozen=True)
+class FaceFraming:
+    """Where a crop puts the face, as pixel-edge fractions of its side (0 top/left, 1 bottom/right):
+    the midpoint of the eye centres (``eye_x``, ``eye_y``) and the eye-centre distance. The default is
+    the fixed template's; a pretrained prior's crops follow the generator's average face instead
+    (crop.parquet's ``template.points_px``, :meth:`of_points`).
+
+    Metrics that cut a fixed face region out of the crops (SyncNet's window, ArcFace's pSp box, dlib's
+    fallback box) define it on the fixed framing and move it with the face (:meth:`box`).
+    """
+
+    eye_x: float = 0.5
+    eye_y: float = TEMPLATE_EYE_HEIGHT
+    eye_distance: float = TEMPLATE_EYE_DISTANCE
+
+    def __post_init__(self) -> None:
+        if not (self.eye_distance > 0 and np.isfinite([self.eye_x, self.eye_y]).all()):
+            raise ValueError(f"FaceFraming: needs finite eyes and eye_distance > 0, got {self}")
+
+    @classmethod
+    def of_points(cls, points_px: np.ndarray, size: int) -> FaceFraming:
+        """The framing of alignment points (5, 2) (eye centres first, then nose tip and mouth corners)
+        in pixel-centre coordinates of a ``size`` x ``size`` crop, as the crop stage records them."""
+        points = np.asarray(points_px, dtype=np.float64)
+        if points.shape != (5, 2) or not np.isfinite(points).all() or size < 1:
+            raise ValueError(f"FaceFraming.of_points: needs finite (5, 2) points, got {points.shape}")
+        eyes = (points[:2] + 0.5) / size
+        mid = eyes.mean(axis=0)
+        return cls(float(mid[0]), float(mid[1]), float(np.linalg.norm(eyes[1] - eyes[0])))
+
+    def box(self, fixed_box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """A box (x0, y0, x1, y1) drawn on the fixed template's framing, moved and scaled with the face
+        to this framing (the identity for the default framing)."""
+        fixed = FaceFraming()
+        scale = self.eye_distance / fixed.eye_distance
+        x0, y0, x1, y1 = (float(v) for v in fixed_box)
+        xs = [self.eye_x + (x - fixed.eye_x) * scale for x in (x0, x1)]
+        ys = [self.eye_y + (y - fixed.eye_y) * scale for y in (y0, y1)]
+        return xs[0], ys[0], xs[1], ys[1]
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ the eye centres are ``TEMPLATE_EYE_DISTANCE`` (0.2) of the side apart at ``TEMPL
 (0.475) of the height. Taking the S3FD box as 2.5 eye distances (ED) high (mid-forehead to chin;
 the chin is ~1.8 ED below the eye line in our crops) and centred 0.5 ED below the eye line gives
 ``bs = 1.25 ED`` and SyncNet's window as the fractions of our crop returned by
-:func:`syncnet_window` (about x 0.15-0.85, y 0.325-1.025 at zoom 1; the last 2.5% of its rows lie
+:func:`syncnet_window` (about x 0.15-0.85, y 0.325-1.025 for the fixed template; the last 2.5% of its rows lie
 below our crop and are filled with grey 110 as syncnet_python does). The face box estimate is ours,
 not a measurement of S3FD; it only sets the scale of the face in the 224 px input, which SyncNet
 tolerates within the spread of its training tracks. The window is then resized to 224x224 with
@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from talk3d_core.face.template import TEMPLATE_EYE_DISTANCE, TEMPLATE_EYE_HEIGHT
+from talk3d_core.face.template import TEMPLATE_EYE_DISTANCE, TEMPLATE_EYE_HEIGHT, FaceFraming
 from talk3d_core.util.weights import DEFAULT_WEIGHTS_DIR, read_state_dict, state_dict_problems
 
 #: Video frame rate SyncNet was trained at (frames per second).
@@ -246,31 +246,26 @@ def syncnet_mfcc(audio: np.ndarray, rate: int = SYNCNET_RATE) -> np.ndarray:
     return python_speech_features.mfcc(pcm, SYNCNET_RATE).T.astype(np.float32)
 
 
-def syncnet_window(zoom: float = 1.0) -> tuple[float, float, float, float]:
+def syncnet_window(framing: FaceFraming | None = None) -> tuple[float, float, float, float]:
     """SyncNet's face-track crop inside our aligned crop, as fractions of its side ``(x0, y0, x1, y1)``.
 
-    Pixel-edge fractions (0 = top/left edge, 1 = bottom/right); ``zoom`` is the crop stage's zoom
-    (the face scaled about the crop centre). See the module docstring for the face box assumed.
+    Pixel-edge fractions (0 = top/left edge, 1 = bottom/right); ``framing``: where the crops put the
+    face (default: the fixed template's; see the module docstring for the face box assumed).
     May extend past [0, 1]; :func:`syncnet_face_crops` pads with grey there.
     """
-    if not zoom > 0:
-        raise ValueError(f"syncnet_window: zoom must be > 0, got {zoom!r}")
     ed = TEMPLATE_EYE_DISTANCE
     half_box = _FACE_BOX_HEIGHT_ED / 2.0 * ed
     cx, cy = 0.5, TEMPLATE_EYE_HEIGHT + _FACE_BOX_CENTRE_BELOW_EYES_ED * ed
-    box = np.array(
-        [
-            cx - half_box * (1 + _CROP_SCALE),
-            cy - half_box,
-            cx + half_box * (1 + _CROP_SCALE),
-            cy + half_box * (1 + 2 * _CROP_SCALE),
-        ]
+    box = (
+        cx - half_box * (1 + _CROP_SCALE),
+        cy - half_box,
+        cx + half_box * (1 + _CROP_SCALE),
+        cy + half_box * (1 + 2 * _CROP_SCALE),
     )
-    box = 0.5 + (box - 0.5) * zoom
-    return tuple(float(v) for v in box)  # type: ignore[return-value]
+    return (framing or FaceFraming()).box(box)
 
 
-#: SyncNet's window in our crops at the default zoom (1).
+#: SyncNet's window in crops of the fixed template.
 DEFAULT_WINDOW = syncnet_window()
 
 

