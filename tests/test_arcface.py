@@ -31,12 +31,13 @@ def test_identity_loss_names_the_command_that_fetches_missing_weights(tmp_path: 
     assert str(Path("weights") / "arcface" / "arcface.pth") in reason
 
 
-def test_arcface_embeds_images_in_any_memory_layout(tmp_path: Path):
+@pytest.fixture
+def random_arcface(tmp_path: Path) -> dict[str, Path]:
+    """weights_dir and manifest of a random IR-SE50 ArcFace in the release format."""
     arch = pytest.importorskip("facexlib.recognition.arcface_arch", reason="facexlib: make install-paper")
     import torch
     import yaml
 
-    from talk3d_core.nets.arcface import arcface_embedder
     from talk3d_core.util.weights import sha256_file
 
     path = tmp_path / "arcface" / "model_ir_se50.pth"
@@ -46,7 +47,15 @@ def test_arcface_embeds_images_in_any_memory_layout(tmp_path: Path):
     entry = {"name": ARCFACE_WEIGHTS, "url": "https://example.org/a.pth", "sha256": sha256_file(path),
              "license": "test", "dest": "arcface/model_ir_se50.pth"}  # fmt: skip
     (tmp_path / "manifest.yaml").write_text(yaml.safe_dump({"weights": [entry]}))
-    embed, reason = arcface_embedder(weights_dir=tmp_path, manifest=tmp_path / "manifest.yaml")
+    return {"weights_dir": tmp_path, "manifest": tmp_path / "manifest.yaml"}
+
+
+def test_arcface_embeds_images_in_any_memory_layout(random_arcface: dict[str, Path]):
+    import torch
+
+    from talk3d_core.nets.arcface import arcface_embedder
+
+    embed, reason = arcface_embedder(**random_arcface)
     assert embed is not None, reason
     # Frames permuted from (N, H, W, 3) arrays, as evaluate passes them, are channels-last in memory.
     images = torch.rand(2, 128, 128, 3).permute(0, 3, 1, 2) * 2 - 1
@@ -55,25 +64,23 @@ def test_arcface_embeds_images_in_any_memory_layout(tmp_path: Path):
     torch.testing.assert_close(out, embed(images.contiguous()))
 
 
-def test_arcface_without_the_crop_pools_the_whole_image(tmp_path: Path):
-    arch = pytest.importorskip("facexlib.recognition.arcface_arch", reason="facexlib: make install-paper")
+def test_arcface_without_the_crop_pools_the_whole_image(random_arcface: dict[str, Path]):
     import torch
-    import yaml
 
+    from talk3d_core.face.template import FaceFraming
     from talk3d_core.nets.arcface import arcface_embedder
-    from talk3d_core.util.weights import sha256_file
 
-    path = tmp_path / "arcface" / "model_ir_se50.pth"
-    path.parent.mkdir()
-    torch.manual_seed(0)
-    torch.save(arch.Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se").state_dict(), path)
-    entry = {"name": ARCFACE_WEIGHTS, "url": "https://example.org/a.pth", "sha256": sha256_file(path),
-             "license": "test", "dest": "arcface/model_ir_se50.pth"}  # fmt: skip
-    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump({"weights": [entry]}))
-    kwargs = dict(weights_dir=tmp_path, manifest=tmp_path / "manifest.yaml")
-    cropped, _ = arcface_embedder(**kwargs)
-    whole, _ = arcface_embedder(**kwargs, crop=False)
+    cropped, _ = arcface_embedder(**random_arcface)
+    whole, _ = arcface_embedder(**random_arcface, crop=False)
     image = torch.rand(2, 3, 256, 256) * 2 - 1
     face = image[:, :, 35:223, 32:220]  # pSp/PTI's face region of a 256 crop
     torch.testing.assert_close(whole(face), cropped(image))
     assert not torch.allclose(whole(image), cropped(image))
+    # Crops whose face is 1.25x larger about the same eyes (a generator's template): the region follows.
+    framed, _ = arcface_embedder(**random_arcface, framing=FaceFraming(eye_distance=0.25))
+    top, left = round(256 * (0.475 + (35 / 256 - 0.475) * 1.25)), round(256 * (0.5 + (32 / 256 - 0.5) * 1.25))
+    bottom, right = (
+        round(256 * (0.475 + (223 / 256 - 0.475) * 1.25)),
+        round(256 * (0.5 + (220 / 256 - 0.5) * 1.25)),
+    )
+    torch.testing.assert_close(framed(image), whole(image[:, :, top:bottom, left:right]))
