@@ -160,7 +160,11 @@ def test_the_head_renders_its_final_image_with_gfpgan_from_the_raw_render():
         and not any(p.requires_grad for p in gfpgan.parameters())
     )
     head.sr = "gfpgan"
+    calls = []
+    hook = head.generator.superresolution.register_forward_hook(lambda *args: calls.append(1))
     out = head(cond, data.cameras[:2], jitter=False)
+    hook.remove()
+    assert not calls  # EG3D's super-resolution is not run for an image GFPGAN replaces
     assert out["image"].shape == (2, 3, 32, 32) and torch.equal(out["image_raw"], eg3d["image_raw"])
     assert torch.equal(out["image"], gfpgan.upscale(out["image_raw"], randomize_noise=False))
     assert torch.equal(out["image"], head(cond, data.cameras[:2], jitter=False)["image"])  # eval: fixed noise

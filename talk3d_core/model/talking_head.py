@@ -132,8 +132,11 @@ class TalkingHead(nn.Module):
         delta = None if identity_only else self.deltaplanes(cond, drop)
         if delta is not None:
             planes = planes + delta
-        out = self.generator.render(planes, cameras, self.w_id.expand(batch, -1, -1), jitter=jitter)
-        if self.sr == "gfpgan":
+        gfpgan = self.sr == "gfpgan"  # EG3D's super-resolution would be thrown away: skip it
+        out = self.generator.render(
+            planes, cameras, self.w_id.expand(batch, -1, -1), jitter=jitter, super_resolve=not gfpgan
+        )
+        if gfpgan:
             out["image"] = self.gfpgan.upscale(out["image_raw"], randomize_noise=self.gfpgan.training)
         return out | {"deltaplanes": delta}
 

@@ -106,6 +106,7 @@ class TriPlaneGenerator(nn.Module):
         neural_rendering_resolution: int | None = None,
         jitter: bool | None = None,
         sr_noise_mode: str | None = None,
+        super_resolve: bool = True,
     ) -> dict[str, Tensor]:
         """Render any tri-plane (B, 3, C, R, R) from cameras c (B, 25); ws styles the super-resolution.
 
@@ -113,6 +114,7 @@ class TriPlaneGenerator(nn.Module):
         ``image_raw`` (B, 3, H, H) volume-rendered RGB, ``feature_image`` (B, C_out, H, H),
         ``image_depth`` (B, 1, H, H) world units along the ray, ``weights_sum`` (B, 1, H, H) opacity;
         H = ``neural_rendering_resolution`` (default from config). ``jitter`` defaults to training mode.
+        ``super_resolve=False`` leaves ``image`` out (a caller that makes its own final image).
         """
         if planes.ndim != 5 or planes.shape[1] != 3:
             raise ValueError(f"planes must have shape (B, 3, C, R, R), got {tuple(planes.shape)}")
@@ -126,15 +128,16 @@ class TriPlaneGenerator(nn.Module):
 
         feature_image = as_image(features)
         image_raw = feature_image[:, :3]
-        noise = self.config.sr_noise_mode if sr_noise_mode is None else sr_noise_mode
-        image = self.superresolution(image_raw, feature_image, ws, noise)
-        return {
-            "image": image,
+        out = {
             "image_raw": image_raw,
             "image_depth": as_image(depth),
             "feature_image": feature_image,
             "weights_sum": as_image(opacity),
         }
+        if super_resolve:
+            noise = self.config.sr_noise_mode if sr_noise_mode is None else sr_noise_mode
+            out["image"] = self.superresolution(image_raw, feature_image, ws, noise)
+        return out
 
     def synthesis(
         self, ws: Tensor, c: Tensor, *, noise_mode: str | None = None, **render_kwargs
