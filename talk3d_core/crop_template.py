@@ -221,13 +221,11 @@ def crop_template_stage(
     template under ``framing``) and the render with its points to ``out_png``. Returns the JSON's
     ``source`` and ``framing``.
     """
-    from talk3d_core.model.eg3d.checkpoint import generator_from_checkpoint, load_eg3d_checkpoint
-    from talk3d_core.util.weights import pinned_sha256, sha256_file, verify_weights
+    from talk3d_core.model.eg3d.checkpoint import load_verified_generator
+    from talk3d_core.util.weights import sha256_file
 
     started = time.perf_counter()
-    pinned = pinned_sha256(checkpoint, weights_dir, manifest)
-    path = verify_weights(checkpoint, pinned, fetch_hint=f"snakemake --cores 1 {checkpoint}")
-    generator = generator_from_checkpoint(load_eg3d_checkpoint(path), plane_axes=plane_axes)
+    generator = load_verified_generator(checkpoint, plane_axes, weights_dir, manifest)
     generator = generator.to(pick_device(device)).eval().requires_grad_(False)
     focal, radius, pivot = (
         float(camera["focal"]),
@@ -250,7 +248,7 @@ def crop_template_stage(
     check_template(lm68, size, what)
     source = {
         "checkpoint": str(checkpoint),
-        "sha256": sha256_file(Path(path)),
+        "sha256": sha256_file(Path(checkpoint)),
         "plane_axes": plane_axes,
         "w_avg": {
             "samples": W_AVG_SAMPLES,

@@ -38,7 +38,7 @@ from talk3d_core.report.depth import depth_to_uint8
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.io import atomic_path
 from talk3d_core.util.runs import Run, check_finite, pick_device, seed_step
-from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR, pinned_sha256, verify_weights
+from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -428,16 +428,16 @@ def prior_stage(
     )  # fmt: skip
     pretrained = settings["mode"] == "pretrained"
     if pretrained:
-        from talk3d_core.model.eg3d.checkpoint import generator_from_checkpoint, load_eg3d_checkpoint
+        from talk3d_core.model.eg3d.checkpoint import load_verified_generator
 
         if checkpoint is None:
             raise ValueError("prior mode 'pretrained' needs an EG3D checkpoint (prior.checkpoint)")
-        # Checked against its digest at every load (manifest or recorded), not only when fetched.
-        pinned = pinned_sha256(checkpoint, weights_dir or DEFAULT_WEIGHTS_DIR, manifest or DEFAULT_MANIFEST)
-        snapshot = load_eg3d_checkpoint(
-            verify_weights(checkpoint, pinned, fetch_hint=f"snakemake --cores 1 {checkpoint}")
+        generator = load_verified_generator(
+            checkpoint,
+            settings["plane_axes"],
+            weights_dir or DEFAULT_WEIGHTS_DIR,
+            manifest or DEFAULT_MANIFEST,
         )
-        generator = generator_from_checkpoint(snapshot, plane_axes=settings["plane_axes"])
         gen_config = generator.config
         log.info("pretrained generator: %s (%s axes)", checkpoint, settings["plane_axes"])
     else:

@@ -634,3 +634,19 @@ def generator_from_checkpoint(ckpt: EG3DCheckpoint, *, plane_axes: str) -> TriPl
     generator = TriPlaneGenerator(config)
     load_state_into(generator, state, what=what)
     return generator.eval()
+
+
+def load_verified_generator(
+    checkpoint: str | Path,
+    plane_axes: str,
+    weights_dir: str | Path,
+    manifest: str | Path,
+) -> TriPlaneGenerator:
+    """The generator of an EG3D snapshot pickle, checked against its digest first (the manifest's, or
+    the one recorded at its first download) at every load, not only when fetched; a missing or
+    altered file is an error naming the command that fetches it."""
+    from talk3d_core.util.weights import pinned_sha256, verify_weights
+
+    pinned = pinned_sha256(checkpoint, weights_dir, manifest)
+    path = verify_weights(checkpoint, pinned, fetch_hint=f"snakemake --cores 1 {checkpoint}")
+    return generator_from_checkpoint(load_eg3d_checkpoint(path), plane_axes=plane_axes)
