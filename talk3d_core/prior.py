@@ -442,7 +442,9 @@ def prior_stage(
         log.info("pretrained generator: %s (%s axes)", checkpoint, settings["plane_axes"])
     else:
         # Fitted from scratch, nothing outside the tri-plane box is real: render it empty.
-        gen_config = getattr(GeneratorConfig, settings["generator"])(empty_outside_box=True)
+        resolutions = ("neural_rendering_resolution", "image_resolution")
+        sizes = {k: settings[k] for k in resolutions if settings.get(k)}
+        gen_config = getattr(GeneratorConfig, settings["generator"])(empty_outside_box=True, **sizes)
     mask_paths = list_frames(masks)
     data = load_subject(
         list_frames(crops), mask_paths, labels, train, gen_config.image_resolution,
