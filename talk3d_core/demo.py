@@ -10,7 +10,8 @@ public domain. Everything that moves is synthesised here:
   words and phrases separated by 0.3-0.8 s pauses;
 - mouth: the lower lip and chin are warped down by an amount that follows the smoothed RMS of the
   audio per video frame, and the gap is filled with a feathered dark mouth interior;
-- blinks: the upper eyelid skin is stretched down over the eye for 3-5 frames every 2-6 s;
+- blinks: the upper eyelid skin is stretched down over the eye for 3-5 frames every 2-6 s, and
+  once just before the end of the clip;
 - head motion: slow in-plane rotation, translation and scale (sums of low-frequency sines),
   applied as one similarity warp of the whole frame with reflected borders.
 
@@ -289,7 +290,10 @@ def blink_track(n_frames: int, fps: int, seed: int = 0) -> np.ndarray:
     """Per-frame eyelid closure 0 (open) .. 1 (closed), shape (n_frames,).
 
     Blinks last 3-5 frames; the first starts 0.8-2.2 s in (so short clips have one), later ones
-    follow every 2-6 s.
+    follow every 2-6 s, and a last one ends 0.04-0.2 s before the clip does (unless that is within
+    0.3 s of the one before): the features stage holds out the end of the clip (its last 1/11), and
+    the renders' blinks can only be scored against this truth where it has one
+    (:mod:`talk3d_core.metrics.truth`).
     """
     rng = _rng(seed, _STREAM_BLINK)
     closure = np.zeros(n_frames)
@@ -301,6 +305,12 @@ def blink_track(n_frames: int, fps: int, seed: int = 0) -> np.ndarray:
             break
         closure[f0 : f0 + len(profile)] = profile
         t += rng.uniform(2.0, 6.0)
+    # Drawn after the others, so that the blinks before it are those of the same seed without it.
+    profile = _BLINK_PROFILES[int(rng.integers(3, 6))]
+    f0 = n_frames - len(profile) - int(round(rng.uniform(0.04, 0.2) * fps))
+    before = np.flatnonzero(closure)
+    if f0 >= 0 and (before.size == 0 or f0 - before[-1] > 0.3 * fps):
+        closure[f0 : f0 + len(profile)] = profile
     return closure
 
 

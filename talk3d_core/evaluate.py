@@ -43,6 +43,7 @@ from talk3d_core.metrics.mouth import (
     mouth_scores,
 )
 from talk3d_core.metrics.sync import sync_scorer, syncnet_window
+from talk3d_core.metrics.truth import ClipTruth, read_clip_truth, truth_rows
 from talk3d_core.model.subject import FrameConditions, SubjectData
 from talk3d_core.model.talking_head import TalkingHead
 from talk3d_core.nets.identity import identity_embedder
@@ -358,6 +359,7 @@ def evaluate_subject(
     fid_reference_frames: int = 500,
     max_drive_frames: int = 1500,
     batch_size: int = 8,
+    clip_truth: ClipTruth | None = None,
 ) -> pd.DataFrame:
     """All metrics of one subject as a table with :data:`COLUMNS` (one row per setting x metric x backend).
 
@@ -368,7 +370,8 @@ def evaluate_subject(
     ``view_convention``, :func:`talk3d_core.render.view_cameras`); drive_camera: "tracked"
     (held-out cameras played forward and back) or "fixed" (frontal). A driving clip is scored on its
     first ``max_drive_frames`` frames (the renders are held in memory for SyncNet; the rows'
-    ``frames`` say how many were used).
+    ``frames`` say how many were used). clip_truth: a synthetic clip's drawn mouth opening and blinks,
+    which the held-out renders and crops are also scored against (:func:`truth_rows`).
     """
     test = data.test
     if len(test) < 2:
@@ -416,6 +419,8 @@ def evaluate_subject(
     rows += motion_metrics(SELF, render_lm, size, audio, rate, fps, landmark_backend)
     rows += sync_metrics(GROUND_TRUTH, truth, audio, rate, nets)
     rows += motion_metrics(GROUND_TRUTH, truth_lm, size, audio, rate, fps, landmark_backend)
+    if clip_truth is not None:  # a synthetic clip: scored against what was drawn, with no detector
+        rows += [Metric(**r) for r in truth_rows(clip_truth, test, {SELF: render, GROUND_TRUTH: truth})]
     log.info("self-driven: %d held-out frames", len(test))
 
     # Cross-driven: other audio, eye/pose tokens (and tracked cameras) of the held-out frames.
@@ -533,13 +538,15 @@ def evaluate_stage(
     device: str | None = None,
     subject: str = "",
     view_convention: str = "head",
+    truth_json: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Rule evaluate: every metric of one subject to ``metrics_parquet`` (and the novel-view heat map),
     the table in the log. drives: driving audio name -> (its features.parquet, its audio.wav);
     view_convention: how the view names' angles are read (config ``render.view_convention``);
     crop_table: the crop stage's ``crop.parquet``, whose template says where the crops put the face;
     settings: the validated ``evaluate`` config section; weights_dir and manifest: where the metrics'
-    nets are (config ``weights``)."""
+    nets are (config ``weights``); truth_json: a synthetic clip's truth (the demo's,
+    :func:`talk3d_core.metrics.truth.read_clip_truth`)."""
     from talk3d_core.crop import read_crop_table
     from talk3d_core.features import read_features, read_features_meta
     from talk3d_core.model.subject import read_subject_data
@@ -563,12 +570,18 @@ def evaluate_stage(
         wav, rate = read_wav_float(audio)
         driving[name] = DriveInput(read_features(features, kind="drive").audio, wav, rate)
     wav, rate = read_wav_float(audio_wav)
+    clip_truth = (
+        read_clip_truth(truth_json, read_crop_table(crop_table), n_frames=len(data.train), fps=fps)
+        if truth_json
+        else None
+    )
     table = evaluate_subject(
         head, data, wav, rate, nets, landmark_backend=settings["landmark_backend"],
         au45_calibration=read_features_meta(features_parquet)["eye"].get("calibration"), drives=driving,
         views=views, view_convention=view_convention, drive_camera=drive_camera, fps=fps,
         fid_reference_frames=settings["fid_reference_frames"], max_drive_frames=settings["max_drive_frames"],
         batch_size=settings["batch_size"],
+        clip_truth=clip_truth,
     )  # fmt: skip
     log.info("metrics of %s:\n%s", subject or model_pt, metrics_text(table))
     write_metrics(table, metrics_parquet)

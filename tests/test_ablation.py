@@ -31,6 +31,7 @@ def test_differences_are_the_settings_scores_subtracted(tmp_path, monkeypatch):
     monkeypatch.setattr(ablation, "landmarks_of_images", fake_landmarks)
     result = ablation.audio_ablation(head.eval(), data, sheet_png=tmp_path / "sheet.png")
     assert result["frames"] == 16 and (tmp_path / "sheet.png").is_file()
+    assert "truth" not in result  # a clip with no drawn truth (test_truth: one with)
     settings = result["settings"]
     assert settings["full"]["lmd"] != settings["no_audio"]["lmd"]  # the audio token changes the render
     for other in ("no_audio", "identity"):

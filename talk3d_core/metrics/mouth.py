@@ -293,26 +293,40 @@ def paired_differences(
     opening_p, opening_o = mouth_opening(pred), mouth_opening(other)
     mae = (np.abs(opening_p - opening_t) - np.abs(opening_o - opening_t)) * scale
 
-    # Moving-block resampling: ceil(n / L) blocks of L consecutive frames from random starts, cut to n.
+    index = block_resamples(n, block, n_boot, seed)
+    r = correlation_difference(opening_p, opening_o, opening_t, index)
+    return out | {
+        "lmd": bootstrap_interval(float(lmd.mean()), lmd[index].mean(axis=1)),
+        "opening_mae": bootstrap_interval(float(mae.mean()), mae[index].mean(axis=1)),
+        "opening_correlation": r,
+    }
+
+
+def block_resamples(n: int, block: int = BOOTSTRAP_BLOCK, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """Moving-block bootstrap of ``n`` frames: indices (n_boot, n), each row ceil(n / L) blocks of
+    L = min(block, n) consecutive frames from random starts, cut to n. Deterministic for a ``seed``."""
+    if n < 1 or block < 1 or n_boot < 1:
+        raise ValueError(f"block_resamples: n ({n}), block ({block}) and n_boot ({n_boot}) must be >= 1")
     length = min(block, n)
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, n - length + 1, size=(n_boot, -(-n // length)))
-    index = (starts[:, :, None] + np.arange(length)).reshape(n_boot, -1)[:, :n]
+    return (starts[:, :, None] + np.arange(length)).reshape(n_boot, -1)[:, :n]
 
-    def summary(value: float, samples: np.ndarray) -> dict[str, Any]:
-        samples = samples[np.isfinite(samples)]
-        if not math.isfinite(value) or samples.size < n_boot // 2:
-            return empty
-        lo, hi = np.percentile(samples, [2.5, 97.5])
-        return {"difference": float(value), "ci95": [float(lo), float(hi)]}
 
-    r_boot = np.array(
-        [correlation(opening_p[i], opening_t[i]) - correlation(opening_o[i], opening_t[i]) for i in index]
-    )
-    return out | {
-        "lmd": summary(float(lmd.mean()), lmd[index].mean(axis=1)),
-        "opening_mae": summary(float(mae.mean()), mae[index].mean(axis=1)),
-        "opening_correlation": summary(
-            correlation(opening_p, opening_t) - correlation(opening_o, opening_t), r_boot
-        ),
-    }
+def bootstrap_interval(value: float, samples: np.ndarray) -> dict[str, Any]:
+    """{"difference": value, "ci95": [lo, hi]} from bootstrap ``samples`` (B,) of it; both None when
+    the value is not finite or fewer than half the samples are."""
+    finite = samples[np.isfinite(samples)]
+    if not math.isfinite(value) or finite.size < len(samples) // 2:
+        return {"difference": None, "ci95": None}
+    lo, hi = np.percentile(finite, [2.5, 97.5])
+    return {"difference": float(value), "ci95": [float(lo), float(hi)]}
+
+
+def correlation_difference(
+    pred: np.ndarray, other: np.ndarray, target: np.ndarray, index: np.ndarray
+) -> dict[str, Any]:
+    """r(pred, target) - r(other, target) of three series (N,) with its 95% interval over the
+    resamples ``index`` (B, N) (:func:`block_resamples`), as :func:`bootstrap_interval` gives it."""
+    samples = np.array([correlation(pred[i], target[i]) - correlation(other[i], target[i]) for i in index])
+    return bootstrap_interval(correlation(pred, target) - correlation(other, target), samples)

@@ -32,6 +32,7 @@ config.update(validate_config(config, CONFIG_SCHEMA))
 # The demo clip and its driving speech are produced by rules demo_clip and demo_speech, so they need
 # not exist yet.
 DEMO_CLIP = "resources/demo/astronaut.mp4"
+DEMO_TRUTH = "resources/demo/astronaut.truth.json"
 DEMO_SPEECH = "resources/demo/speech.wav"
 SUBJECTS = load_subjects(
     config["subjects"], load_schema(SCHEMAS / "subjects.schema.yaml"), generated=[DEMO_CLIP, DEMO_SPEECH]
@@ -61,6 +62,17 @@ def ingest_inputs(wildcards):
     """The subject's video, plus its separate audio track when the table gives one."""
     s = SUBJECTS[wildcards.subject]
     return {"video": s.video, **({"audio": s.audio} if s.audio else {})}
+
+
+def clip_truth(wildcards):
+    """Input function for unpack(): {"truth": the JSON of what a synthetic clip was drawn with} when the
+    subject's video is the demo clip (rule demo_clip writes it) or has a <video>.truth.json beside it
+    (talk3d_core.demo.make_demo_clip's); nothing for a recording, which has no truth to score against."""
+    video = SUBJECTS[wildcards.subject].video
+    if os.path.normpath(video) == os.path.normpath(DEMO_CLIP):
+        return {"truth": DEMO_TRUTH}
+    truth = Path(video).with_suffix(".truth.json")
+    return {"truth": str(truth)} if truth.is_file() else {}
 
 
 def drive_audio_source(wildcards):

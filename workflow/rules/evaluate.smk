@@ -4,6 +4,7 @@
 rule evaluate:
     """Every metric of the paper, each with the backend that computed it or the reason it is unavailable."""
     input:
+        unpack(clip_truth),
         model="results/{subject}/train/deltaplane.pt",
         prior_frames="results/{subject}/prior/frames.parquet",
         features="results/{subject}/features.parquet",

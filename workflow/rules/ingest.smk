@@ -5,7 +5,7 @@ rule demo_clip:
     """Synthetic talking clip generated in code, so the demo needs no download."""
     output:
         video=DEMO_CLIP,
-        truth=DEMO_CLIP.replace(".mp4", ".truth.json"),
+        truth=DEMO_TRUTH,
     log:
         "results/logs/demo_clip.log",
     conda:

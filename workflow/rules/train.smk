@@ -46,13 +46,16 @@ rule train:
 
 rule ablation:
     """Held-out frames rendered from P_ID alone, with the audio token zeroed, and in full; face PSNR and
-    mouth metrics of each (does the audio drive the mouth?)."""
+    mouth metrics of each (does the audio drive the mouth?), and for a synthetic clip the scores against
+    what it was drawn with."""
     input:
+        unpack(clip_truth),
         model="results/{subject}/train/deltaplane.pt",
         prior_frames="results/{subject}/prior/frames.parquet",
         features="results/{subject}/features.parquet",
         crops="results/{subject}/crops",
         masks="results/{subject}/masks",
+        crop_table="results/{subject}/crop.parquet",
         landmark_weights=backend_weights("ablation", "landmark_backend"),
     output:
         metrics="results/{subject}/train/ablation.json",
@@ -75,6 +78,7 @@ rule ablation:
         gpu=1,
     params:
         ablation=settings("ablation"),
+        fps=config["fps"],
         code=core_hash("talk3d_core.ablation"),
     script:
         "../scripts/ablation.py"

@@ -8,4 +8,5 @@ with log_to(snakemake.log[0]):
     ablation_stage(
         model_pt=inp.model, features_parquet=inp.features, prior_frames=inp.prior_frames, crops=inp.crops,
         masks=inp.masks, settings=snakemake.params.ablation, metrics_json=out.metrics, sheet_png=out.sheet,
+        truth_json=inp.get("truth"), crop_table=inp.crop_table, fps=snakemake.params.fps,
     )  # fmt: skip

@@ -12,5 +12,5 @@ with log_to(snakemake.log[0]):
         settings=params.evaluate, views=params.views, drive_camera=params.drive_camera, fps=params.fps,
         metrics_parquet=out.metrics, views_png=out.views, weights_dir=params.weights["dir"],
         manifest=params.weights["manifest"], subject=snakemake.wildcards.subject,
-        view_convention=params.view_convention,
+        view_convention=params.view_convention, truth_json=inp.get("truth"),
     )  # fmt: skip
