@@ -377,3 +377,15 @@ def test_stored_renders_are_the_frames_the_evaluate_stage_scored(tmp_path, head)
         stored, total = read_video(tmp_path / f"{mode}.mkv")
         assert total == len(expected[mode]) and stored.shape[1:] == (GEN.image_resolution,) * 2 + (3,)
         np.testing.assert_array_equal(stored, expected[mode], err_msg=mode)
+
+
+def test_the_model_files_say_their_image_size_and_background(tmp_path, head):
+    from talk3d_core.model.subject import model_image_format
+
+    torch.save(head.to_dict(), tmp_path / "deltaplane.pt")
+    assert model_image_format(tmp_path / "deltaplane.pt") == (GEN.image_resolution, "black")
+    torch.save({"config": {"image_resolution": 64}, "training": {"background": "keep"}}, tmp_path / "g.pt")
+    assert model_image_format(tmp_path / "g.pt") == (64, "keep")  # a prior's generator.pt
+    torch.save({"net": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: no generator config and training record"):
+        model_image_format(tmp_path / "other.pt")
