@@ -14,9 +14,13 @@ Three settings, as in the paper:
   training embedding).
 
 Every metric row names the backend that computed it. A backend whose model is missing gives rows with
-status ``unavailable`` and the reason, never a number. Renders are made here at the model's resolution
-(not decoded from the videos), so compression does not enter the scores; ground truth is the crops at
-that resolution, with the background as the model was trained to show it.
+status ``unavailable`` and the reason, never a number. The renders scored are the render rules' own,
+stored losslessly at the model's resolution (``renders/``, not the resized, compressed videos), so
+nothing is rendered twice and compression does not enter the scores; ground truth is the crops at
+that resolution, with the background as the model was trained to show it. FID's reference features
+come from rule fid_reference (:func:`talk3d_core.fid_reference.fid_reference_stage`), once per subject.
+The per-frame nets (Inception, identity embedders, landmarks) run in batches of the evaluate
+``batch_size``, and the stage logs its progress at least every :data:`PROGRESS_EVERY_S` seconds.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +39,7 @@ import pandas as pd
 import torch
 
 from talk3d_core.face.template import FaceFraming
+from talk3d_core.metrics.fid import FidReference
 from talk3d_core.metrics.image import psnr, ssim
 from talk3d_core.metrics.mouth import (
     REFERENCE_SIZE,
@@ -44,15 +50,16 @@ from talk3d_core.metrics.mouth import (
 )
 from talk3d_core.metrics.sync import sync_scorer, syncnet_window
 from talk3d_core.metrics.truth import ClipTruth, read_clip_truth, truth_rows
-from talk3d_core.model.subject import FrameConditions, SubjectData
-from talk3d_core.model.talking_head import TalkingHead
-from talk3d_core.nets.identity import identity_embedder
+from talk3d_core.model.subject import SubjectData
+from talk3d_core.nets.identity import identity_embedder, mean_identity
 from talk3d_core.nets.inception import fid_model
 from talk3d_core.nets.lpips import lpips_loss
 from talk3d_core.nets.optional import OptionalNets
-from talk3d_core.render import drive_clip, novel_view_cameras, parse_view, render_batches
+from talk3d_core.render import parse_view
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.io import atomic_path
+from talk3d_core.util.media import read_video
+from talk3d_core.util.runs import Progress, map_batches
 from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,8 @@ COLUMNS = ("setting", "metric", "backend", "value", "unit", "frames", "status", 
 SELF, GROUND_TRUTH = "self", "ground_truth"
 # Frames of the clip the Sync score needs at least (SyncNet looks at 5-frame windows).
 MIN_SYNC_FRAMES = 6
+#: A progress line in the stage's log at least this often (seconds), with what it is at and the time left.
+PROGRESS_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -100,12 +109,13 @@ def scoring_nets(
     weights_dir: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR,
     manifest: str | os.PathLike[str] = DEFAULT_MANIFEST,
     framing: FaceFraming | None = None,
+    batch_size: int = 16,
 ) -> OptionalNets:
     """The nets behind the metrics (LPIPS, identity embedders, FID's Inception, SyncNet v2), each
     None with a reason where it cannot be loaded (its rows then say "unavailable"); ArcFace and
     SyncNet v2 from ``weights_dir`` (``syncnet_weights``: another SyncNet file). ``framing``: where the
     crops put the face (crop.parquet's template; default the fixed one): SyncNet's window and the
-    identity embedders' face regions follow it."""
+    identity embedders' face regions follow it. ``batch_size``: ArcFace's images per pass."""
     builders: dict[str, Callable[[], tuple[Any, str]]] = {
         "lpips": lambda: lpips_loss(device, weights_dir=weights_dir, manifest=manifest),
         "fid": lambda: fid_model(device=device),
@@ -116,7 +126,7 @@ def scoring_nets(
     for backend in identity_backends:
         where = {"weights_dir": weights_dir, "manifest": manifest} if backend == "arcface" else {}
         builders[f"embedders:{backend}"] = functools.partial(
-            identity_embedder, backend, device=device, framing=framing, **where
+            identity_embedder, backend, device=device, framing=framing, batch_size=batch_size, **where
         )
     return OptionalNets.load(builders, purpose="evaluation")
 
@@ -125,10 +135,15 @@ def scoring_nets(
 
 
 def face_metrics(
-    setting: str, render: np.ndarray, truth: np.ndarray, face: np.ndarray, nets: OptionalNets
+    setting: str,
+    render: np.ndarray,
+    truth: np.ndarray,
+    face: np.ndarray,
+    nets: OptionalNets,
+    batch_size: int = 16,
 ) -> list[Metric]:
-    """PSNR (dB), SSIM and LPIPS over the face region of renders vs ground truth, all (N, S, S, 3) uint8
-    with face masks (N, S, S) bool."""
+    """PSNR (dB), SSIM and LPIPS (in batches of ``batch_size``) over the face region of renders vs
+    ground truth, all (N, S, S, 3) uint8 with face masks (N, S, S) bool."""
     a, t = _to_tensor(render), _to_tensor(truth)
     m = torch.from_numpy(np.asarray(face, bool))[:, None].float()
     n = len(render)
@@ -139,9 +154,10 @@ def face_metrics(
     if nets.lpips is None:
         rows += _missing(setting, ["lpips"], "lpips-alex", nets.reasons.get("lpips", "not loaded"), n)
     else:
+        b = batch_size
         with torch.no_grad():
             value = torch.cat(
-                [nets.lpips(a[i : i + 8] * m[i : i + 8], t[i : i + 8] * m[i : i + 8]) for i in range(0, n, 8)]
+                [nets.lpips(a[i : i + b] * m[i : i + b], t[i : i + b] * m[i : i + b]) for i in range(0, n, b)]
             )
         rows.append(_ok(setting, "lpips", "lpips-alex (face region)", float(value.mean()), "", n))
     return rows
@@ -202,26 +218,25 @@ def aue_metric(
 
 def identity_metrics(
     setting: str,
-    render: np.ndarray,
+    render: Mapping[str, np.ndarray],
     nets: OptionalNets,
+    frames: int,
     *,
-    truth: np.ndarray | None = None,
-    reference: dict | None = None,
+    truth: Mapping[str, np.ndarray] | None = None,
+    reference: Mapping[str, np.ndarray] | None = None,
 ) -> list[Metric]:
-    """IDSIM per identity backend: cosine of each render's embedding with its ground truth's (``truth``)
-    or with the subject's mean training embedding (``reference``: backend name -> (D,))."""
+    """IDSIM per identity backend of ``nets``: cosine of each render's embedding (``render``: backend
+    name -> (N, D), :meth:`IdentityEmbedder.embed`) with its ground truth's (``truth``, the same) or
+    with the subject's mean training embedding (``reference``: backend name -> (D,)). ``frames``: N."""
     from talk3d_core.nets.identity import identity_similarity
 
     rows = []
     for name, embedder in nets.embedders.items():
         if embedder is None:
-            rows += _missing(setting, ["idsim"], name, nets.reasons[f"embedders:{name}"], len(render))
+            rows += _missing(setting, ["idsim"], name, nets.reasons[f"embedders:{name}"], frames)
             continue
-        emb = embedder.embed(render)
-        if truth is not None:
-            other = embedder.embed(truth)
-        else:
-            other = np.broadcast_to(reference[name], emb.shape)
+        emb = render[name]
+        other = truth[name] if truth is not None else np.broadcast_to(reference[name], emb.shape)
         sim = identity_similarity(emb, other)
         found = np.isfinite(sim)
         value = float(sim[found].mean()) if found.any() else None
@@ -230,18 +245,21 @@ def identity_metrics(
 
 
 def fid_metric(
-    setting: str, render: np.ndarray, reference_features: np.ndarray | None, nets: OptionalNets
+    setting: str, features: np.ndarray | None, reference: FidReference, nets: OptionalNets, frames: int
 ) -> list[Metric]:
-    """FID of renders against the training crops' Inception features."""
+    """FID of renders (their Inception ``features`` (N, 2048), None without the Inception; ``frames``:
+    N) against the training crops' (``reference``, rule fid_reference)."""
     from talk3d_core.metrics.fid import fid
 
     inception = nets.fid
-    if inception is None or reference_features is None:
-        return _missing(setting, ["fid"], "inception", nets.reasons.get("fid", "not loaded"), len(render))
-    if len(render) < 2:
-        return _missing(setting, ["fid"], inception.name, "fewer than 2 frames", len(render))
-    value = fid(inception.features(render), reference_features)
-    return [_ok(setting, "fid", inception.name, value, "", len(render))]
+    if inception is None or features is None:
+        return _missing(setting, ["fid"], "inception", nets.reasons.get("fid", "not loaded"), frames)
+    if reference.features is None:
+        return _missing(setting, ["fid"], reference.backend, f"no FID reference: {reference.reason}", frames)
+    if frames < 2:
+        return _missing(setting, ["fid"], inception.name, "fewer than 2 frames", frames)
+    value = fid(features, reference.features)
+    return [_ok(setting, "fid", inception.name, value, "", frames)]
 
 
 def sync_metrics(
@@ -312,22 +330,6 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return to_unit(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
 
 
-def render_uint8(
-    head: TalkingHead,
-    conditions: FrameConditions,
-    cameras: np.ndarray,
-    frames: Sequence[int],
-    batch_size: int,
-) -> np.ndarray:
-    """Renders (N, S, S, 3) uint8 of clip ``frames`` (deterministic), see :func:`render_batches`."""
-    return np.concatenate(
-        [
-            to_uint8(out["image"])
-            for _, out in render_batches(head, conditions, cameras, frames, batch_size=batch_size)
-        ]
-    )
-
-
 def _segment(wav: np.ndarray, rate: int, first_frame: int, n_frames: int, fps: float) -> np.ndarray:
     start = int(round(first_frame / fps * rate))
     return wav[start : start + int(round(n_frames / fps * rate))]
@@ -335,43 +337,66 @@ def _segment(wav: np.ndarray, rate: int, first_frame: int, n_frames: int, fps: f
 
 @dataclass
 class DriveInput:
-    """A driving audio: its features (M, W, D) (normalised with the subject's statistics) and waveform."""
+    """A driving audio: its waveform (samples,) float mono at ``rate`` Hz and the number of frames of
+    its clip (its features'), which its stored render must have."""
 
-    audio_features: np.ndarray
     wav: np.ndarray
     rate: int
+    frames: int
+
+
+def read_render(
+    path: str | os.PathLike[str], *, frames: int, size: int, limit: int | None = None
+) -> np.ndarray:
+    """The first ``limit`` (default all) renders (n, size, size, 3) uint8 of a render rule's lossless
+    file of ``frames`` renders (:func:`talk3d_core.render.render_video`'s ``renders``). A missing file,
+    or one with another frame count or size, is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no stored render; re-run the render rule that writes it")
+    images, total = read_video(path, limit=limit)
+    if total != frames:
+        raise ValueError(f"{path}: {total} rendered frames, evaluation expects {frames}; re-render it")
+    if images.shape[1:3] != (size, size):
+        raise ValueError(
+            f"{path}: renders of {images.shape[2]}x{images.shape[1]} px, the model renders {size}x{size}; "
+            "re-render it"
+        )
+    return images
 
 
 def evaluate_subject(
-    head: TalkingHead,
     data: SubjectData,
     wav: np.ndarray,
     rate: int,
     nets: OptionalNets,
     *,
+    renders: Mapping[str, str | os.PathLike[str]],
+    reference: FidReference,
     landmark_backend: str = "mediapipe",
     au45_calibration: dict[str, Any] | None = None,
-    drives: dict[str, DriveInput] | None = None,
+    drives: Mapping[str, DriveInput] | None = None,
     views: Sequence[str] = (),
-    view_convention: str = "head",
-    drive_camera: str = "tracked",
     fps: float = 25.0,
-    fid_reference_frames: int = 500,
     max_drive_frames: int = 1500,
-    batch_size: int = 8,
+    batch_size: int = 16,
+    name: str = "",
     clip_truth: ClipTruth | None = None,
 ) -> pd.DataFrame:
     """All metrics of one subject as a table with :data:`COLUMNS` (one row per setting x metric x backend).
 
     data: every frame of the clip with its crops, masks and conditions (the held-out ones are
     evaluated); wav (samples,) float mono at ``rate`` Hz, the clip's audio; nets: the metrics' nets
-    (:func:`scoring_nets`); au45_calibration: the features stage's, for AUE; drives: driving audio by
-    name; views: view names "{yaw}_{pitch}" (cameras of the model's geometry, angles read in
-    ``view_convention``, :func:`talk3d_core.render.view_cameras`); drive_camera: "tracked"
-    (held-out cameras played forward and back) or "fixed" (frontal). A driving clip is scored on its
-    first ``max_drive_frames`` frames (the renders are held in memory for SyncNet; the rows'
-    ``frames`` say how many were used). clip_truth: a synthetic clip's drawn mouth opening and blinks,
-    which the held-out renders and crops are also scored against (:func:`truth_rows`).
+    (:func:`scoring_nets`); renders: the stored renders (:func:`read_render`) by setting: "self" (the
+    held-out frames from their tracked cameras, with their own audio), "drive:<name>" for each of
+    ``drives`` (driving audio by name), "view:<yaw>_<pitch>" for each of ``views``; reference: the FID
+    reference of the training crops (rule fid_reference), whose frames also give the mean identity
+    embeddings; au45_calibration: the features stage's, for AUE. A driving clip is scored on its first
+    ``max_drive_frames`` frames (they are held in memory for SyncNet; the rows' ``frames`` say how
+    many were used). The per-frame nets run in batches of ``batch_size``; progress goes to the log as
+    "<name>: image n/N" (an image through one net) at least every :data:`PROGRESS_EVERY_S` seconds.
+    clip_truth: a synthetic clip's drawn mouth opening and blinks, which the held-out renders and crops
+    are also scored against (:func:`truth_rows`).
     """
     test = data.test
     if len(test) < 2:
@@ -379,42 +404,69 @@ def evaluate_subject(
     if data.crops is None or data.face is None or data.conditions is None:
         raise ValueError("evaluation needs the subject's crops, masks and conditions")
     size = data.crops.shape[-1]
-    cameras = data.cameras.numpy()
-    conditions = data.conditions
+    if reference.size != size:
+        raise ValueError(f"the FID reference is of {reference.size} px crops, the model renders {size} px")
+    drives = dict(drives or {})
+    names = [SELF, *(f"drive:{d}" for d in drives), *(f"view:{v}" for v in views)]
+    missing = [setting for setting in names if setting not in renders]
+    if missing:
+        raise ValueError(f"evaluation has no stored render for {', '.join(missing)}")
     rows: list[Metric] = []
 
-    def landmarks(images: np.ndarray, expected_box: np.ndarray | None = None) -> np.ndarray:
-        return landmarks_of_images(images, backend=landmark_backend, expected_box=expected_box)
+    # Work, in images through one net: landmarks, Inception and each identity embedder.
+    embedders = {k: e for k, e in nets.embedders.items() if e is not None}
+    per_render = 1 + len(embedders) + (nets.fid is not None)
+    drive_frames = {d: min(drive.frames, max_drive_frames) for d, drive in drives.items()}
+    identity_frames = reference.frames[:: max(1, len(reference.frames) // 100)]
+    total = len(embedders) * len(identity_frames) + len(test) * (1 + len(embedders))  # reference, truth
+    total += per_render * (len(test) + sum(drive_frames.values())) + (per_render - 1) * len(test) * len(views)
+    progress = Progress(name or "evaluate", total, unit="image", every_s=PROGRESS_EVERY_S)
 
-    # Reference statistics of the training crops: FID features and mean identity embeddings.
-    train = np.flatnonzero(data.train)
-    pick = train[np.linspace(0, len(train) - 1, min(fid_reference_frames, len(train))).round().astype(int)]
-    reference_images = to_uint8(to_unit(data.crops[pick]))
-    reference_features = nets.fid.features(reference_images) if nets.fid is not None else None
-    reference_identity = {}
-    if any(e is not None for e in nets.embedders.values()):
-        from talk3d_core.nets.identity import mean_identity
+    def landmarks(images: np.ndarray, doing: str, expected_box: np.ndarray | None = None) -> np.ndarray:
+        def ticking() -> Iterator[np.ndarray]:  # one tracking session over the clip, progress per frame
+            for image in images:
+                yield image
+                progress.advance(1, f"{doing}: landmarks")
 
-        for name, embedder in nets.embedders.items():
-            if embedder is not None:
-                reference_identity[name] = mean_identity(
-                    embedder.embed(reference_images[:: max(1, len(pick) // 100)])
-                )
-    log.info("reference: %d training crops", len(pick))
+        return landmarks_of_images(ticking(), backend=landmark_backend, expected_box=expected_box)
+
+    def embed(images: np.ndarray, doing: str) -> dict[str, np.ndarray]:
+        return {
+            k: map_batches(e.embed, images, batch_size, progress, f"{doing}: {k}")
+            for k, e in embedders.items()
+        }
+
+    def inception(images: np.ndarray, doing: str) -> np.ndarray | None:
+        if nets.fid is None:
+            return None
+        features = nets.fid.features
+        return map_batches(
+            lambda b: features(b, batch_size=len(b)), images, batch_size, progress, f"{doing}: inception"
+        )
+
+    def at(setting: str) -> str:  # what the progress line says the stage is at
+        return f"setting {names.index(setting) + 1}/{len(names)} {setting}"
+
+    # Reference: the training crops' mean identity embeddings (their FID features: rule fid_reference).
+    reference_images = to_uint8(to_unit(data.crops[identity_frames]))
+    reference_identity = {k: mean_identity(e) for k, e in embed(reference_images, "reference").items()}
+    log.info("reference: %d training crops (%d for identity)", len(reference.frames), len(identity_frames))
 
     # Self-driven: the held-out frames.
     truth = to_uint8(to_unit(data.crops[test]))
-    render = render_uint8(head, conditions, cameras, test, batch_size)
-    truth_lm = landmarks(truth)
+    render = read_render(renders[SELF], frames=len(test), size=size)
+    truth_lm = landmarks(truth, f"{at(SELF)}, ground truth")
     # Renders are aligned like the crops: the held-out crops' face box says where to look in them.
     face_box = expected_face_box(truth_lm)
-    render_lm = landmarks(render, face_box)
+    render_lm = landmarks(render, at(SELF), face_box)
     audio = _segment(wav, rate, int(test[0]), len(test), fps)
-    rows += face_metrics(SELF, render, truth, data.face[test, 0].numpy(), nets)
+    rows += face_metrics(SELF, render, truth, data.face[test, 0].numpy(), nets, batch_size)
     rows += mouth_metrics(SELF, render_lm, truth_lm, size, landmark_backend)
     rows += aue_metric(SELF, render_lm, truth_lm, au45_calibration, landmark_backend)
-    rows += identity_metrics(SELF, render, nets, truth=truth)
-    rows += fid_metric(SELF, render, reference_features, nets)
+    rows += identity_metrics(
+        SELF, embed(render, at(SELF)), nets, len(test), truth=embed(truth, f"{at(SELF)}, ground truth")
+    )
+    rows += fid_metric(SELF, inception(render, at(SELF)), reference, nets, len(test))
     rows += sync_metrics(SELF, render, audio, rate, nets)
     rows += motion_metrics(SELF, render_lm, size, audio, rate, fps, landmark_backend)
     rows += sync_metrics(GROUND_TRUTH, truth, audio, rate, nets)
@@ -424,28 +476,28 @@ def evaluate_subject(
     log.info("self-driven: %d held-out frames", len(test))
 
     # Cross-driven: other audio, eye/pose tokens (and tracked cameras) of the held-out frames.
-    for name, drive in (drives or {}).items():
-        setting = f"drive:{name}"
-        cond, cams, _ = drive_clip(head, data, drive.audio_features, drive_camera)
-        n = min(len(cond), max_drive_frames)
-        images = render_uint8(head, cond, cams, np.arange(n), batch_size)
-        lm = landmarks(images, face_box)
-        wav = _segment(drive.wav, drive.rate, 0, n, fps)
-        rows += sync_metrics(setting, images, wav, drive.rate, nets)
-        rows += motion_metrics(setting, lm, size, wav, drive.rate, fps, landmark_backend)
-        rows += identity_metrics(setting, images, nets, reference=reference_identity)
-        rows += fid_metric(setting, images, reference_features, nets)
+    for drive_name, drive in drives.items():
+        setting = f"drive:{drive_name}"
+        n = drive_frames[drive_name]
+        images = read_render(renders[setting], frames=drive.frames, size=size, limit=n)
+        lm = landmarks(images, at(setting), face_box)
+        drive_wav = _segment(drive.wav, drive.rate, 0, n, fps)
+        rows += sync_metrics(setting, images, drive_wav, drive.rate, nets)
+        rows += motion_metrics(setting, lm, size, drive_wav, drive.rate, fps, landmark_backend)
+        rows += identity_metrics(setting, embed(images, at(setting)), nets, n, reference=reference_identity)
+        rows += fid_metric(setting, inception(images, at(setting)), reference, nets, n)
         log.info("%s: %d frames", setting, n)
 
     # Novel views of the held-out frames.
     for view in views:
-        cams = novel_view_cameras(head, data, view, view_convention)
-        images = render_uint8(head, conditions, cams, test, batch_size)
         setting = f"view:{view}"
-        rows += fid_metric(setting, images, reference_features, nets)
-        rows += identity_metrics(setting, images, nets, reference=reference_identity)
+        images = read_render(renders[setting], frames=len(test), size=size)
+        rows += fid_metric(setting, inception(images, at(setting)), reference, nets, len(test))
+        rows += identity_metrics(
+            setting, embed(images, at(setting)), nets, len(test), reference=reference_identity
+        )
     if views:
-        log.info("novel views: %d (%s convention)", len(views), view_convention)
+        log.info("novel views: %d", len(views))
     return pd.DataFrame([asdict(r) for r in rows], columns=list(COLUMNS))
 
 
@@ -526,10 +578,11 @@ def evaluate_stage(
     masks: str | os.PathLike[str],
     crop_table: str | os.PathLike[str],
     audio_wav: str | os.PathLike[str],
-    drives: dict[str, tuple[str | os.PathLike[str], str | os.PathLike[str]]],
+    fid_reference: str | os.PathLike[str],
+    renders: Mapping[str, str | os.PathLike[str]],
+    drives: Mapping[str, tuple[str | os.PathLike[str], str | os.PathLike[str]]],
     settings: dict[str, Any],
     views: Sequence[str],
-    drive_camera: str,
     fps: float,
     metrics_parquet: str | os.PathLike[str],
     views_png: str | os.PathLike[str],
@@ -541,34 +594,51 @@ def evaluate_stage(
     truth_json: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Rule evaluate: every metric of one subject to ``metrics_parquet`` (and the novel-view heat map),
-    the table in the log. drives: driving audio name -> (its features.parquet, its audio.wav);
-    view_convention: how the view names' angles are read (config ``render.view_convention``);
-    crop_table: the crop stage's ``crop.parquet``, whose template says where the crops put the face;
-    settings: the validated ``evaluate`` config section; weights_dir and manifest: where the metrics'
-    nets are (config ``weights``); truth_json: a synthetic clip's truth (the demo's,
+    the table in the log. model_pt: the trained model, read for the size and background of its renders
+    only (the renders are the render rules', ``renders``: setting -> file, see
+    :func:`evaluate_subject`); fid_reference: rule fid_reference's file; drives: driving audio name ->
+    (its features.parquet, its audio.wav); view_convention: how the view names' angles are read
+    (config ``render.view_convention``), for the plot's axes; crop_table: the crop stage's
+    ``crop.parquet``, whose template says where the crops put the face; settings: the validated
+    ``evaluate`` config section; weights_dir and manifest: where the metrics' nets are (config
+    ``weights``); truth_json: a synthetic clip's truth (the demo's,
     :func:`talk3d_core.metrics.truth.read_clip_truth`)."""
     from talk3d_core.crop import read_crop_table
     from talk3d_core.features import read_features, read_features_meta
-    from talk3d_core.model.subject import read_subject_data
-    from talk3d_core.model.talking_head import load_talking_head
+    from talk3d_core.metrics.fid import read_fid_reference, reference_frames
+    from talk3d_core.model.subject import model_image_format, read_subject_data
     from talk3d_core.util.media import read_wav_float
     from talk3d_core.util.runs import pick_device
 
-    device_ = pick_device(device)
-    head = load_talking_head(model_pt, device_)
-    data = read_subject_data(
-        read_features(features_parquet), prior_frames, crops=crops, masks=masks,
-        size=head.generator.config.image_resolution, background=head.training_record["background"],
-    )  # fmt: skip
-    framing = read_crop_table(crop_table).framing
     nets = scoring_nets(
-        device_, identity_backends=settings["identity_backends"], syncnet_weights=settings["sync_weights"],
-        weights_dir=weights_dir, manifest=manifest, framing=framing,
+        pick_device(device), identity_backends=settings["identity_backends"],
+        syncnet_weights=settings["sync_weights"], weights_dir=weights_dir, manifest=manifest,
+        framing=read_crop_table(crop_table).framing, batch_size=settings["batch_size"],
     )  # fmt: skip
+    size, background = model_image_format(model_pt)
+    data = read_subject_data(
+        read_features(features_parquet), prior_frames, crops=crops, masks=masks, size=size,
+        background=background,
+    )  # fmt: skip
+    reference = read_fid_reference(fid_reference)
+    expected = reference_frames(data.train, settings["fid_reference_frames"])
+    if (reference.size, reference.background) != (size, background) or not np.array_equal(
+        reference.frames, expected
+    ):
+        raise ValueError(
+            f"{fid_reference}: {len(reference.frames)} training crops at {reference.size} px on a "
+            f"{reference.background} background, the model ({model_pt}) needs {len(expected)} at {size} px "
+            f"on {background}; re-run rule fid_reference"
+        )
+    if nets.fid is not None and reference.features is not None and reference.backend != nets.fid.name:
+        raise ValueError(
+            f"{fid_reference}: features of {reference.backend}, evaluation has {nets.fid.name}; "
+            "re-run rule fid_reference"
+        )
     driving = {}
     for name, (features, audio) in drives.items():
         wav, rate = read_wav_float(audio)
-        driving[name] = DriveInput(read_features(features, kind="drive").audio, wav, rate)
+        driving[name] = DriveInput(wav, rate, len(read_features(features, kind="drive").audio))
     wav, rate = read_wav_float(audio_wav)
     clip_truth = (
         read_clip_truth(truth_json, read_crop_table(crop_table), n_frames=len(data.train), fps=fps)
@@ -576,12 +646,11 @@ def evaluate_stage(
         else None
     )
     table = evaluate_subject(
-        head, data, wav, rate, nets, landmark_backend=settings["landmark_backend"],
+        data, wav, rate, nets, renders=renders, reference=reference,
+        landmark_backend=settings["landmark_backend"],
         au45_calibration=read_features_meta(features_parquet)["eye"].get("calibration"), drives=driving,
-        views=views, view_convention=view_convention, drive_camera=drive_camera, fps=fps,
-        fid_reference_frames=settings["fid_reference_frames"], max_drive_frames=settings["max_drive_frames"],
-        batch_size=settings["batch_size"],
-        clip_truth=clip_truth,
+        views=views, fps=fps, max_drive_frames=settings["max_drive_frames"],
+        batch_size=settings["batch_size"], name=f"evaluate {subject}".strip(), clip_truth=clip_truth,
     )  # fmt: skip
     log.info("metrics of %s:\n%s", subject or model_pt, metrics_text(table))
     write_metrics(table, metrics_parquet)

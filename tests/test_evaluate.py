@@ -1,16 +1,24 @@
-"""Metrics of the evaluation stage against known values, and the metric table's shape and outputs."""
+"""Metrics of the evaluation stage against known values, the metric table's shape and outputs, and
+the stage scoring the render rules' stored renders."""
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import talking_disc
 
+from talk3d_core import evaluate
 from talk3d_core.evaluate import (
     COLUMNS,
+    DriveInput,
     Metric,
     aue_metric,
+    evaluate_subject,
     face_metrics,
     fid_metric,
     identity_metrics,
@@ -21,8 +29,11 @@ from talk3d_core.evaluate import (
     sync_metrics,
     write_metrics,
 )
+from talk3d_core.metrics.fid import FidReference, fid, reference_frames
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.report.video_page import Clip, video_page
+from talk3d_core.util.images import to_uint8, to_unit
+from talk3d_core.util.media import VideoWriter
 
 
 def by_metric(rows: list[Metric]) -> dict[str, Metric]:
@@ -69,7 +80,7 @@ def test_lpips_row_uses_the_backend_when_present():
 
     truth = face_images(n=10)
     rows = by_metric(
-        face_metrics("self", truth, truth, np.ones(truth.shape[:3], bool), OptionalNets(lpips=fake_lpips))
+        face_metrics("self", truth, truth, np.ones(truth.shape[:3], bool), OptionalNets(lpips=fake_lpips), 8)
     )
     assert rows["lpips"].status == "ok" and rows["lpips"].value == pytest.approx(0.0)
     assert [s[0] for s in calls] == [8, 2]  # in batches
@@ -154,12 +165,17 @@ def test_missing_models_give_unavailable_rows_with_reasons():
                  "fid": "no inception", "syncnet": "no syncnet_v2.model"},
     )  # fmt: skip
     images = face_images()
-    rows = identity_metrics("self", images, b, truth=images)
+    rows = identity_metrics("self", {}, b, 3, truth={})
     assert [(r.backend, r.status, r.reason) for r in rows] == [
         ("dlib", "unavailable", "dlib missing"),
         ("arcface", "unavailable", "no ArcFace weights"),
     ]
-    assert fid_metric("self", images, None, b)[0].reason == "no inception"
+    reference = FidReference(np.zeros((4, 2048), np.float32), np.arange(4), 32, "black", "inception")
+    assert fid_metric("self", None, reference, b, 3)[0].reason == "no inception"
+    no_reference = FidReference(None, np.arange(4), 32, "black", "inception", "not installed")
+    with_inception = OptionalNets(fid=ToyInception())
+    missing = fid_metric("self", np.zeros((3, 2048)), no_reference, with_inception, 3)[0]
+    assert missing.status == "unavailable" and missing.reason == "no FID reference: not installed"
     sync = sync_metrics("self", images, np.zeros(16000), 16000, b)
     assert {r.metric for r in sync} == {"lse_c", "lse_d", "sync_offset"}
     assert all(r.value is None and r.reason == "no syncnet_v2.model" for r in sync)
@@ -175,11 +191,12 @@ def test_identity_metric_with_a_backend():
 
     images = face_images()
     b = OptionalNets(embedders={"toy": Embedder()})
-    same = identity_metrics("self", images, b, truth=images)[0]
+    emb = {"toy": Embedder().embed(images)}
+    same = identity_metrics("self", emb, b, 3, truth=emb)[0]
     assert same.value == pytest.approx(1.0) and same.backend == "toy" and same.unit == "cosine"
-    reference = {"toy": Embedder().embed(images[:1])[0]}
-    first = identity_metrics("view:30_20", images[:1], b, reference=reference)[0]
-    assert first.value == pytest.approx(1.0)
+    reference = {"toy": emb["toy"][0]}
+    first = identity_metrics("view:30_20", {"toy": emb["toy"][:1]}, b, 1, reference=reference)[0]
+    assert first.value == pytest.approx(1.0) and first.frames == 1
 
 
 def table() -> pd.DataFrame:
@@ -214,3 +231,109 @@ def test_outputs_table_text_plot_and_page(tmp_path):
     assert "<table>" in page and "no weights" in page
     with pytest.raises(FileNotFoundError, match="missing.mp4"):
         video_page("x", [Clip("a", "b", tmp_path / "missing.mp4")], tmp_path / "q.html")
+
+
+# ------------------------------------------------------------------------------- the stored renders
+
+
+class ToyInception:
+    """Stands in for the FID Inception: 8 colour statistics per image; records the images it saw."""
+
+    name = "toy-inception"
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def features(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        assert len(images) <= batch_size
+        self.seen.append(images)
+        x = images.reshape(len(images), -1, 3).astype(np.float64)
+        return np.concatenate([x.mean(1), x.std(1), x[:, :2, 0]], axis=1)
+
+
+class ToyEmbedder:
+    name = "toy-id"
+    last_fallback = np.zeros(0, bool)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        v = images.reshape(len(images), -1)[:, :16].astype(np.float32) + 1
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def store(path: Path, images: np.ndarray) -> Path:
+    with VideoWriter(path, lossless=True) as video:
+        for image in images:
+            video.write(image)
+    return path
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A 12-frame talking disc (3 held out), an FID reference of its training crops, and stored
+    renders: the held-out crops a little darker, a 9-frame driving clip, one novel view."""
+    data = talking_disc(12)
+    crops = to_uint8(to_unit(data.crops))
+    test = data.test
+    renders = {
+        "self": store(tmp_path / "video.mkv", (crops[test] * 0.9).astype(np.uint8)),
+        "drive:voice": store(tmp_path / "voice.mkv", crops[np.arange(9) % 12]),
+        "view:30_-20": store(tmp_path / "30_-20.mkv", crops[test][::-1].copy()),
+    }
+    inception = ToyInception()
+    frames = reference_frames(data.train, 6)
+    reference = FidReference(inception.features(crops[frames]), frames, 32, "black", inception.name)
+    inception.seen.clear()
+    nets = OptionalNets(fid=inception, embedders={"toy": ToyEmbedder()}, reasons={"lpips": "none here"})
+    drives = {"voice": DriveInput(np.zeros(16000, np.float32), 16000, 9)}
+    return data, crops, renders, reference, nets, drives
+
+
+def run_stage(stored, **options) -> pd.DataFrame:
+    data, _, renders, reference, nets, drives = stored
+    kwargs = dict(
+        renders=renders, reference=reference, drives=drives, views=["30_-20"], max_drive_frames=7,
+        batch_size=2,
+    ) | options  # fmt: skip
+    return evaluate_subject(data, np.zeros(16000, np.float32), 16000, nets, **kwargs)
+
+
+def test_the_stage_scores_the_stored_renders(stored, monkeypatch, caplog):
+    data, crops, renders, reference, nets, _ = stored
+    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", 0.0)  # a progress line at every step
+    with caplog.at_level(logging.INFO, logger="talk3d_core.util.runs"):
+        table = run_stage(stored, name="evaluate disc")
+    assert {"self", "ground_truth", "drive:voice", "view:30_-20"} == set(table.setting)
+    rows = table.set_index(["setting", "metric"])
+    assert rows.loc[("self", "psnr"), "value"] > 15 and rows.loc[("self", "psnr"), "frames"] == 3
+    # The Inception saw the stored renders, in batches, the driving clip cut to max_drive_frames.
+    seen = np.concatenate(nets.fid.seen)
+    test = data.test
+    expected = [(crops[test] * 0.9).astype(np.uint8), crops[np.arange(7)], crops[test][::-1]]
+    np.testing.assert_array_equal(seen, np.concatenate(expected))
+    assert max(len(batch) for batch in nets.fid.seen) == 2
+    for setting, images in zip(["self", "drive:voice", "view:30_-20"], expected, strict=True):
+        value = fid(ToyInception().features(images), reference.features)
+        assert rows.loc[(setting, "fid"), "value"] == pytest.approx(value)
+        assert rows.loc[(setting, "fid"), "frames"] == len(images)
+    assert rows.loc[("drive:voice", "idsim"), "frames"] == 7
+    # The progress lines count every image through a net, up to the total, and say what is done.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate disc: image")]
+    assert lines and "min left" in lines[-1] and "setting 3/3 view:30_-20" in lines[-1]
+    done, total = lines[-1].split(" image ")[1].split(",")[0].split("/")
+    assert done == total
+
+
+def test_a_stored_render_that_does_not_fit_is_a_clear_error(stored, tmp_path):
+    _, crops, renders, _, _, _ = stored
+    with pytest.raises(ValueError, match="no stored render for view:30_-20"):
+        run_stage(stored, renders={k: v for k, v in renders.items() if k != "view:30_-20"})
+    with pytest.raises(ValueError, match=r"gone.mkv: no stored render; re-run the render rule"):
+        run_stage(stored, renders=renders | {"view:30_-20": tmp_path / "gone.mkv"})
+    short = store(tmp_path / "short.mkv", crops[:2])
+    with pytest.raises(ValueError, match=r"short.mkv: 2 rendered frames, evaluation expects 3"):
+        run_stage(stored, renders=renders | {"self": short})
+    with pytest.raises(ValueError, match=r"voice.mkv: 9 rendered frames, evaluation expects 10"):
+        run_stage(stored, drives={"voice": DriveInput(np.zeros(16000, np.float32), 16000, 10)})
+    large = store(tmp_path / "large.mkv", np.zeros((3, 48, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"large.mkv: renders of 48x48 px, the model renders 32x32"):
+        run_stage(stored, renders=renders | {"view:30_-20": large})

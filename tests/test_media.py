@@ -1,5 +1,5 @@
-"""ffmpeg helpers: metadata from `ffmpeg -i` (no ffprobe), WAV I/O, errors that name the file, and the
-streaming H.264/AAC VideoWriter."""
+"""ffmpeg helpers: metadata from `ffmpeg -i` (no ffprobe), WAV I/O, errors that name the file, the
+streaming H.264/AAC VideoWriter, and its lossless mode read back exactly by read_video."""
 
 import errno
 import os
@@ -16,6 +16,7 @@ from talk3d_core.util.media import (
     ffmpeg_version,
     parse_ffmpeg_info,
     probe,
+    read_video,
     read_wav,
     run_ffmpeg,
     still_image_kind,
@@ -272,3 +273,25 @@ def test_writer_rejects_empty_videos_and_bad_audio(tmp_path, speech_wav):
     with pytest.raises(MediaError, match="past its end"):
         VideoWriter(tmp_path / "x.mp4", audio=speech_wav, audio_offset_s=5.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lossless_videos_read_back_exactly(tmp_path, speech_wav):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (7, 17, 31, 3), dtype=np.uint8)  # noise, odd sides: no padding
+    out = tmp_path / "renders.mkv"
+    with VideoWriter(out, lossless=True) as video:
+        for frame in frames:
+            video.write(frame)
+    assert video.size == (31, 17) and probe(out).video.codec == "h264"
+    back, total = read_video(out)
+    assert total == 7 and back.flags.writeable
+    np.testing.assert_array_equal(back, frames)
+    first, total = read_video(out, limit=3)  # the first frames kept, all counted
+    assert total == 7
+    np.testing.assert_array_equal(first, frames[:3])
+    with pytest.raises(ValueError, match="no audio"):
+        VideoWriter(tmp_path / "x.mkv", lossless=True, audio=speech_wav)
+    with pytest.raises(MediaError, match="missing.mkv: file not found"):
+        read_video(tmp_path / "missing.mkv")
+    with pytest.raises(MediaError, match="audio.wav: has no video stream"):
+        read_video(speech_wav)

@@ -112,6 +112,19 @@ def test_long_runs_log_progress_and_the_step_log_is_current(tmp_path, monkeypatc
     assert "prior: step 1/3" in caplog.text and "min left" in caplog.text
 
 
+def test_progress_lines_follow_batches(caplog):
+    from talk3d_core.util.runs import Progress, map_batches
+
+    progress = Progress("evaluate x", 10, unit="image", every_s=0.0)
+    with caplog.at_level("INFO", logger="talk3d_core.util.runs"):
+        doubled = map_batches(lambda batch: batch * 2, np.arange(10), 4, progress, "doubling")
+        Progress("quiet", 10, every_s=3600.0).update(5)  # not due: no line
+    np.testing.assert_array_equal(doubled, np.arange(10) * 2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines] == [f"evaluate x: image {n}/10" for n in (4, 8, 10)]
+    assert lines[-1].endswith("s/image, about 0 min left (doubling)")
+
+
 def test_divergence_names_only_a_checkpoint_that_exists(tmp_path):
     from talk3d_core.util.runs import check_finite
 

@@ -1,5 +1,6 @@
 """Render stage (talk3d_core.render): browser-ready mp4 writing, atomicity, camera paths and view
-names, driving conditions, paste-back and the depth video, on a tiny untrained talking head."""
+names, driving conditions, paste-back, the depth video and the lossless renders the evaluate stage
+scores, on a tiny untrained talking head."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from talk3d_core.render import (
     novel_view_cameras,
     parse_view,
     ping_pong,
+    render_batches,
     render_target,
     render_video,
     scale_affine,
@@ -35,7 +37,8 @@ from talk3d_core.render import (
     view_name,
 )
 from talk3d_core.report.depth import depth_to_uint8
-from talk3d_core.util.media import probe
+from talk3d_core.util.images import to_uint8
+from talk3d_core.util.media import probe, read_video
 
 FPS = 25.0
 # Smaller than the CPU preset: 16^2 neural rendering, 32^2 output, 8 + 8 samples per ray.
@@ -207,7 +210,7 @@ def test_render_video_failure_leaves_nothing(tmp_path, head):
     with pytest.raises(RuntimeError, match="out of memory"):
         render_video(
             Broken(), cond, fixed_cameras(6, **ORBIT), tmp_path / "v.mp4", batch_size=2,
-            depth_mp4=tmp_path / "d.mp4", progress=False,
+            depth_mp4=tmp_path / "d.mp4", renders=tmp_path / "r.mkv", progress=False,
         )  # fmt: skip
     assert list(tmp_path.iterdir()) == []
 
@@ -336,3 +339,53 @@ def test_workflow_targets_use_the_models_camera_geometry(tmp_path, head):
     with pytest.raises(ValueError, match="needs the driving audio"):
         render_target(head, data, tmp_path / "x.mp4", mode="drive")
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_stored_renders_are_the_frames_the_evaluate_stage_scored(tmp_path, head):
+    """The renders each render target stores losslessly are, bit for bit, the frames the evaluate stage
+    rendered for itself before it read them instead: the held-out frames from their tracked cameras,
+    the driving clip (drive_clip, with the drive camera), the held-out frames at a novel view (in the
+    view convention); at the model's resolution, before any resize to the video's size."""
+    n = 8
+    tracked = eg3d_camera(np.linspace(-5, 5, n), np.zeros(n), np.zeros(n), **ORBIT)
+    data = SubjectData(torch.tensor(tracked, dtype=torch.float32), np.arange(n) < 5, conditions(n))
+    drive_audio = conditions(7, seed=1).audio
+
+    def evaluate_rendered(cond: FrameConditions, cams: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        batches = render_batches(head, cond, cams, frames, batch_size=2)
+        return np.concatenate([to_uint8(out["image"]) for _, out in batches])
+
+    drive_cond, drive_cams, _ = drive_clip(head, data, drive_audio, "fixed")
+    expected = {
+        "video": evaluate_rendered(data.conditions, data.cameras.numpy(), data.test),
+        "drive": evaluate_rendered(drive_cond, drive_cams, np.arange(len(drive_cond))),
+        "view": evaluate_rendered(
+            data.conditions, novel_view_cameras(head, data, "30_-20", "lookat"), data.test
+        ),
+    }
+    options = {
+        "video": {},
+        "drive": {"drive_audio_features": drive_audio, "drive_camera": "fixed"},
+        "view": {"view": "30_-20", "view_convention": "lookat"},
+    }
+    for mode, extra in options.items():
+        summary = render_target(
+            head, data, tmp_path / f"{mode}.mp4", mode=mode, renders=tmp_path / f"{mode}.mkv",
+            batch_size=2, output_size=48, progress=False, **extra,
+        )  # fmt: skip
+        assert summary["renders"] == str(tmp_path / f"{mode}.mkv") and summary["size"] == [48, 48]
+        stored, total = read_video(tmp_path / f"{mode}.mkv")
+        assert total == len(expected[mode]) and stored.shape[1:] == (GEN.image_resolution,) * 2 + (3,)
+        np.testing.assert_array_equal(stored, expected[mode], err_msg=mode)
+
+
+def test_the_model_files_say_their_image_size_and_background(tmp_path, head):
+    from talk3d_core.model.subject import model_image_format
+
+    torch.save(head.to_dict(), tmp_path / "deltaplane.pt")
+    assert model_image_format(tmp_path / "deltaplane.pt") == (GEN.image_resolution, "black")
+    torch.save({"config": {"image_resolution": 64}, "training": {"background": "keep"}}, tmp_path / "g.pt")
+    assert model_image_format(tmp_path / "g.pt") == (64, "keep")  # a prior's generator.pt
+    torch.save({"net": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: no generator config and training record"):
+        model_image_format(tmp_path / "other.pt")

@@ -101,9 +101,11 @@ def changed(before: dict[str, int], after: dict[str, int]) -> set[str]:
 ALL = ["all"]
 PRIOR_FILES = ["generator.pt", "P_id.pt", "frames.parquet", "metrics.json", "prior_sheet.png"]
 TRAIN_FILES = ["deltaplane.pt", "loss_curves.png", "ablation.json", "ablation_sheet.png"]
-# What the render and evaluation stages make of a trained model (with the fixture's one view).
-RESULT_FILES = ["video.mp4", "depth.mp4", "drive/voice.mp4", "views/30_-20.mp4", "metrics.parquet",
-                "metrics_views.png", "videos.html"]  # fmt: skip
+# What the render and evaluation stages make of a trained model (with the fixture's one view), and
+# the FID reference of the training crops.
+RESULT_FILES = ["video.mp4", "depth.mp4", "drive/voice.mp4", "views/30_-20.mp4", "renders/video.mkv",
+                "renders/drive/voice.mkv", "renders/views/30_-20.mkv", "metrics.parquet",
+                "metrics_views.png", "videos.html", "fid_reference.npz"]  # fmt: skip
 
 
 def outputs(files: dict[str, int], *stages: str) -> set[str]:
@@ -200,6 +202,14 @@ def test_reruns_only_what_changed(project, monkeypatch):
     assert len(decode_video(made / "view.mp4")) == len(held_out)
     assert Image.open(made / "frame.png").size == (256, 256)  # render.output_size
 
+    # The edited training code retrains the model: it is rendered and scored again, against the same
+    # FID reference (the training crops' features), which is not recomputed.
+    run(project, ALL, config={"camera": {"sigma_frames": 1.0}})
+    retrained = changed(fourth, mtimes(project))
+    assert "results/clip/fid_reference.npz" not in retrained
+    assert "results/clip/train/deltaplane.pt" in retrained
+    assert {f"results/clip/{f}" for f in RESULT_FILES if f != "fid_reference.npz"} <= retrained
+
 
 def test_pretrained_mode_personalizes_an_eg3d_pickle(project):
     """prior.mode pretrained: a missing checkpoint stops before any job, naming the key and file; an
@@ -263,7 +273,16 @@ def test_lint_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-GPU_RULES = {"prior", "train", "ablation", "render_video", "render_drive", "render_view", "evaluate"}
+GPU_RULES = {
+    "prior",
+    "train",
+    "ablation",
+    "render_video",
+    "render_drive",
+    "render_view",
+    "fid_reference",
+    "evaluate",
+}
 
 
 def test_slurm_profile_routes_every_gpu_rule_to_the_gpu_partition():

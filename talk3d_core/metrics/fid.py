@@ -2,11 +2,16 @@
 
 FID is ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` over the features' means and
 covariances (``np.cov``, ddof 1), as pytorch-fid computes it (:func:`frechet_distance`).
+
+A subject's renders are compared with its training crops, whose features rule fid_reference computes
+once per subject (:class:`FidReference`, :mod:`talk3d_core.fid_reference`), not once per model.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
@@ -95,3 +100,70 @@ def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     tr_covmean = float(np.linalg.svd(a @ b.T, compute_uv=False).sum()) / np.sqrt((n_a - 1) * (n_b - 1))
     diff = mu_a - mu_b
     return max(float(diff @ diff) + trace_a + trace_b - 2.0 * tr_covmean, 0.0)
+
+
+# ------------------------------------------------------------------------------ a subject's reference
+
+
+@dataclass(frozen=True)
+class FidReference:
+    """The FID reference set of a subject: Inception pool3 features (N, 2048) float32 (the network's
+    own precision) of N training crops, clip ``frames`` (N,), shown as the model sees them (``size``
+    pixels, ``background`` "black" or "keep"); ``features`` None when the Inception (``backend``)
+    was unavailable, with the ``reason``.
+
+    Features rather than their mean and covariance: :func:`fid` on features is exact and takes
+    milliseconds, the covariances would need :func:`frechet_distance`'s 45 s square root per setting
+    (and 32 MB of float64 where 500 frames of features are 4 MB).
+    """
+
+    features: np.ndarray | None
+    frames: np.ndarray
+    size: int
+    background: str
+    backend: str
+    reason: str = ""
+
+
+def reference_frames(train: np.ndarray, n: int) -> np.ndarray:
+    """The FID reference frames: ``n`` training frames (of ``train`` (N,) bool) spread evenly over the
+    clip (all of them when there are fewer), ascending (M,) int64."""
+    frames = np.flatnonzero(np.asarray(train, bool))
+    if len(frames) == 0:
+        raise ValueError("the FID reference needs training frames; the split has none")
+    pick = np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(np.int64)
+    return frames[pick]
+
+
+_REFERENCE_KEYS = ("features", "frames", "size", "background", "backend", "reason", "available")
+
+
+def write_fid_reference(reference: FidReference, path: str | os.PathLike[str]) -> None:
+    """``reference`` as an uncompressed ``.npz`` (float features barely compress), atomically."""
+    from talk3d_core.util.io import atomic_path
+
+    features = np.zeros((0, 0), np.float32) if reference.features is None else reference.features
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh, features=features.astype(np.float32), frames=reference.frames.astype(np.int64),
+            size=reference.size, background=reference.background, backend=reference.backend,
+            reason=reference.reason, available=reference.features is not None,
+        )  # fmt: skip
+
+
+def read_fid_reference(path: str | os.PathLike[str]) -> FidReference:
+    """A reference written by :func:`write_fid_reference`; ValueError naming ``path`` otherwise."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            f = {k: z[k] for k in _REFERENCE_KEYS}
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: not an FID reference ({exc}); re-run rule fid_reference") from None
+    available = bool(f["available"])
+    if available and (f["features"].ndim != 2 or len(f["features"]) != len(f["frames"])):
+        raise ValueError(
+            f"{path}: {f['features'].shape} features for {len(f['frames'])} frames; re-run rule fid_reference"
+        )
+    return FidReference(
+        features=f["features"] if available else None, frames=f["frames"], size=int(f["size"]),
+        background=str(f["background"]), backend=str(f["backend"]), reason=str(f["reason"]),
+    )  # fmt: skip

@@ -237,6 +237,21 @@ def read_subject_data(
     return data
 
 
+def model_image_format(model_pt: str | os.PathLike[str]) -> tuple[int, str]:
+    """(side in pixels, background "black" or "keep") of the images a model renders, as
+    :func:`read_subject_data` needs them to show the crops as the model saw them; read from a prior's
+    ``generator.pt`` or a ``deltaplane.pt`` (memory-mapped: the weights are not loaded)."""
+    saved = torch.load(model_pt, map_location="cpu", weights_only=True, mmap=True)
+    config = saved.get("config", saved.get("generator_config")) if isinstance(saved, dict) else None
+    training = saved.get("training") if isinstance(saved, dict) else None
+    if not isinstance(config, dict) or not isinstance(training, dict) or "background" not in training:
+        raise ValueError(
+            f"{model_pt}: no generator config and training record; not a prior generator.pt or a "
+            "deltaplane.pt, re-run the prior"
+        )
+    return int(config["image_resolution"]), str(training["background"])
+
+
 def face_boxes(lm68: np.ndarray, size: int) -> np.ndarray:
     """The lip-sync expert's face box of each crop: the bounding box of its 68 landmarks (jaw line
     and brows: cheek to cheek, brows to chin), clipped to the crop.

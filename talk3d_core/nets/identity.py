@@ -235,6 +235,7 @@ def identity_embedder(
     weights_dir: str | os.PathLike[str] | None = None,
     manifest: str | os.PathLike[str] | None = None,
     framing: FaceFraming | None = None,
+    batch_size: int = 16,
 ) -> tuple[IdentityEmbedder | None, str]:
     """The identity embedder ``backend`` (one of :data:`BACKENDS`) or ``(None, reason)``.
 
@@ -243,7 +244,8 @@ def identity_embedder(
     :mod:`talk3d_core.util.weights` (default resources/weights), with ``manifest`` its manifest (default
     resources/weights/manifest.yaml). ``device`` applies to ArcFace (dlib runs on the CPU).
     ``framing``: where the crops put the face (default: the fixed template's), which moves ArcFace's
-    face region and dlib's fallback box with it.
+    face region and dlib's fallback box with it. ``batch_size``: ArcFace's images per forward pass
+    (dlib embeds one face at a time: its batch call is no faster on the CPU, measured).
     Raises ValueError for an unknown backend; nothing is downloaded.
     """
     if backend not in BACKENDS:
@@ -276,7 +278,7 @@ def identity_embedder(
     )
     if embed is None:
         return None, reason
-    return ArcFaceEmbedder(embed, device=device), ""
+    return ArcFaceEmbedder(embed, device=device, batch_size=batch_size), ""
 
 
 def identity_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -427,6 +427,10 @@ class VideoWriter:
     ffmpeg failures raise :class:`~talk3d_core.util.media.MediaError` naming ``path`` with the tail of
     ffmpeg's stderr.
 
+    ``lossless``: the frames exactly, for later measurement rather than for viewing: RGB H.264
+    (libx264rgb, ``-qp 0``, 4:4:4, any size, no colour conversion) in a Matroska file, read back
+    bit-exact by :func:`read_video`; ``crf`` and ``audio`` do not apply.
+
     Use as a context manager::
 
         with VideoWriter("out.mp4", audio="audio.wav") as video:
@@ -445,8 +449,12 @@ class VideoWriter:
         codec: str = "libx264",
         preset: str = "medium",
         audio_bitrate: str = "128k",
+        lossless: bool = False,
     ) -> None:
         self.path = Path(path)
+        if lossless and audio is not None:
+            raise ValueError(f"{self.path}: a lossless video holds frames only, no audio")
+        self.lossless = bool(lossless)
         if not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"{self.path}: fps must be a positive number, got {fps}")
         if not 0 <= crf <= 51:
@@ -491,7 +499,8 @@ class VideoWriter:
 
     def _start(self, width: int, height: int) -> None:
         self._input_size = (width, height)
-        self.size = (width + width % 2, height + height % 2)
+        # yuv420p needs even sides; lossless RGB (4:4:4) takes any.
+        self.size = (width, height) if self.lossless else (width + width % 2, height + height % 2)
         self._target = atomic_path(self.path)
         self._target_tmp = self._target.__enter__()
         if self.audio is None:
@@ -507,14 +516,23 @@ class VideoWriter:
             ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", _rate(self.fps),
             "-i", "pipe:0", "-an",
-            # RGB -> limited-range BT.709 YUV, tagged as such so players convert back the same way.
-            "-vf", "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p",
-            "-c:v", self.codec, "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
-            "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
         ]  # fmt: skip
-        if self.audio is None:
-            args += ["-movflags", "+faststart"]
-        args += ["-f", "mp4", file_url(out)]
+        if self.lossless:
+            args += [
+                "-c:v", "libx264rgb", "-preset", self.preset, "-qp", "0", "-pix_fmt", "rgb24",
+                "-f", "matroska", file_url(out),
+            ]  # fmt: skip
+        else:
+            args += [
+                # RGB -> limited-range BT.709 YUV, tagged as such so players convert back the same way.
+                "-vf", "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p",
+                "-c:v", self.codec, "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
+                "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
+                "-color_range", "tv",
+            ]  # fmt: skip
+            if self.audio is None:
+                args += ["-movflags", "+faststart"]
+            args += ["-f", "mp4", file_url(out)]
         # stderr goes to a file: an unread pipe could fill up and stall ffmpeg.
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
@@ -619,3 +637,44 @@ class VideoWriter:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+
+
+def read_video(path: str | os.PathLike[str], *, limit: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode a video's frames as uint8 RGB (n, H, W, 3): the first ``limit`` (default all), and the
+    number of frames in the file (all of them are decoded to count them; only ``limit`` are kept).
+
+    Exact for :class:`VideoWriter`'s lossless files. Raises :class:`MediaError` naming ``path`` when
+    it is missing, not a video, or cannot be decoded.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"{path}: limit must be >= 0 frames, got {limit}")
+    info = probe(path)
+    if info.video is None or info.video.width is None or info.video.height is None:
+        raise MediaError(f"{path}: has no video stream")
+    width, height = info.video.width, info.video.height
+    frame_bytes = width * height * 3
+    args = [
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-noautorotate",
+        "-i", file_url(path), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr)
+        assert proc.stdout is not None
+        keep = None if limit is None else frame_bytes * limit
+        kept, rest = bytearray(), 0  # a bytearray grows in place and gives a writable array
+        while chunk := proc.stdout.read(1 << 24):
+            room = len(chunk) if keep is None else max(0, keep - len(kept))
+            kept += chunk[:room]
+            rest += len(chunk) - min(room, len(chunk))  # frames past the limit: counted, not kept
+        code = proc.wait()
+        if code != 0:
+            stderr.seek(0)
+            raise MediaError(
+                f"{path}: ffmpeg could not decode it (exit {code}):\n"
+                f"{_tail(stderr.read().decode('utf-8', errors='replace'))}"
+            )
+    total, partial = divmod(len(kept) + rest, frame_bytes)
+    if partial:
+        raise MediaError(f"{path}: decoded {len(kept) + rest} bytes, not whole {width}x{height} frames")
+    frames = np.frombuffer(kept, dtype=np.uint8).reshape(-1, height, width, 3)
+    return frames, total

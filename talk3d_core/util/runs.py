@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -161,6 +161,61 @@ def open_checkpoint(
     return state
 
 
+class Progress:
+    """Progress lines for a stage's log, which has no progress bar (Snakemake, SLURM):
+    "<desc>: <unit> n/N, x s/<unit>, about m min left (<doing>)" at most once per ``every_s``
+    seconds (default :data:`PROGRESS_EVERY_S`), the rate measured since the progress began at
+    ``start``."""
+
+    def __init__(
+        self, desc: str, total: int, *, unit: str = "step", start: int = 0, every_s: float | None = None
+    ) -> None:
+        self.desc, self.total, self.unit, self.start, self.every_s = desc, total, unit, start, every_s
+        self.done = start
+        self._opened = self._last = time.monotonic()
+
+    def advance(self, n: int = 1, doing: str = "") -> None:
+        """``n`` more units are finished (see :meth:`update`)."""
+        self.update(self.done + n, doing)
+
+    def update(self, done: int, doing: str = "") -> None:
+        """``done`` units of ``total`` are finished; ``doing``: what the stage is at (in the line)."""
+        self.done = done
+        now = time.monotonic()
+        every = PROGRESS_EVERY_S if self.every_s is None else self.every_s
+        if now - self._last < every:
+            return
+        rate = (now - self._opened) / max(done - self.start, 1)
+        log.info(
+            "%s: %s %d/%d, %.3g s/%s, about %.0f min left%s",
+            self.desc, self.unit, done, self.total, rate, self.unit, rate * (self.total - done) / 60,
+            f" ({doing})" if doing else "",
+        )  # fmt: skip
+        self._last = now
+
+
+def map_batches(
+    fn: Callable[[np.ndarray], np.ndarray],
+    items: np.ndarray,
+    batch_size: int,
+    progress: Progress | None = None,
+    doing: str = "",
+) -> np.ndarray:
+    """``fn`` over ``items`` (N, ...) in batches of ``batch_size`` along the first axis, the results
+    (B, ...) concatenated (N, ...); each batch advances ``progress`` by its length."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(items) == 0:
+        raise ValueError("map_batches: no items")
+    out = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        out.append(np.asarray(fn(batch)))
+        if progress is not None:
+            progress.advance(len(batch), doing)
+    return np.concatenate(out)
+
+
 class Run:
     """One resumable training run in ``out_dir``.
 
@@ -193,7 +248,8 @@ class Run:
         self._desc, self._progress = desc, progress
         self._log: IO[str] | None = None
         self._bar: Any = None
-        self._opened = self._last_save = self._last_progress = time.monotonic()
+        self._opened = self._last_save = time.monotonic()
+        self._progress_log = Progress(desc, total, start=self.start)
         self.saves, self.bytes_written = 0, 0
 
     def __enter__(self) -> Run:
@@ -223,15 +279,7 @@ class Run:
         assert self._log is not None, "Run.step outside 'with run:'"
         self._log.write(json.dumps(record) + "\n")
         self._bar.update(1)
-        now = time.monotonic()
-        if now - self._last_progress >= PROGRESS_EVERY_S:  # a log line for runs without a terminal
-            done = int(record[self.step_key])
-            rate = (now - self._opened) / max(done - self.start, 1)
-            log.info(
-                "%s: step %d/%d, %.1f s/step, about %.0f min left",
-                self._desc, done, self.total, rate, rate * (self.total - done) / 60,
-            )  # fmt: skip
-            self._last_progress = now
+        self._progress_log.update(int(record[self.step_key]))  # a log line for runs without a terminal
 
     def due(self) -> bool:
         """Whether a periodic checkpoint may be written now: at most one per

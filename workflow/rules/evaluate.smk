@@ -1,6 +1,35 @@
 # Stage 10, evaluate: the paper's metrics (self-driven, cross-driven, novel views) and the report pages.
 
 
+rule fid_reference:
+    """FID's reference: Inception features of the training crops, once per subject (not per model)."""
+    input:
+        generator="results/{subject}/prior/generator.pt",  # the crops' size and background
+        prior_frames="results/{subject}/prior/frames.parquet",
+        features="results/{subject}/features.parquet",
+        crops="results/{subject}/crops",
+        masks="results/{subject}/masks",
+    output:
+        "results/{subject}/fid_reference.npz",
+    log:
+        "results/{subject}/logs/fid_reference.log",
+    benchmark:
+        "results/{subject}/benchmarks/fid_reference.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=frames_mem_mb(4000),
+        runtime=60,
+        gpu=1,
+    params:
+        frames=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["evaluate"]["fid_reference_frames"],
+        batch_size=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["evaluate"]["batch_size"],
+        code=core_hash("talk3d_core.fid_reference"),
+    script:
+        "../scripts/fid_reference.py"
+
+
 rule evaluate:
     """Every metric of the paper, each with the backend that computed it or the reason it is unavailable."""
     input:
@@ -12,6 +41,12 @@ rule evaluate:
         masks="results/{subject}/masks",
         crop_table="results/{subject}/crop.parquet",
         audio="results/{subject}/audio.wav",
+        fid_reference="results/{subject}/fid_reference.npz",
+        renders="results/{subject}/renders/video.mkv",
+        drive_renders=lambda wc: [
+            f"results/{wc.subject}/renders/drive/{a}.mkv" for a in SUBJECTS[wc.subject].drive
+        ],
+        view_renders=expand("results/{{subject}}/renders/views/{view}.mkv", view=view_names()),
         drive_features=lambda wc: [
             f"results/{wc.subject}/drive/{a}/features.parquet" for a in SUBJECTS[wc.subject].drive
         ],
@@ -42,7 +77,6 @@ rule evaluate:
         evaluate=settings("evaluate"),
         weights=config["weights"],
         drives=lambda wildcards: list(SUBJECTS[wildcards.subject].drive),
-        drive_camera=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["render"]["drive_camera"],
         view_convention=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["render"]["view_convention"],
         views=view_names(),
         fps=config["fps"],

@@ -1,4 +1,5 @@
-# Stage 9, render: videos of the trained model (self-driven, driven by other audio, novel views, depth).
+# Stage 9, render: videos of the trained model (self-driven, driven by other audio, novel views, depth),
+# and each one's renders at the model's resolution, losslessly (renders/), which rule evaluate scores.
 
 
 rule render_video:
@@ -13,6 +14,7 @@ rule render_video:
     output:
         video="results/{subject}/video.mp4",
         depth="results/{subject}/depth.mp4",
+        renders="results/{subject}/renders/video.mkv",
     log:
         "results/{subject}/logs/render_video.log",
     benchmark:
@@ -46,6 +48,7 @@ rule render_drive:
         crop_table="results/{subject}/crop.parquet",
     output:
         video="results/{subject}/drive/{audio}.mp4",
+        renders="results/{subject}/renders/drive/{audio}.mkv",
     log:
         "results/{subject}/logs/render_drive_{audio}.log",
     benchmark:
@@ -76,6 +79,7 @@ rule render_view:
         audio="results/{subject}/audio.wav",
     output:
         video="results/{subject}/views/{view}.mp4",
+        renders="results/{subject}/renders/views/{view}.mkv",
     log:
         "results/{subject}/logs/render_view_{view}.log",
     benchmark:

@@ -8,6 +8,7 @@ with log_to(snakemake.log[0]):
     render_stage(
         mode=params.mode, model_pt=inp.model, features_parquet=inp.features, prior_frames=inp.prior_frames,
         audio=inp.audio, settings=params.render, fps=params.fps, video_mp4=out.video,
-        depth_mp4=out.get("depth"), view=params.view, drive_features=inp.get("drive_features"),
-        frames=inp.get("frames"), crop_parquet=inp.get("crop_table"),
+        depth_mp4=out.get("depth"), renders_mkv=out.renders, view=params.view,
+        drive_features=inp.get("drive_features"), frames=inp.get("frames"),
+        crop_parquet=inp.get("crop_table"),
     )  # fmt: skip
