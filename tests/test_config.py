@@ -10,6 +10,7 @@ from talk3d_core.util.config import (
     check_overrides,
     load_schema,
     load_subjects,
+    novel_view_names,
     subject_config,
     validate_config,
 )
@@ -184,6 +185,18 @@ def test_an_override_merges_nested_sections_key_by_key():
     # Keys beside the overridden ones keep their values, at both levels.
     assert demo["prior"]["batch_size"] == config["prior"]["batch_size"]
     assert demo["prior"]["pretrained"]["tune_steps"] == config["prior"]["pretrained"]["tune_steps"]
+
+
+def test_the_demo_renders_and_scores_its_own_smaller_view_grid():
+    shipped = validate_config(yaml.safe_load((REPO_ROOT / "config/config.yaml").read_text()), CONFIG_SCHEMA)
+    demo = subject_config(shipped, "demo", CONFIG_SCHEMA)
+    other = subject_config(shipped, "german", CONFIG_SCHEMA)
+    assert sorted(novel_view_names(demo["render"]["views"])) == ["-30_-20", "-30_20", "30_-20", "30_20"]
+    assert len(novel_view_names(other["render"]["views"])) == 16
+    assert demo["evaluate"]["fid_reference_frames"] < other["evaluate"]["fid_reference_frames"]
+    # Sections that shape the shared preprocessing are not per subject.
+    with pytest.raises(ConfigError, match=r"overrides\.demo"):
+        validate_config({"overrides": {"demo": {"features": {"audio_window": 8}}}}, CONFIG_SCHEMA)
 
 
 def test_a_bad_override_is_an_error_naming_the_key():

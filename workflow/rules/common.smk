@@ -91,14 +91,15 @@ def drive_audio_source(wildcards):
     )
 
 
-def view_names():
-    """The novel-view grid as view ids '<yaw>_<pitch>' (degrees), every yaw with every pitch."""
-    return novel_view_names(config["render"]["views"])
+def view_names(subject):
+    """The subject's novel-view grid (render.views, its overrides applied) as view ids '<yaw>_<pitch>'
+    (degrees), every yaw with every pitch."""
+    return novel_view_names(SUBJECT_CONFIG[subject]["render"]["views"])
 
 
 def subject_targets(name):
     """Everything the workflow produces for one subject."""
-    return subject_outputs(name, SUBJECTS[name].drive, view_names())
+    return subject_outputs(name, SUBJECTS[name].drive, view_names(name))
 
 
 @functools.cache  # several rules share modules; one parse reads each closure once

@@ -46,7 +46,9 @@ rule evaluate:
         drive_renders=lambda wc: [
             f"results/{wc.subject}/renders/drive/{a}.mkv" for a in SUBJECTS[wc.subject].drive
         ],
-        view_renders=expand("results/{{subject}}/renders/views/{view}.mkv", view=view_names()),
+        view_renders=lambda wc: [
+            f"results/{wc.subject}/renders/views/{v}.mkv" for v in view_names(wc.subject)
+        ],
         drive_features=lambda wc: [
             f"results/{wc.subject}/drive/{a}/features.parquet" for a in SUBJECTS[wc.subject].drive
         ],
@@ -78,7 +80,7 @@ rule evaluate:
         weights=config["weights"],
         drives=lambda wildcards: list(SUBJECTS[wildcards.subject].drive),
         view_convention=lambda wildcards: SUBJECT_CONFIG[wildcards.subject]["render"]["view_convention"],
-        views=view_names(),
+        views=lambda wildcards: view_names(wildcards.subject),
         fps=config["fps"],
         code=core_hash("talk3d_core.evaluate"),
     script:
@@ -91,7 +93,7 @@ rule video_page:
         video="results/{subject}/video.mp4",
         depth="results/{subject}/depth.mp4",
         drive=lambda wc: [f"results/{wc.subject}/drive/{a}.mp4" for a in SUBJECTS[wc.subject].drive],
-        views=expand("results/{{subject}}/views/{view}.mp4", view=view_names()),
+        views=lambda wc: [f"results/{wc.subject}/views/{v}.mp4" for v in view_names(wc.subject)],
         metrics="results/{subject}/metrics.parquet",
     output:
         report(
