@@ -131,6 +131,29 @@ def face_landmarks(opening: float = 0.0, *, n: int = 1) -> np.ndarray:
     return lm
 
 
+def brightness_landmarks(images, backend: str = "mediapipe", **_) -> np.ndarray:
+    """A stand-in landmark detector (landmarks_of_images' signature) whose mouth opens with the
+    brightness of the image's lower half, so ablation scores can be checked without a real one."""
+    images = np.asarray(list(images), dtype=np.float64)
+    opening = images[:, images.shape[1] // 2 :].mean(axis=(1, 2, 3)) / 8
+    return np.concatenate([face_landmarks(o) for o in opening])
+
+
+def moving_head():
+    """A TalkingHead of :func:`tiny_prior` whose zero-initialised deltaplane layers are randomised,
+    so that its settings (identity only, no audio, full) render different images; eval mode."""
+    from talk3d_core.model.talking_head import TalkingHead
+
+    torch.manual_seed(0)
+    prior = tiny_prior()
+    head = TalkingHead(prior.generator, prior.identity_planes, prior.w_id, NET, audio_dim=4, audio_window=2)
+    with torch.no_grad():
+        for p in head.net.parameters():
+            if not p.any():
+                p.normal_(0, 0.5)
+    return head.eval()
+
+
 # Per container: video codec options, audio codec options (each a common pairing in the wild).
 CONTAINER_CODECS = {
     "mp4": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"], ["-c:a", "aac"]),

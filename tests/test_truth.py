@@ -10,8 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from conftest import NET, face_landmarks, make_workflow_project, talking_disc, tiny_prior
+from conftest import brightness_landmarks, make_workflow_project, moving_head, talking_disc
 from PIL import Image
 
 import talk3d_core.ablation as ablation
@@ -32,7 +31,6 @@ from talk3d_core.metrics.truth import (
     read_clip_truth,
     truth_rows,
 )
-from talk3d_core.model.talking_head import TalkingHead
 from talk3d_core.util.io import list_frames
 
 FPS, SOURCE, CROP, MODEL = 25, 256, 256, 64  # the workflow's crop size, the CPU preset's model size
@@ -141,30 +139,14 @@ def _disc_truth(n: int) -> ClipTruth:
     return ClipTruth("disc.truth.json", opening, np.zeros(n), TruthRegions(eyes=eyes, **boxes))
 
 
-def _fake_landmarks(images, backend: str = "mediapipe", **_) -> np.ndarray:
-    """A 'detector' whose mouth opens as the image's lower half brightens (test_ablation's)."""
-    images = np.asarray(list(images), dtype=np.float64)
-    opening = images[:, images.shape[1] // 2 :].mean(axis=(1, 2, 3)) / 8
-    return np.concatenate([face_landmarks(o) for o in opening])
-
-
-def _head() -> TalkingHead:
-    torch.manual_seed(0)
-    prior = tiny_prior()
-    head = TalkingHead(prior.generator, prior.identity_planes, prior.w_id, NET, audio_dim=4, audio_window=2)
-    with torch.no_grad():  # leave the zero start, so that each setting renders something else
-        for p in head.net.parameters():
-            if not p.any():
-                p.normal_(0, 0.5)
-    return head.eval()
-
-
 def test_the_truth_section_scores_each_setting_and_says_whom_to_trust(tmp_path, monkeypatch):
     """(Without a truth there is no section: test_ablation.)"""
     data = talking_disc(n=20)
     data.train[:] = np.arange(20) < 8  # 12 held-out frames
-    monkeypatch.setattr(ablation, "landmarks_of_images", _fake_landmarks)
-    result = ablation.audio_ablation(_head(), data, truth=_disc_truth(20), sheet_png=tmp_path / "sheet.png")
+    monkeypatch.setattr(ablation, "landmarks_of_images", brightness_landmarks)
+    result = ablation.audio_ablation(
+        moving_head(), data, truth=_disc_truth(20), sheet_png=tmp_path / "sheet.png"
+    )
     truth = result["truth"]
     assert truth["frames"] == 12 and truth["blink_frames"] == 0
     assert truth["backends"] == {"opening": OPENING_BACKEND, "blink": BLINK_BACKEND}
