@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -155,6 +155,12 @@ class Studio:
         fields. Too large (by its declared length or by what arrives) is 413; undecodable is 400."""
         declared = int(request.headers.get("content-length") or 0)
         if declared > self.max_upload_bytes + 64 * 1024:
+            # Take in what the client is sending (up to the body backstop) before answering: a reply
+            # sent mid-upload reaches a loaded client as a connection reset, not as a readable 413.
+            if declared <= self.max_body_bytes:
+                with contextlib.suppress(ClientDisconnect):
+                    async for _ in request.stream():
+                        pass
             raise BadRequest(
                 f"upload of {declared / 2**20:.1f} MB is over the {self._limit_text()} limit", 413
             )
@@ -182,6 +188,12 @@ class Studio:
             raise BadRequest(f"{name} is not audio this server can read: {reason}") from None
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         return wav, fields
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body the app reads at all (twice the upload limit plus the form's other
+        parts); bodies up to it reach :meth:`upload`, which explains the limit in JSON."""
+        return 2 * self.max_upload_bytes + (1 << 20)
 
     def _limit_text(self) -> str:
         return f"{self.max_upload_bytes / 2**20:g} MB"
@@ -373,7 +385,6 @@ def make_app(studio: Studio) -> Starlette:
 
     return Starlette(
         routes=routes, exception_handlers={BadRequest: bad_request}, lifespan=lifespan,
-        # A backstop for bodies without a declared length (a plain-text 413); uploads up to twice the limit
-        # reach Studio.upload, which explains the limit in the page's JSON.
-        max_body_size=2 * studio.max_upload_bytes + (1 << 20),
+        # A backstop for bodies without a declared length (a plain-text 413).
+        max_body_size=studio.max_body_bytes,
     )  # fmt: skip
