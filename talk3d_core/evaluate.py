@@ -20,7 +20,8 @@ nothing is rendered twice and compression does not enter the scores; ground trut
 that resolution, with the background as the model was trained to show it. FID's reference features
 come from rule fid_reference (:func:`talk3d_core.fid_reference.fid_reference_stage`), once per subject.
 The per-frame nets (Inception, identity embedders, landmarks) run in batches of the evaluate
-``batch_size``, and the stage logs its progress at least every :data:`PROGRESS_EVERY_S` seconds.
+``batch_size``, and the stage logs its progress at least every 30 s
+(:class:`talk3d_core.util.runs.Progress`).
 """
 
 from __future__ import annotations
@@ -68,8 +69,6 @@ COLUMNS = ("setting", "metric", "backend", "value", "unit", "frames", "status", 
 SELF, GROUND_TRUTH = "self", "ground_truth"
 # Frames of the clip the Sync score needs at least (SyncNet looks at 5-frame windows).
 MIN_SYNC_FRAMES = 6
-#: A progress line in the stage's log at least this often (seconds), with what it is at and the time left.
-PROGRESS_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -394,7 +393,7 @@ def evaluate_subject(
     embeddings; au45_calibration: the features stage's, for AUE. A driving clip is scored on its first
     ``max_drive_frames`` frames (they are held in memory for SyncNet; the rows' ``frames`` say how
     many were used). The per-frame nets run in batches of ``batch_size``; progress goes to the log as
-    "<name>: image n/N" (an image through one net) at least every :data:`PROGRESS_EVERY_S` seconds.
+    "<name>: image n/N" (an image through one net) at least every 30 s (:class:`Progress`).
     clip_truth: a synthetic clip's drawn mouth opening and blinks, which the held-out renders and crops
     are also scored against (:func:`truth_rows`).
     """
@@ -420,7 +419,7 @@ def evaluate_subject(
     identity_frames = reference.frames[:: max(1, len(reference.frames) // 100)]
     total = len(embedders) * len(identity_frames) + len(test) * (1 + len(embedders))  # reference, truth
     total += per_render * (len(test) + sum(drive_frames.values())) + (per_render - 1) * len(test) * len(views)
-    progress = Progress(name or "evaluate", total, unit="image", every_s=PROGRESS_EVERY_S)
+    progress = Progress(name or "evaluate", total, unit="image")
 
     def landmarks(images: np.ndarray, doing: str, expected_box: np.ndarray | None = None) -> np.ndarray:
         def ticking() -> Iterator[np.ndarray]:  # one tracking session over the clip, progress per frame
@@ -610,10 +609,11 @@ def evaluate_stage(
     from talk3d_core.util.media import read_wav_float
     from talk3d_core.util.runs import pick_device
 
+    crop_rows = read_crop_table(crop_table)  # read once: framing of the metrics and the truth's regions
     nets = scoring_nets(
         pick_device(device), identity_backends=settings["identity_backends"],
         syncnet_weights=settings["sync_weights"], weights_dir=weights_dir, manifest=manifest,
-        framing=read_crop_table(crop_table).framing, batch_size=settings["batch_size"],
+        framing=crop_rows.framing, batch_size=settings["batch_size"],
     )  # fmt: skip
     size, background = model_image_format(model_pt)
     data = read_subject_data(
@@ -641,9 +641,7 @@ def evaluate_stage(
         driving[name] = DriveInput(wav, rate, len(read_features(features, kind="drive").audio))
     wav, rate = read_wav_float(audio_wav)
     clip_truth = (
-        read_clip_truth(truth_json, read_crop_table(crop_table), n_frames=len(data.train), fps=fps)
-        if truth_json
-        else None
+        read_clip_truth(truth_json, crop_rows, n_frames=len(data.train), fps=fps) if truth_json else None
     )
     table = evaluate_subject(
         data, wav, rate, nets, renders=renders, reference=reference,

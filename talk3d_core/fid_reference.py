@@ -20,8 +20,6 @@ from talk3d_core.util.runs import Progress, map_batches, pick_device
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EVERY_S = 30.0  # a progress line at least this often (seconds)
-
 
 def fid_reference_stage(
     *,
@@ -49,7 +47,7 @@ def fid_reference_stage(
     features = None
     if inception is not None:
         images = to_uint8(to_unit(data.crops[pick]))
-        progress = Progress("fid reference", len(pick), unit="crop", every_s=PROGRESS_EVERY_S)
+        progress = Progress("fid reference", len(pick), unit="crop")
         features = map_batches(
             lambda batch: inception.features(batch, batch_size=len(batch)), images, batch_size, progress
         ).astype(np.float32)

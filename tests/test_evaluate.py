@@ -12,7 +12,6 @@ import pytest
 import torch
 from conftest import talking_disc
 
-from talk3d_core import evaluate
 from talk3d_core.evaluate import (
     COLUMNS,
     DriveInput,
@@ -32,6 +31,7 @@ from talk3d_core.evaluate import (
 from talk3d_core.metrics.fid import FidReference, fid, reference_frames
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.report.video_page import Clip, video_page
+from talk3d_core.util import runs
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.media import VideoWriter
 
@@ -299,7 +299,7 @@ def run_stage(stored, **options) -> pd.DataFrame:
 
 def test_the_stage_scores_the_stored_renders(stored, monkeypatch, caplog):
     data, crops, renders, reference, nets, _ = stored
-    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", 0.0)  # a progress line at every step
+    monkeypatch.setattr(runs, "PROGRESS_EVERY_S", 0.0)  # a progress line at every step
     with caplog.at_level(logging.INFO, logger="talk3d_core.util.runs"):
         table = run_stage(stored, name="evaluate disc")
     assert {"self", "ground_truth", "drive:voice", "view:30_-20"} == set(table.setting)

@@ -34,7 +34,7 @@ PARKED = "checkpoints"  # checkpoints of other settings, by settings key and ste
 # clip. Stage ends and budget stops always save.
 SAVE_INTERVAL_ENV = "TALK3D_CHECKPOINT_INTERVAL_S"
 MIN_SAVE_INTERVAL_S = 300.0
-PROGRESS_EVERY_S = 60.0  # a progress line in the stage's log at most this often
+PROGRESS_EVERY_S = 30.0  # a progress line in the stage's log at most (and, while busy, at least) this often
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
