@@ -42,6 +42,14 @@ from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
 
+#: prior settings that override the generator preset's sizes for a scratch prior (null: the preset's).
+SCRATCH_SIZES = (
+    "neural_rendering_resolution",
+    "image_resolution",
+    "depth_resolution",
+    "depth_resolution_importance",
+)
+
 
 @dataclass(frozen=True)
 class PriorConfig:
@@ -442,8 +450,7 @@ def prior_stage(
         log.info("pretrained generator: %s (%s axes)", checkpoint, settings["plane_axes"])
     else:
         # Fitted from scratch, nothing outside the tri-plane box is real: render it empty.
-        resolutions = ("neural_rendering_resolution", "image_resolution")
-        sizes = {k: settings[k] for k in resolutions if settings.get(k)}
+        sizes = {k: settings[k] for k in SCRATCH_SIZES if settings.get(k) is not None}
         gen_config = getattr(GeneratorConfig, settings["generator"])(empty_outside_box=True, **sizes)
     mask_paths = list_frames(masks)
     data = load_subject(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import (
     REPO_ROOT,
@@ -55,9 +56,11 @@ def project(tmp_path, monkeypatch):
 # Tiny budgets, set through Snakemake's config API like a user's --config (merged key by key over
 # config/config.yaml): a few prior and training steps exercise each stage, one novel view and a small
 # FID reference set the render and evaluation stages. The zoomed mouth loss is on, so it runs through
-# the workflow too.
+# the workflow too. The scratch prior renders 32 rays x (8 + 8) samples to 64 px, below the defaults.
+SIZES = {"neural_rendering_resolution": 32, "image_resolution": 64, "depth_resolution": 8,
+         "depth_resolution_importance": 8}  # fmt: skip
 BUDGETS = {
-    "prior": {"steps": 6},
+    "prior": {"steps": 6, **SIZES},
     "train": {"steps": 4, "sr_steps": 2, "weight_mouth_zoom": 1.0, "mouth_zoom": 8},
     "render": {"views": {"yaw": [30], "pitch": [-20]}},
     "evaluate": {"fid_reference_frames": 8},
@@ -131,6 +134,8 @@ def test_reruns_only_what_changed(project, monkeypatch):
     log = [json.loads(line) for line in (out / "train/train_log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == ["main"] * 4 + ["sr"] * 2
     assert all(r["mouth_zoom"] > 0 for r in log if r["stage"] == "main")
+    saved = torch.load(out / "prior/generator.pt", map_location="cpu", weights_only=True)["config"]
+    assert {k: saved[k] for k in SIZES} == SIZES  # the prior's size settings reached the generator
     first = mtimes(project)
 
     run(project, ALL)  # nothing changed: nothing runs
@@ -200,7 +205,7 @@ def test_reruns_only_what_changed(project, monkeypatch):
     assert len(decode_video(made / "driven.mp4")) == 38  # 1.5 s of audio at 25 fps
     held_out = pd.read_parquet(out / "features.parquet").query("split == 'test'")
     assert len(decode_video(made / "view.mp4")) == len(held_out)
-    assert Image.open(made / "frame.png").size == (256, 256)  # render.output_size
+    assert Image.open(made / "frame.png").size == (64, 64)  # render.output_size null: the model's size
 
     # The edited training code retrains the model: it is rendered and scored again, against the same
     # FID reference (the training crops' features), which is not recomputed.
