@@ -1,0 +1,143 @@
+"""What limits the rendered mouth? A trained subject's frames rendered with their conditions changed
+one at a time, and the inner-lip opening of each measured with the landmark backend.
+
+    python bench/mouth_limits.py --subject german [--backend mediapipe] [--out bench/out/mouth_limits]
+
+Reads results/<subject>/{train/deltaplane.pt, prior/frames.parquet, features.parquet, crops, masks,
+audio.wav} (run the workflow up to the train stage first). Two sets of frames:
+
+- ``held_out``: the test frames (what evaluate and the ablation score);
+- ``silent``: the training frames the clip is silent in (evaluate's speech mask), the only silences
+  the model was shown; the question there is whether it learned to close the mouth at all.
+
+Variants of the conditions, each rendered on both sets:
+
+- ``full``: as recorded;
+- ``silence``: every audio window replaced by the one of a pause the model was trained on (the silent
+  training frame of median level): does the audio alone close the mouth?
+- ``still_tokens``: eye, rotation and landmark tokens held at their training mean (how much of the
+  mouth rides on the co-speech motion in those tokens rather than on the audio);
+- ``no_audio``: the audio token zeroed, as the ablation does.
+
+Per (set, variant): the mean opening in pixels of a 256-pixel crop, its Pearson r with the crops'
+opening, and the closed fraction: opening below a quarter of the footage's 90th-percentile opening
+in speech (evaluate's silence_closed_fraction threshold, taken from the footage for every row). One
+line each, and a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from talk3d_core.features import read_features
+from talk3d_core.metrics.motion import audio_energy, speech_mask
+from talk3d_core.metrics.mouth import REFERENCE_SIZE, correlation, landmarks_of_images, mouth_opening
+from talk3d_core.model.subject import FrameConditions, read_subject_data
+from talk3d_core.model.talking_head import load_talking_head
+from talk3d_core.render import render_batches
+from talk3d_core.util.images import to_uint8, to_unit
+from talk3d_core.util.media import read_wav_float
+
+#: Variant name -> (how the conditions change, render_batches options).
+VARIANTS = ("full", "silence", "still_tokens", "no_audio")
+
+
+def variant_conditions(cond: FrameConditions, train: np.ndarray, pause: int, name: str) -> FrameConditions:
+    """The conditions of every frame under variant ``name`` (see the module docstring)."""
+    if name == "silence":
+        return dataclasses.replace(cond, audio=np.broadcast_to(cond.audio[pause], cond.audio.shape).copy())
+    if name == "still_tokens":
+
+        def still(x: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(x[train].mean(axis=0), x.shape).copy()
+
+        return dataclasses.replace(
+            cond, eye=still(cond.eye), rotation=still(cond.rotation), ldm=still(cond.ldm)
+        )
+    return cond
+
+
+def closed_fraction(opening: np.ndarray, threshold: float) -> float:
+    """Fraction of the frames with landmarks whose opening is below ``threshold``."""
+    seen = opening[np.isfinite(opening)]
+    return float(np.mean(seen < threshold)) if seen.size else float("nan")
+
+
+def openings(images: np.ndarray, backend: str) -> np.ndarray:
+    """Inner-lip opening (N,) of uint8 images (N, S, S, 3), in pixels of a 256-pixel crop."""
+    lm = landmarks_of_images(images, backend=backend)
+    return mouth_opening(lm) * REFERENCE_SIZE / images.shape[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--subject", default="german")
+    parser.add_argument("--backend", default="mediapipe")
+    parser.add_argument("--out", default="bench/out/mouth_limits")
+    args = parser.parse_args()
+
+    root = Path("results") / args.subject
+    head = load_talking_head(root / "train/deltaplane.pt")
+    size = head.generator.config.image_resolution
+    data = read_subject_data(
+        read_features(root / "features.parquet"), root / "prior/frames.parquet", crops=root / "crops",
+        masks=root / "masks", size=size, background=head.training_record["background"],
+    )  # fmt: skip
+    wav, rate = read_wav_float(root / "audio.wav")
+    energy = audio_energy(wav, rate, len(data.train), 25.0)
+    speech = speech_mask(energy)
+    train = np.asarray(data.train)
+    sets = {"held_out": np.flatnonzero(~train), "silent": np.flatnonzero(train & ~speech)}
+    if len(sets["silent"]) == 0:
+        raise SystemExit(f"{root / 'audio.wav'}: no silent training frame to take a pause's audio from")
+    # A typical pause of the clip (the silent training frame of median level), not the digital
+    # silence a padded clip start may hold.
+    pauses = sets["silent"][np.argsort(energy[sets["silent"]], kind="stable")]
+    pause = int(pauses[len(pauses) // 2])
+    print(f"{args.subject}: {size} px, pause audio from training frame {pause} ({energy[pause]:.1f} dB); "
+          + ", ".join(f"{k} {len(v)} frames" for k, v in sets.items()))  # fmt: skip
+
+    # The footage's openings, measured like the renders' (crops at the render size); "closed" is below
+    # a quarter of its 90th-percentile opening in speech, over the whole clip.
+    footage = openings(to_uint8(to_unit(data.crops)), args.backend)
+    threshold = 0.25 * float(np.nanpercentile(footage[speech], 90))
+    rows = []
+    for set_name, frames in sets.items():
+        if len(frames) < 3:
+            print(f"{set_name}: fewer than 3 frames, skipped")
+            continue
+        truth = footage[frames]
+        rows.append({"set": set_name, "variant": "footage", "frames": len(frames),
+                     "opening": float(np.nanmean(truth)), "r": 1.0,
+                     "closed": closed_fraction(truth, threshold)})  # fmt: skip
+        for variant in VARIANTS:
+            cond = variant_conditions(data.conditions, train, pause, variant)
+            options = {"drop": ("audio",)} if variant == "no_audio" else {}
+            with torch.no_grad():
+                images = torch.cat(
+                    [out["image"] for _, out in render_batches(head, cond, data.cameras, frames, **options)]
+                )
+            opening = openings(to_uint8(images), args.backend)
+            rows.append({"set": set_name, "variant": variant, "frames": len(frames),
+                         "opening": float(np.nanmean(opening)), "r": correlation(opening, truth),
+                         "closed": closed_fraction(opening, threshold)})  # fmt: skip
+    for row in rows:
+        print(
+            f"{row['set']:9s} {row['variant']:13s} n={row['frames']:4d} opening {row['opening']:6.2f} "
+            f"px@256 r {row['r']:+.2f} closed {row['closed']:.2f}"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.subject}.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
