@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from talk3d_core.ablation import SETTINGS
 from talk3d_core.features import read_features
-from talk3d_core.metrics.motion import audio_energy, speech_mask
+from talk3d_core.metrics.motion import audio_energy, closed_threshold, speech_mask
 from talk3d_core.metrics.mouth import REFERENCE_SIZE, correlation, landmarks_of_images, mouth_opening
 from talk3d_core.model.subject import FrameConditions, read_subject_data
 from talk3d_core.model.talking_head import load_talking_head
@@ -44,7 +45,7 @@ from talk3d_core.render import render_batches
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.media import read_wav_float
 
-#: Variant name -> (how the conditions change, render_batches options).
+#: The variants of the conditions, in the order printed (see the module docstring).
 VARIANTS = ("full", "silence", "still_tokens", "no_audio")
 
 
@@ -108,7 +109,9 @@ def main() -> None:
     # The footage's openings, measured like the renders' (crops at the render size); "closed" is below
     # a quarter of its 90th-percentile opening in speech, over the whole clip.
     footage = openings(to_uint8(to_unit(data.crops)), args.backend)
-    threshold = 0.25 * float(np.nanpercentile(footage[speech], 90))
+    threshold = closed_threshold(footage[speech & np.isfinite(footage)])
+    if threshold is None:
+        raise SystemExit(f"{root / 'crops'}: no mouth opening found in the footage's speech")
     rows = []
     for set_name, frames in sets.items():
         if len(frames) < 3:
@@ -120,11 +123,9 @@ def main() -> None:
                      "closed": closed_fraction(truth, threshold)})  # fmt: skip
         for variant in VARIANTS:
             cond = variant_conditions(data.conditions, train, pause, variant)
-            options = {"drop": ("audio",)} if variant == "no_audio" else {}
-            with torch.no_grad():
-                images = torch.cat(
-                    [out["image"] for _, out in render_batches(head, cond, data.cameras, frames, **options)]
-                )
+            options = SETTINGS["no_audio"] if variant == "no_audio" else {}
+            batches = render_batches(head, cond, data.cameras, frames, **options)
+            images = torch.cat([out["image"] for _, out in batches])
             opening = openings(to_uint8(images), args.backend)
             rows.append({"set": set_name, "variant": variant, "frames": len(frames),
                          "opening": float(np.nanmean(opening)), "r": correlation(opening, truth),

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from talk3d_core.metrics.motion import ENERGY_FLOOR_DB, audio_energy, mouth_motion_stats, speech_mask
+from talk3d_core.metrics.motion import (
+    ENERGY_FLOOR_DB,
+    audio_energy,
+    closed_threshold,
+    mouth_motion_stats,
+    speech_mask,
+)
 
 
 def test_energy_of_a_sine_is_its_rms_level() -> None:
@@ -81,6 +87,13 @@ def test_closed_mouth_in_silence() -> None:
 
     opening[~speech] = 4.0  # an open mouth throughout the pauses
     assert mouth_motion_stats(opening, energy, speech)["silence_closed_fraction"] == 0.0
+
+
+def test_closed_threshold_is_a_quarter_of_the_wide_speech_opening() -> None:
+    openings = np.arange(1.0, 11.0)  # 90th percentile 9.1
+    assert closed_threshold(openings) == pytest.approx(0.25 * 9.1)
+    assert closed_threshold(openings, closed_ratio=0.5, open_percentile=100) == pytest.approx(5.0)
+    assert closed_threshold(np.zeros(0)) is None and closed_threshold(np.zeros(4)) is None
 
 
 def test_motion_stats_are_none_when_not_computable() -> None:

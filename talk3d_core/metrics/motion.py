@@ -82,6 +82,19 @@ def speech_mask(
     return speech
 
 
+def closed_threshold(
+    speech_openings: np.ndarray, *, closed_ratio: float = 0.25, open_percentile: float = 90.0
+) -> float | None:
+    """The opening below which a mouth counts as closed: ``closed_ratio`` x the ``open_percentile``
+    percentile of ``speech_openings`` (M,) (finite openings during speech), i.e. a quarter of how wide
+    the mouth opens when it talks. None when there are none or that percentile is 0."""
+    speech_openings = np.asarray(speech_openings, dtype=np.float64)
+    if speech_openings.size == 0:
+        return None
+    reference = float(np.percentile(speech_openings, open_percentile))
+    return closed_ratio * reference if reference > 0 else None
+
+
 def mouth_motion_stats(
     opening: np.ndarray,
     energy_db: np.ndarray,
@@ -146,11 +159,7 @@ def mouth_motion_stats(
     seen = np.isfinite(opening)
     silent_open = opening[seen & ~speech]
     speech_open = opening[seen & speech]
-    threshold = None
-    if speech_open.size:
-        reference = float(np.percentile(speech_open, open_percentile))
-        if reference > 0:
-            threshold = closed_ratio * reference
+    threshold = closed_threshold(speech_open, closed_ratio=closed_ratio, open_percentile=open_percentile)
     closed_fraction = None
     if threshold is not None and silent_open.size:
         closed_fraction = float(np.mean(silent_open < threshold))
