@@ -49,6 +49,7 @@ from talk3d_core.model.talking_head import TalkingHead
 from talk3d_core.render import render_batches
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.io import atomic_path, write_json
+from talk3d_core.util.sampling import evenly_spaced
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +358,7 @@ def _ablation_sheet(
 ) -> None:
     """Rows: ground truth, then each setting; per frame the crop and its mouth box enlarged beside it;
     ``notes`` printed below (wrapped to the sheet's width)."""
-    pick = np.linspace(0, len(target) - 1, min(n, len(target))).round().astype(int)
+    pick = evenly_spaced(len(target), n)
     size = target.shape[-1]
     boxes = mouth_boxes(mouth[pick])
     rows = []

@@ -60,6 +60,7 @@ from talk3d_core.util.config import from_settings
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.io import atomic_path
 from talk3d_core.util.runs import Run, check_finite, fingerprint, pick_device, seed_step
+from talk3d_core.util.sampling import evenly_spaced
 from talk3d_core.util.weights import DEFAULT_MANIFEST, DEFAULT_WEIGHTS_DIR, require
 
 log = logging.getLogger(__name__)
@@ -365,7 +366,7 @@ def _sample_frames(data: SubjectData, n: int = 4) -> list[int]:
     pool = np.flatnonzero(~data.train)
     if len(pool) == 0:
         pool = np.flatnonzero(data.train)
-    return [int(pool[i]) for i in np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int)]
+    return [int(pool[i]) for i in evenly_spaced(len(pool), n)]
 
 
 def train_deltaplane(

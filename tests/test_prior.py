@@ -26,6 +26,10 @@ def test_fit_improves_and_evaluates(tmp_path):
     metrics = evaluate_prior(model, data)
     assert metrics["n_train"] == 6 and metrics["n_test"] == 2
     assert np.isfinite(metrics["train_psnr"]) and np.isfinite(metrics["test_psnr"])
+    assert metrics["n_train_scored"] == 6 and metrics["n_test_scored"] == 2
+    subset = evaluate_prior(model, data, max_frames=2)
+    assert subset["n_train"] == 6 and subset["n_train_scored"] == 2 and subset["n_test_scored"] == 2
+    assert np.isfinite(subset["train_psnr"])
     sheet = prior_sheet(model, tmp_path / "sheet.png", radius=2.7, pivot=(0, 0.05, 0.2), focal=3.6)
     image = Image.open(tmp_path / "sheet.png")
     assert image.size == (6 * 32, 3 * 32)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from talk3d_core.util.sampling import evenly_spaced
+
 # pytorch-fid's diagonal offset when (S1 S2)^(1/2) comes out singular / non-finite.
 _SQRTM_EPS = 1e-6
 # pytorch-fid's tolerance on the imaginary part of the diagonal of (S1 S2)^(1/2).
@@ -131,8 +133,7 @@ def reference_frames(train: np.ndarray, n: int) -> np.ndarray:
     frames = np.flatnonzero(np.asarray(train, bool))
     if len(frames) == 0:
         raise ValueError("the FID reference needs training frames; the split has none")
-    pick = np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(np.int64)
-    return frames[pick]
+    return frames[evenly_spaced(len(frames), n)]
 
 
 _REFERENCE_KEYS = ("features", "frames", "size", "background", "backend", "reason", "available")
