@@ -366,7 +366,7 @@ def _sample_frames(data: SubjectData, n: int = 4) -> list[int]:
     pool = np.flatnonzero(~data.train)
     if len(pool) == 0:
         pool = np.flatnonzero(data.train)
-    return [int(pool[i]) for i in evenly_spaced(len(pool), n)]
+    return pool[evenly_spaced(len(pool), n)].tolist()
 
 
 def train_deltaplane(

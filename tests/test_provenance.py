@@ -37,5 +37,5 @@ def test_unknown_module_is_an_error(fake_package):
 
 def test_real_stage_closure():
     names = {p.name for p in provenance.module_closure("talk3d_core.report.ingest_preview")}
-    assert names == {"__init__.py", "io.py", "media.py", "ingest_preview.py"}
+    assert names == {"__init__.py", "io.py", "media.py", "sampling.py", "ingest_preview.py"}
     assert len(provenance.source_hash("talk3d_core.report.ingest_preview")) == 16

@@ -13,13 +13,9 @@ from PIL import Image, ImageDraw
 
 from talk3d_core.util.io import atomic_path, list_frames
 from talk3d_core.util.media import read_wav_float
+from talk3d_core.util.sampling import evenly_spaced
 
 LABEL_H = 18  # height of the text strip above each tile of a contact sheet, pixels
-
-
-def evenly_spaced(n_total: int, n_show: int) -> list[int]:
-    """Indices of ``n_show`` items spread evenly over ``n_total`` (first and last included)."""
-    return np.linspace(0, n_total - 1, min(n_show, n_total)).round().astype(int).tolist()
 
 
 def _waveform_strip(samples: np.ndarray, width: int, height: int) -> Image.Image:
@@ -53,7 +49,7 @@ def ingest_preview(
     tick at each shown frame's time.
     """
     paths = list_frames(frames_dir)
-    shown = evenly_spaced(len(paths), columns * rows)
+    shown = evenly_spaced(len(paths), columns * rows).tolist()
     n_show = len(shown)
     with Image.open(paths[0]) as first:
         tile_h = max(1, round(tile * first.height / first.width))

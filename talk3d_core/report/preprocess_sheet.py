@@ -16,8 +16,9 @@ from PIL import Image, ImageDraw
 from talk3d_core.camera import project_template
 from talk3d_core.face.template import MEAN_FACE_68
 from talk3d_core.masks import colorize, read_mask
-from talk3d_core.report.ingest_preview import LABEL_H, evenly_spaced
+from talk3d_core.report.ingest_preview import LABEL_H
 from talk3d_core.util.io import atomic_path, read_rgb
+from talk3d_core.util.sampling import evenly_spaced
 
 
 def _head_axes_px(yaw: float, pitch: float, roll: float, translation: np.ndarray, size: int, focal: float):
@@ -55,7 +56,7 @@ def preprocess_sheet(
             f"{out_png}: crops ({len(crop_paths)}), masks ({len(mask_paths)}), landmarks "
             f"({len(lm68_crop)}) and cameras ({len(camera['yaw'])}) disagree on the frame count"
         )
-    shown = evenly_spaced(len(crop_paths), columns * rows)
+    shown = evenly_spaced(len(crop_paths), columns * rows).tolist()
     grid_rows = -(-len(shown) // columns)  # only the rows that hold frames
     sheet = np.full((2 * grid_rows * (tile + LABEL_H), columns * tile, 3), 255, np.uint8)
     for k, idx in enumerate(shown):
