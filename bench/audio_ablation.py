@@ -73,6 +73,7 @@ def main() -> None:
         read_features(root / "features.parquet"), root / "prior/frames.parquet", crops=root / "crops",
         masks=root / "masks", size=prior.generator.config.image_resolution,
         background=prior.training["background"],
+        mouth_zoom=train_config.mouth_zoom if train_config.weight_mouth_zoom > 0 else 0,
     )  # fmt: skip
     splits = {"test": np.flatnonzero(~data.train).tolist()}
     if args.validation:

@@ -29,8 +29,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from talk3d_core.model.deltaplane import DeltaplaneConfig
+from talk3d_core.model.deltaplane import TOKEN_NAMES, DeltaplaneConfig
 from talk3d_core.model.gfpgan import GFPGAN, GFPGAN_WEIGHTS, load_gfpgan
 from talk3d_core.model.subject import (
     SubjectData,
@@ -100,6 +100,7 @@ class TrainConfig:
     sync_warmup_epochs: float = 21.0
     weight_mouth_zoom: float = 0.0
     mouth_zoom: int = 32
+    token_dropout: Mapping[str, float] = field(default_factory=dict)
     sr_steps: int = 300
     lr_sr: float = 1e-4
     weight_lpips_sr: float = 0.0
@@ -134,6 +135,12 @@ class TrainConfig:
             raise ValueError(f"mouth_zoom must be >= 4 rays a side, got {self.mouth_zoom}")
         if self.sr not in SR_NETWORKS:
             raise ValueError(f"sr must be one of {SR_NETWORKS}, got {self.sr!r}")
+        droppable = [name for name in TOKEN_NAMES if name != "null"]
+        for name, p in self.token_dropout.items():
+            if name not in droppable or not 0 <= p <= 1:
+                raise ValueError(
+                    f"token_dropout maps tokens {droppable} to probabilities in [0, 1], got {name}: {p}"
+                )
 
 
 def configs_from_settings(train: dict[str, Any]) -> tuple[DeltaplaneConfig, TrainConfig]:
@@ -517,7 +524,10 @@ def train_deltaplane(
                 lr = learning_rate(cfg, step, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                out = head(cond, cameras, jitter=True)
+                # Each step drops (zeroes) the listed tokens with their probabilities, so the mouth cannot
+                # be recalled from them alone (docs/decisions.md#token-dropout).
+                drop = [name for name, p in sorted(cfg.token_dropout.items()) if float(torch.rand(())) < p]
+                out = head(cond, cameras, drop=drop, jitter=True)
                 terms = deltaplane_losses(
                     out, target, data.face[frames].to(device), data.mouth[frames].to(device), cfg, nets
                 )

@@ -447,6 +447,22 @@ def test_zoomed_mouth_loss_trains(tmp_path):
         train_deltaplane(data, tiny_prior(), tmp_path / "b", net_config=NET, train_config=bad)
 
 
+def test_token_dropout_zeroes_tokens_in_training(tmp_path):
+    data = talking_disc()
+    cfg = TrainConfig(steps=3, sr_steps=0, token_dropout={"rotation": 1.0, "eye": 0.0}, **NO_EXTRAS)
+    start = train_deltaplane(
+        data, tiny_prior(), tmp_path / "start", net_config=NET, train_config=dataclasses.replace(cfg, steps=0)
+    )
+    trained = train_deltaplane(data, tiny_prior(), tmp_path / "run", net_config=NET, train_config=cfg)
+    before, after = start.net.tokens.state_dict(), trained.net.tokens.state_dict()
+    # Always dropped: the rotation encoder never gets a gradient; never dropped: the eye encoder learns.
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("rotation."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("eye."))
+    for bad in ({"null": 0.5}, {"rotation": 1.5}):
+        with pytest.raises(ValueError, match="token_dropout"):
+            TrainConfig(token_dropout=bad)
+
+
 def test_fewer_sr_steps_than_a_finished_run_start_over_and_are_recorded(tmp_path):
     data = talking_disc()
     longer = TrainConfig(steps=4, sr_steps=3, checkpoint_every=100, sample_every=100, **NO_EXTRAS)
