@@ -13,7 +13,8 @@ they are left out of training, so a step budget can be chosen on them without lo
 frames. Snapshots are taken when the run checkpoints, so they must be multiples of
 train.checkpoint_every (or the end of the main stage). ``--set`` values are validated against the
 config schema, as the workflow would. Prints one line per (seed, step, split) and
-writes them to DIR/<subject>_seed<N>.jsonl, then the mean over seeds of each setting and the paired
+writes them to DIR/<subject>_seed<N>.jsonl (the trained model to DIR/<subject>_seed<N>/deltaplane.pt,
+for bench/mouth_limits.py --model), then the mean over seeds of each setting and the paired
 difference full - no_audio.
 """
 
@@ -26,6 +27,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from talk3d_core.ablation import SETTINGS, audio_ablation
@@ -109,6 +111,7 @@ def main() -> None:
             train_config=seeded, progress=False, restart_on_mismatch=True, on_checkpoint=at_checkpoint,
         )  # fmt: skip
         score(head, seed, f"{seeded.steps}+sr{seeded.sr_steps}")
+        torch.save(head.to_dict(), out_dir / f"{args.subject}_seed{seed}" / "deltaplane.pt")
 
     print("\nmean over seeds", args.seeds)
     for step, split in dict.fromkeys((r["step"], r["split"]) for r in rows):

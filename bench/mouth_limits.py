@@ -1,10 +1,11 @@
 """What limits the rendered mouth? A trained subject's frames rendered with their conditions changed
 one at a time, and the inner-lip opening of each measured with the landmark backend.
 
-    python bench/mouth_limits.py --subject german [--backend mediapipe] [--out bench/out/mouth_limits]
+    python bench/mouth_limits.py --subject german [--model PATH] [--drive WAV ...] [--backend mediapipe]
+        [--out bench/out/mouth_limits]
 
-Reads results/<subject>/{train/deltaplane.pt, prior/frames.parquet, features.parquet, crops, masks,
-audio.wav} (run the workflow up to the train stage first). Two sets of frames:
+Reads results/<subject>/{train/deltaplane.pt (or --model), prior/frames.parquet, features.parquet,
+crops, masks, audio.wav} (run the workflow up to the train stage first). Two sets of frames:
 
 - ``held_out``: the test frames (what evaluate and the ablation score);
 - ``silent``: the training frames the clip is silent in (evaluate's speech mask), the only silences
@@ -18,6 +19,10 @@ Variants of the conditions, each rendered on both sets:
 - ``still_tokens``: eye, rotation and landmark tokens held at their training mean (how much of the
   mouth rides on the co-speech motion in those tokens rather than on the audio);
 - ``no_audio``: the audio token zeroed, as the ablation does.
+
+With ``--drive``, each driving audio also renders the held-out cameras and tokens driven by it (as
+rule render_drive does), and its row's ``closed`` is evaluate's silence_closed_fraction over the
+driving clip's silent frames, beside the footage's over the whole clip (the issue's comparison).
 
 Per (set, variant): the mean opening in pixels of a 256-pixel crop, its Pearson r with the crops'
 opening, and the closed fraction: opening below a quarter of the footage's 90th-percentile opening
@@ -36,12 +41,12 @@ import numpy as np
 import torch
 
 from talk3d_core.ablation import SETTINGS
-from talk3d_core.features import read_features
-from talk3d_core.metrics.motion import audio_energy, closed_threshold, speech_mask
+from talk3d_core.features import drive_features, read_features
+from talk3d_core.metrics.motion import audio_energy, closed_threshold, mouth_motion_stats, speech_mask
 from talk3d_core.metrics.mouth import REFERENCE_SIZE, correlation, landmarks_of_images, mouth_opening
 from talk3d_core.model.subject import FrameConditions, read_subject_data
 from talk3d_core.model.talking_head import load_talking_head
-from talk3d_core.render import render_batches
+from talk3d_core.render import drive_conditions, ping_pong, render_batches
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.media import read_wav_float
 
@@ -76,6 +81,10 @@ def openings(images: np.ndarray, backend: str) -> np.ndarray:
     return mouth_opening(lm) * REFERENCE_SIZE / images.shape[1]
 
 
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,10 +92,14 @@ def main() -> None:
     parser.add_argument("--subject", default="german")
     parser.add_argument("--backend", default="mediapipe")
     parser.add_argument("--out", default="bench/out/mouth_limits")
+    parser.add_argument("--model", help="deltaplane.pt to render (default results/<subject>/train/)")
+    parser.add_argument("--drive", nargs="*", default=[], help="driving audio files (.wav)")
     args = parser.parse_args()
 
     root = Path("results") / args.subject
-    head = load_talking_head(root / "train/deltaplane.pt")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    head = load_talking_head(args.model or root / "train/deltaplane.pt")
     size = head.generator.config.image_resolution
     data = read_subject_data(
         read_features(root / "features.parquet"), root / "prior/frames.parquet", crops=root / "crops",
@@ -130,13 +143,31 @@ def main() -> None:
             rows.append({"set": set_name, "variant": variant, "frames": len(frames),
                          "opening": float(np.nanmean(opening)), "r": correlation(opening, truth),
                          "closed": closed_fraction(opening, threshold)})  # fmt: skip
+    held_out = sets["held_out"]
+    whole = mouth_motion_stats(footage, energy, speech)
+    for wav_path in args.drive:
+        name = Path(wav_path).stem
+        drive_features(wav_path, root / "features.parquet", out / f"drive_{name}.parquet")
+        audio = read_features(out / f"drive_{name}.parquet", kind="drive").audio
+        cond = drive_conditions(data.conditions, audio, held_out)
+        cameras = data.cameras[ping_pong(held_out, len(audio))]
+        batches = render_batches(head, cond, cameras, np.arange(len(audio)))
+        opening = openings(to_uint8(torch.cat([o["image"] for _, o in batches])), args.backend)
+        drive_wav, drive_rate = read_wav_float(wav_path)
+        drive_energy = audio_energy(drive_wav, drive_rate, len(audio), 25.0)
+        stats = mouth_motion_stats(opening, drive_energy, speech_mask(drive_energy))
+        rows.append({"set": f"driven:{name}", "variant": "footage (clip)",
+                     "frames": int(whole["frames_silence"]),
+                     "opening": _number(whole["opening_silence"]), "r": float("nan"),
+                     "closed": _number(whole["silence_closed_fraction"])})  # fmt: skip
+        rows.append({"set": f"driven:{name}", "variant": "full", "frames": int(stats["frames_silence"]),
+                     "opening": _number(stats["opening_silence"]), "r": float("nan"),
+                     "closed": _number(stats["silence_closed_fraction"])})  # fmt: skip
     for row in rows:
         print(
-            f"{row['set']:9s} {row['variant']:13s} n={row['frames']:4d} opening {row['opening']:6.2f} "
+            f"{row['set']:16s} {row['variant']:14s} n={row['frames']:4d} opening {row['opening']:6.2f} "
             f"px@256 r {row['r']:+.2f} closed {row['closed']:.2f}"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.subject}.json").write_text(json.dumps(rows, indent=1))
 
 
