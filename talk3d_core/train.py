@@ -525,7 +525,7 @@ def train_deltaplane(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 # Each step drops (zeroes) the listed tokens with their probabilities, so the mouth cannot
-                # be recalled from them alone (docs/decisions.md#token-dropout).
+                # be recalled from them alone (docs/decisions.md#mouth-at-128-px).
                 drop = [name for name, p in sorted(cfg.token_dropout.items()) if float(torch.rand(())) < p]
                 out = head(cond, cameras, drop=drop, jitter=True)
                 terms = deltaplane_losses(

@@ -101,7 +101,7 @@ def test_config_defaults_are_the_schemas(cls, path):
     defaults = schema_defaults(load_schema(REPO_ROOT / "workflow/schemas/config.schema.yaml"), *path)
     for field in dataclasses.fields(cls):
         assert field.name in defaults, f"{cls.__name__}.{field.name} has no setting in the schema"
-        value = field.default
+        value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         expected = defaults[field.name]
         assert value == (tuple(expected) if isinstance(value, tuple) else expected), (
             f"{cls.__name__}.{field.name} = {value!r}, the schema's default is {expected!r}"

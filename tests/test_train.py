@@ -194,7 +194,7 @@ def test_checkpoint_callback_sees_each_checkpoint_and_changes_nothing(tmp_path):
 def test_configs_from_settings_follow_the_config_files():
     import yaml
 
-    from talk3d_core.util.config import load_schema, validate_config
+    from talk3d_core.util.config import load_schema, merge_settings, validate_config
 
     root = REPO_ROOT
     schema = load_schema(root / "workflow/schemas/config.schema.yaml")
@@ -206,9 +206,9 @@ def test_configs_from_settings_follow_the_config_files():
     assert cfg.steps == cpu["steps"] and cfg.weight_mouth == cpu["weight_mouth"] and cfg.seed == cpu["seed"]
     assert cfg.window_positions is None and cfg.lpips_reduction == "mean" and cfg.mouth_image == "final"
     config = yaml.safe_load((root / "config/config.yaml").read_text())
-    paper = validate_config(config | yaml.safe_load((root / "config/paper.yaml").read_text()), schema)[
-        "train"
-    ]
+    # As Snakemake overlays a --configfile: nested mappings merge key by key.
+    overlay = yaml.safe_load((root / "config/paper.yaml").read_text())
+    paper = validate_config(merge_settings(config, overlay), schema)["train"]
     net, cfg = configs_from_settings(paper)
     assert net.widths == DeltaplaneConfig.paper().widths and not net.decoder_conditioning
     # The official trainer's recipe.
@@ -220,6 +220,8 @@ def test_configs_from_settings_follow_the_config_files():
         False,
     )
     assert (cfg.sr_steps, cfg.sr_batch_size, cfg.lr_sr, cfg.weight_lpips_sr) == (1000, 2, 2e-4, 1)
+    # The CPU preset's mouth aids are not the official trainer's.
+    assert cfg.weight_mouth_zoom == 0 and not any(cfg.token_dropout.values())
 
 
 def test_other_settings_are_not_resumed_silently(tmp_path):
