@@ -144,7 +144,11 @@ def main() -> None:
                          "opening": float(np.nanmean(opening)), "r": correlation(opening, truth),
                          "closed": closed_fraction(opening, threshold)})  # fmt: skip
     held_out = sets["held_out"]
-    whole = mouth_motion_stats(footage, energy, speech)
+    if args.drive:  # the footage's silences over the whole clip, what every driven row is held against
+        whole = mouth_motion_stats(footage, energy, speech)
+        rows.append({"set": "driven", "variant": "footage (clip)", "frames": int(whole["frames_silence"]),
+                     "opening": _number(whole["opening_silence"]), "r": float("nan"),
+                     "closed": _number(whole["silence_closed_fraction"])})  # fmt: skip
     for wav_path in args.drive:
         name = Path(wav_path).stem
         drive_features(wav_path, root / "features.parquet", out / f"drive_{name}.parquet")
@@ -156,10 +160,6 @@ def main() -> None:
         drive_wav, drive_rate = read_wav_float(wav_path)
         drive_energy = audio_energy(drive_wav, drive_rate, len(audio), 25.0)
         stats = mouth_motion_stats(opening, drive_energy, speech_mask(drive_energy))
-        rows.append({"set": f"driven:{name}", "variant": "footage (clip)",
-                     "frames": int(whole["frames_silence"]),
-                     "opening": _number(whole["opening_silence"]), "r": float("nan"),
-                     "closed": _number(whole["silence_closed_fraction"])})  # fmt: skip
         rows.append({"set": f"driven:{name}", "variant": "full", "frames": int(stats["frames_silence"]),
                      "opening": _number(stats["opening_silence"]), "r": float("nan"),
                      "closed": _number(stats["silence_closed_fraction"])})  # fmt: skip
