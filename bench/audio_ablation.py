@@ -3,19 +3,20 @@
 training seeds, scored on a validation stretch held out of the training frames and on the test frames
 at a series of steps of the main stage, then after the super-resolution fine-tune.
 
-    python bench/audio_ablation.py --subject german --seeds 1 2 [--validation 45]
+    python bench/audio_ablation.py --subject german --seeds 1 2 [--validation 45] [--fit 45]
         [--snapshots 1000,2000,3000,4000] [--set train.steps=3000 ...] [--out DIR]
 
-Reads results/<subject>/{prior,crops,masks,features.parquet} (run the workflow up to the prior first)
-and the train settings of config/config.yaml (the subject's overrides applied, then ``--set``). The
-validation stretch is the last ``--validation`` training frames (the ones just before the test block);
-they are left out of training, so a step budget can be chosen on them without looking at the test
-frames. Snapshots are taken when the run checkpoints, so they must be multiples of
-train.checkpoint_every (or the end of the main stage). ``--set`` values are validated against the
-config schema, as the workflow would. Prints one line per (seed, step, split) and
-writes them to DIR/<subject>_seed<N>.jsonl (the trained model to DIR/<subject>_seed<N>/deltaplane.pt,
-for bench/mouth_limits.py --model), then the mean over seeds of each setting and the paired
-difference full - no_audio.
+Reads results/<subject>/{prior,crops,masks,features.parquet,audio.wav} (run the workflow up to the prior
+first) and the train settings of config/config.yaml (the subject's overrides applied, then ``--set``).
+The validation stretch is the last ``--validation`` training frames (the ones just before the test
+block); they are left out of training, so a step budget can be chosen on them without looking at the
+test frames. ``--fit N`` also scores the first N training frames: how well the mouth is fitted where it
+was seen, beside how well it generalises. Snapshots are taken when the run checkpoints, so they must be
+multiples of train.checkpoint_every (or the end of the main stage). ``--set`` values are validated
+against the config schema, as the workflow would. Prints one line per (seed, step, split) and writes
+them to DIR/<subject>_seed<N>.jsonl (the trained model to DIR/<subject>_seed<N>/deltaplane.pt, for
+bench/mouth_limits.py --model), then the mean over seeds of each setting and the paired difference full
+- no_audio.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from talk3d_core.ablation import SETTINGS, audio_ablation
 from talk3d_core.features import read_features
 from talk3d_core.model.subject import read_subject_data
 from talk3d_core.model.talking_head import load_prior
-from talk3d_core.train import configs_from_settings, train_deltaplane
+from talk3d_core.train import configs_from_settings, silent_frames, train_deltaplane
 from talk3d_core.util.config import load_schema, subject_config, validate_config
+from talk3d_core.util.media import read_wav_float
 
 METRICS = ("face_psnr", "lmd", "opening_correlation", "opening_mae")
 
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--subject", default="german")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--validation", type=int, default=45, help="training frames held out (0: none)")
+    parser.add_argument("--fit", type=int, default=0, help="also score the first N training frames (0: no)")
     parser.add_argument("--snapshots", default="1000,2000,3000,4000", help="main-stage steps to score")
     parser.add_argument("--set", action="append", default=[], help="train.KEY=VALUE over config.yaml")
     parser.add_argument("--out", default="bench/out/audio_ablation")
@@ -83,6 +86,12 @@ def main() -> None:
         data = dataclasses.replace(data, train=data.train.copy())
         data.train[validation] = False
         splits = {"validation": validation.tolist(), **splits}
+    if args.fit:  # trained-on frames: is the mouth fitted at all, or only poorly generalised?
+        splits = {"fit": np.flatnonzero(data.train)[: args.fit].tolist(), **splits}
+    silent = None
+    if train_config.silence_share > 0:
+        wav, rate = read_wav_float(root / "audio.wav")
+        silent = silent_frames(wav, rate, len(data.train), config["fps"])
     snapshots = {int(s) for s in args.snapshots.split(",") if s}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +118,7 @@ def main() -> None:
         head = train_deltaplane(
             data, prior, out_dir / f"{args.subject}_seed{seed}", net_config=net_config,
             train_config=seeded, progress=False, restart_on_mismatch=True, on_checkpoint=at_checkpoint,
+            silent=silent,
         )  # fmt: skip
         score(head, seed, f"{seeded.steps}+sr{seeded.sr_steps}")
         torch.save(head.to_dict(), out_dir / f"{args.subject}_seed{seed}" / "deltaplane.pt")

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from talk3d_core.metrics.motion import audio_energy, speech_mask
 from talk3d_core.model.deltaplane import TOKEN_NAMES, DeltaplaneConfig
 from talk3d_core.model.gfpgan import GFPGAN, GFPGAN_WEIGHTS, load_gfpgan
 from talk3d_core.model.subject import (
@@ -101,6 +102,7 @@ class TrainConfig:
     weight_mouth_zoom: float = 0.0
     mouth_zoom: int = 32
     token_dropout: Mapping[str, float] = field(default_factory=dict)
+    silence_share: float = 0.0
     sr_steps: int = 300
     lr_sr: float = 1e-4
     weight_lpips_sr: float = 0.0
@@ -135,6 +137,10 @@ class TrainConfig:
             raise ValueError(f"mouth_zoom must be >= 4 rays a side, got {self.mouth_zoom}")
         if self.sr not in SR_NETWORKS:
             raise ValueError(f"sr must be one of {SR_NETWORKS}, got {self.sr!r}")
+        if not 0 <= self.silence_share < 1:
+            raise ValueError(f"silence_share must be in [0, 1), got {self.silence_share}")
+        if self.silence_share > 0 and self.window_positions is not None:
+            raise ValueError("silence_share draws single frames; it cannot be combined with window_positions")
         droppable = [name for name in TOKEN_NAMES if name != "null"]
         for name, p in self.token_dropout.items():
             if name not in droppable or not 0 <= p <= 1:
@@ -368,6 +374,25 @@ def sample_sheet(
         Image.fromarray(sheet).save(tmp)
 
 
+def draw_frames(pool: np.ndarray, silent: np.ndarray, n: int, silence_share: float) -> np.ndarray:
+    """``n`` random frames (n,) of ``pool``, each taken instead from ``silent`` with probability
+    ``silence_share`` (when it is not empty), from torch's generator (reseeded every step).
+
+    A clip's pauses are few (german: 28 of 455 training frames), so uniform batches seldom show the
+    mouth shut; docs/decisions.md#silence-share measures what drawing them more often does."""
+    frames = pool[torch.randint(len(pool), (n,)).numpy()]
+    if silence_share > 0 and len(silent):
+        quiet = (torch.rand(n) < silence_share).numpy()
+        frames[quiet] = silent[torch.randint(len(silent), (int(quiet.sum()),)).numpy()]
+    return frames
+
+
+def silent_frames(wav: np.ndarray, rate: int, n_frames: int, fps: float) -> np.ndarray:
+    """(n_frames,) bool: the frames without speech by evaluate's rule (:func:`speech_mask` of
+    :func:`audio_energy`), for ``train.silence_share``."""
+    return ~speech_mask(audio_energy(wav, rate, n_frames, fps))
+
+
 def _sample_frames(data: SubjectData, n: int = 4) -> list[int]:
     """Evenly spaced test frames (training frames when there are none), for the sample renders."""
     pool = np.flatnonzero(~data.train)
@@ -391,6 +416,7 @@ def train_deltaplane(
     device: str | None = None,
     on_checkpoint: Callable[[TalkingHead, int, str], None] | None = None,
     gfpgan: GFPGAN | None = None,
+    silent: np.ndarray | None = None,
 ) -> TalkingHead:
     """Train the deltaplane predictor (then fine-tune the super-resolution) on ``data``'s training
     frames; resume from ``out_dir/checkpoint.pt``.
@@ -409,6 +435,8 @@ def train_deltaplane(
     random generator, what the call draws does not change the training. ``gfpgan``: with
     ``train_config.sr`` gfpgan, the GFPGAN v1.3 network (:func:`talk3d_core.model.gfpgan.load_gfpgan`)
     that the sr stage fine-tunes in place of EG3D's super-resolution and that then makes the final image.
+    ``silent``: (N,) bool, the frames without speech (:func:`silent_frames`), which
+    ``train_config.silence_share`` draws from.
     """
     from tensorboardX import SummaryWriter
 
@@ -429,6 +457,18 @@ def train_deltaplane(
     train_index = np.flatnonzero(data.train)
     if len(train_index) == 0:
         raise ValueError(f"{out_dir}: no training frames")
+    silent_index = np.zeros(0, dtype=np.int64)
+    if cfg.silence_share > 0:
+        if silent is None or np.shape(silent) != data.train.shape:
+            raise ValueError(
+                f"{out_dir}: train.silence_share needs the (N,) silent-frame mask of the {len(data.train)} "
+                f"frames, got {None if silent is None else np.shape(silent)}"
+            )
+        silent_index = np.flatnonzero(np.asarray(silent, dtype=bool) & data.train)
+        log.info(
+            "%d of %d training frames are silent; %.0f%% of each batch is drawn from them",
+            len(silent_index), len(train_index), 100 * cfg.silence_share * (len(silent_index) > 0),
+        )  # fmt: skip
     positions = cfg.window_positions
     if positions is None:  # independent random frames; an epoch is one pass over them
         batch_size = min(cfg.batch_size, len(train_index))
@@ -477,6 +517,7 @@ def train_deltaplane(
         ),
         "conditions": fingerprint(conditions.audio, conditions.eye, conditions.rotation, conditions.ldm),
         "prior": fingerprint(prior.identity_planes, prior.w_id),
+        **({"silent": fingerprint(silent_index)} if cfg.silence_share > 0 else {}),
         "losses": sorted(k for k in ("lpips", "identity", "sync_expert") if getattr(nets, k) is not None),
     }
     total = cfg.steps + cfg.sr_steps
@@ -511,7 +552,7 @@ def train_deltaplane(
             if stage == "sr":
                 frames = train_index[torch.randint(len(train_index), (sr_batch_size,)).numpy()]
             elif positions is None:
-                frames = train_index[torch.randint(len(train_index), (batch_size,)).numpy()]
+                frames = draw_frames(train_index, silent_index, batch_size, cfg.silence_share)
             else:
                 window = window_batch(starts, step, windows, cfg.seed)[:, None] + np.arange(SYNC_FRAMES)
                 frames = window[:, list(positions)].reshape(-1)
@@ -713,9 +754,15 @@ def train_stage(
 
         wav, rate = read_wav_float(audio_wav)
         sync_audio = (wav2lip_mel(wav, rate), fps)
+    silent = None
+    if cfg.silence_share > 0:
+        from talk3d_core.util.media import read_wav_float
+
+        wav, rate = read_wav_float(audio_wav)
+        silent = silent_frames(wav, rate, len(data.train), fps)
     head = train_deltaplane(
         data, prior, out_dir, net_config=net_config, train_config=cfg, sync_audio=sync_audio, nets=nets,
-        run_id=run_id, restart_on_mismatch=True, device=device, gfpgan=gfpgan,
+        run_id=run_id, restart_on_mismatch=True, device=device, gfpgan=gfpgan, silent=silent,
     )  # fmt: skip
     log.info("trained %d main + %d super-resolution steps", head.steps_run["main"], head.steps_run["sr"])
     with atomic_path(model_pt) as tmp:

@@ -19,8 +19,10 @@ from talk3d_core.train import (
     TrainConfig,
     configs_from_settings,
     deltaplane_losses,
+    draw_frames,
     learning_rate,
     loss_nets,
+    silent_frames,
     sr_losses,
     sync_window_faces,
     train_deltaplane,
@@ -221,7 +223,7 @@ def test_configs_from_settings_follow_the_config_files():
     )
     assert (cfg.sr_steps, cfg.sr_batch_size, cfg.lr_sr, cfg.weight_lpips_sr) == (1000, 2, 2e-4, 1)
     # The CPU preset's mouth aids are not the official trainer's.
-    assert cfg.weight_mouth_zoom == 0 and not any(cfg.token_dropout.values())
+    assert cfg.weight_mouth_zoom == 0 and not any(cfg.token_dropout.values()) and cfg.silence_share == 0
 
 
 def test_other_settings_are_not_resumed_silently(tmp_path):
@@ -463,6 +465,41 @@ def test_token_dropout_zeroes_tokens_in_training(tmp_path):
     for bad in ({"null": 0.5}, {"rotation": 1.5}):
         with pytest.raises(ValueError, match="token_dropout"):
             TrainConfig(token_dropout=bad)
+
+
+def test_silence_share_draws_silent_frames_that_often():
+    pool, silent = np.arange(100), np.array([3, 7])
+    torch.manual_seed(0)
+    uniform = draw_frames(pool, silent, 4000, 0.0)
+    torch.manual_seed(0)
+    assert np.array_equal(draw_frames(pool, np.zeros(0, np.int64), 4000, 0.5), uniform)  # no pauses: uniform
+    torch.manual_seed(0)
+    shared = draw_frames(pool, silent, 4000, 0.25)
+    # 0.25 of the draws from the two silent frames, plus their uniform share 2% of the rest
+    assert np.isin(shared, silent).mean() == pytest.approx(0.25 + 0.75 * 0.02, abs=0.02)
+    assert np.isin(uniform, silent).mean() == pytest.approx(0.02, abs=0.01)
+
+
+def test_silent_frames_follow_the_audio_energy():
+    rate, fps = 16000, 25.0
+    t = np.arange(rate * 2) / rate
+    wav = np.where(t < 1.0, 0.3 * np.sin(2 * np.pi * 220 * t), 0.0)  # 1 s of tone, then 1 s of silence
+    silent = silent_frames(wav, rate, 50, fps)
+    assert silent.shape == (50,) and not silent[:24].any() and silent[26:].all()
+
+
+def test_silence_share_needs_the_silent_mask(tmp_path):
+    data = talking_disc()
+    cfg = TrainConfig(steps=2, sr_steps=0, silence_share=0.5, **NO_EXTRAS)
+    with pytest.raises(ValueError, match="silent-frame mask"):
+        train_deltaplane(data, tiny_prior(), tmp_path / "a", net_config=NET, train_config=cfg)
+    silent = np.zeros(len(data.train), dtype=bool)
+    silent[:2] = True
+    train_deltaplane(data, tiny_prior(), tmp_path / "b", net_config=NET, train_config=cfg, silent=silent)
+    assert len(_log(tmp_path / "b")) == 2
+    for bad in (dict(silence_share=1.0), dict(silence_share=0.5, window_positions=(1, 3), batch_size=4)):
+        with pytest.raises(ValueError, match="silence_share"):
+            TrainConfig(**bad)
 
 
 def test_fewer_sr_steps_than_a_finished_run_start_over_and_are_recorded(tmp_path):
