@@ -33,9 +33,10 @@ import yaml
 
 from talk3d_core.ablation import SETTINGS, audio_ablation
 from talk3d_core.features import read_features
+from talk3d_core.metrics.motion import silent_frames
 from talk3d_core.model.subject import read_subject_data
 from talk3d_core.model.talking_head import load_prior
-from talk3d_core.train import configs_from_settings, silent_frames, train_deltaplane
+from talk3d_core.train import configs_from_settings, train_deltaplane
 from talk3d_core.util.config import load_schema, subject_config, validate_config
 from talk3d_core.util.media import read_wav_float
 

@@ -50,7 +50,9 @@ from talk3d_core.camera import read_camera_table
 from talk3d_core.crop import CropTable, read_crop_table, smooth_track
 from talk3d_core.face.blink import blink_signal
 from talk3d_core.landmarks import read_landmarks
+from talk3d_core.metrics.motion import silent_frames
 from talk3d_core.nets.audio_features import (
+    MEL_FLOOR_DB,
     apply_normalisation,
     fit_normalisation,
     frame_features,
@@ -65,6 +67,20 @@ METADATA_KEY = b"talk3d.features"
 SPLITS = ("train", "test")
 #: What the landmark token describes (config ``features.landmark_token``).
 LANDMARK_TOKENS = ("crop", "frame")
+AUDIO_SILENCE = ("keep", "floor")
+
+
+def floor_silence(per_frame: np.ndarray, wav: np.ndarray, rate: int, fps: float, backend: str) -> np.ndarray:
+    """Per-frame log-mel features (N, D) with the frames of a pause (:func:`silent_frames`) set to the
+    mel floor (digital silence), so that every recording's pauses reach the network as the same input
+    rather than as that room's noise (docs/decisions.md#silence-share). Mel only."""
+    if backend != "mel":
+        raise ValueError(f"features.audio_silence 'floor' needs audio_backend 'mel', got {backend!r}")
+    out = np.array(per_frame, copy=True)
+    out[silent_frames(wav, rate, len(out), fps)] = MEL_FLOOR_DB
+    return out
+
+
 # Crop token points (iBUG 68 indices): nose tip, right-eye centre, left-eye centre.
 NOSE_TIP = 30
 RIGHT_EYE = tuple(range(36, 42))
@@ -74,8 +90,8 @@ LEFT_EYE = tuple(range(42, 48))
 FRAME_TOKEN_POINTS = (30, 45, 36)
 # Tables written before these settings were recorded were all made this way.
 _LEGACY_META = {
-    "subject": {"landmark_token": "crop", "audio_normalise": True},
-    "drive": {"audio_normalise": True},
+    "subject": {"landmark_token": "crop", "audio_normalise": True, "audio_silence": "keep"},
+    "drive": {"audio_normalise": True, "audio_silence": "keep"},
 }
 
 
@@ -164,6 +180,7 @@ def subject_features(
     audio_window: int = 16,
     audio_pad: str = "edge",
     audio_normalise: bool = True,
+    audio_silence: str = "keep",
     eye_backend: str = "ear",
     landmark_token: str = "crop",
     landmarks_parquet: str | os.PathLike[str] | None = None,
@@ -174,10 +191,16 @@ def subject_features(
 
     The audio of ``audio_wav`` must span exactly the frames of the crop table (ingest guarantees
     it). ``audio_normalise``: scale each audio dimension with the clip's statistics (else the
-    backend's values as they are). ``landmark_token`` "crop" (:func:`crop_landmark_token`) or
-    "frame" (:func:`frame_landmark_token`, which needs ``landmarks_parquet``, the full-frame
-    landmarks). ``crop_paths`` is only needed by image-based eye backends (pyfeat).
+    backend's values as they are). ``audio_silence``: "keep" the pauses' features, or "floor" them
+    (:func:`floor_silence`, mel only; driving audio then gets the same). ``landmark_token`` "crop"
+    (:func:`crop_landmark_token`) or "frame" (:func:`frame_landmark_token`, which needs
+    ``landmarks_parquet``, the full-frame landmarks). ``crop_paths`` is only needed by image-based
+    eye backends (pyfeat).
     """
+    if audio_silence not in AUDIO_SILENCE:
+        raise ValueError(
+            f"features.audio_silence must be one of {', '.join(AUDIO_SILENCE)}, got {audio_silence!r}"
+        )
     if landmark_token not in LANDMARK_TOKENS:
         raise ValueError(
             f"features.landmark_token must be one of {', '.join(LANDMARK_TOKENS)}, got {landmark_token!r}"
@@ -196,6 +219,8 @@ def subject_features(
     per_frame = frame_features(
         wav, rate, backend=audio_backend, n_frames=n, fps=fps, model_path=audio_model, output=audio_output
     )
+    if audio_silence == "floor":
+        per_frame = floor_silence(per_frame, wav, rate, fps, audio_backend)
     stats = fit_normalisation(per_frame) if audio_normalise else None
     audio = frame_windows(_normalised(per_frame, audio_normalise, stats), audio_window, pad=audio_pad)
     if landmark_token == "frame":
@@ -217,6 +242,7 @@ def subject_features(
         "audio_dim": int(per_frame.shape[1]),
         "audio_normalise": bool(audio_normalise),
         "audio_stats": stats,
+        "audio_silence": audio_silence,
         "eye_backend": eye_backend,
         "landmark_token": landmark_token,
         "eye": eye_info,
@@ -286,11 +312,15 @@ def drive_features(
         model_path=m["audio_model"],
         output=m["audio_output"],
     )
+    silence = m["audio_silence"]
+    if silence == "floor":
+        per_frame = floor_silence(per_frame, wav, rate, m["fps"], m["audio_backend"])
     normalised = _normalised(per_frame, m["audio_normalise"], m["audio_stats"])
     audio = frame_windows(normalised, m["audio_window"], pad=m["audio_pad"])
     keys = ("fps", "audio_backend", "audio_model", "audio_output", "audio_window", "audio_pad", "audio_dim")
     keys += ("audio_normalise", "audio_stats")
     meta = {
+        "audio_silence": silence,
         "kind": "drive",
         "version": SCHEMA_VERSION,
         "n_frames": n,

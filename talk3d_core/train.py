@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from talk3d_core.metrics.motion import audio_energy, speech_mask
+from talk3d_core.metrics.motion import silent_frames
 from talk3d_core.model.deltaplane import TOKEN_NAMES, DeltaplaneConfig
 from talk3d_core.model.gfpgan import GFPGAN, GFPGAN_WEIGHTS, load_gfpgan
 from talk3d_core.model.subject import (
@@ -385,12 +385,6 @@ def draw_frames(pool: np.ndarray, silent: np.ndarray, n: int, silence_share: flo
         quiet = (torch.rand(n) < silence_share).numpy()
         frames[quiet] = silent[torch.randint(len(silent), (int(quiet.sum()),)).numpy()]
     return frames
-
-
-def silent_frames(wav: np.ndarray, rate: int, n_frames: int, fps: float) -> np.ndarray:
-    """(n_frames,) bool: the frames without speech by evaluate's rule (:func:`speech_mask` of
-    :func:`audio_energy`), for ``train.silence_share``."""
-    return ~speech_mask(audio_energy(wav, rate, n_frames, fps))
 
 
 def _sample_frames(data: SubjectData, n: int = 4) -> list[int]:

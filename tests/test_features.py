@@ -15,6 +15,7 @@ from talk3d_core.features import (
     METADATA_KEY,
     crop_landmark_token,
     drive_features,
+    floor_silence,
     frame_landmark_token,
     read_features,
     read_features_meta,
@@ -23,9 +24,10 @@ from talk3d_core.features import (
 )
 from talk3d_core.ingest import ingest_audio
 from talk3d_core.landmarks import write_landmarks
+from talk3d_core.metrics.motion import silent_frames
 from talk3d_core.nets.audio_features import frame_features
 from talk3d_core.util.io import list_frames
-from talk3d_core.util.media import read_wav_float
+from talk3d_core.util.media import read_wav_float, write_wav
 
 
 def test_split_is_by_time():
@@ -160,6 +162,45 @@ def test_drive_features_follow_the_subject_normalisation(official, talking_face,
     assert meta["audio_normalise"] is False and meta["audio_stats"] is None
     drive = read_features(tmp_path / "drive.parquet", kind="drive", expect={"audio_normalise": False})
     np.testing.assert_allclose(drive.audio, read_features(path).audio, atol=1e-5)
+
+
+def test_floored_silence_is_the_same_input_in_every_recording(subject, talking_face, tmp_path):
+    root = subject[0]
+    wav, rate = read_wav_float(talking_face.audio)
+    n = len(read_features(root / "features.parquet").frame)
+    # The clip with a pause of room noise at two different levels in its second half.
+    quiet = wav.copy()
+    half = len(quiet) // 2
+    rng = np.random.default_rng(0)
+    quiet[half:] = 1e-4 * rng.standard_normal(len(quiet) - half)
+    loud = quiet.copy()
+    loud[half:] *= 10.0
+    made = {}
+    crop, camera = root / "crop.parquet", root / "camera.parquet"
+    for name, audio in (("quiet", quiet), ("loud", loud)):
+        write_wav(tmp_path / f"{name}.wav", np.round(audio * 32767).astype(np.int16), rate)
+        made[name] = subject_features(
+            tmp_path / f"{name}.wav", crop, camera, tmp_path / f"{name}.parquet", fps=25, audio_window=4,
+            audio_silence="floor",
+        )  # fmt: skip
+    silent = silent_frames(read_wav_float(tmp_path / "quiet.wav")[0], rate, n, 25.0)
+    assert silent[n // 2 + 3 : -3].all() and not silent[: n // 4].all()
+    assert made["quiet"]["audio_silence"] == "floor"
+    # Driving audio through the quiet clip's statistics: its pauses are the subject's pauses.
+    drive_features(tmp_path / "loud.wav", tmp_path / "quiet.parquet", tmp_path / "drive.parquet")
+    subject_pause = read_features(tmp_path / "quiet.parquet").audio[silent]
+    drive = read_features(tmp_path / "drive.parquet", kind="drive", expect={"audio_silence": "floor"})
+    inner = silent.copy()
+    inner[: n // 2 + 3] = False  # windows wholly inside the pause
+    np.testing.assert_allclose(drive.audio[inner], subject_pause[inner[silent]], atol=1e-5)
+    # Kept (the official way), the two rooms' noise differ.
+    for name in ("quiet", "loud"):
+        subject_features(tmp_path / f"{name}.wav", crop, camera, tmp_path / f"kept_{name}.parquet", fps=25)
+    kept = [read_features(tmp_path / f"kept_{name}.parquet").audio[silent] for name in ("quiet", "loud")]
+    assert np.abs(kept[0] - kept[1]).max() > 1.0
+    assert read_features_meta(tmp_path / "kept_quiet.parquet")["audio_silence"] == "keep"
+    with pytest.raises(ValueError, match="audio_silence 'floor' needs audio_backend 'mel'"):
+        floor_silence(np.zeros((n, 4)), quiet, rate, 25.0, "wav2vec2")
 
 
 def test_frame_token_needs_the_full_frame_landmarks(subject, talking_face, tmp_path):

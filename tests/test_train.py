@@ -11,6 +11,7 @@ import torch
 from conftest import NET, REPO_ROOT, talking_disc, tiny_prior
 
 from talk3d_core.camera import eg3d_camera
+from talk3d_core.metrics.motion import silent_frames
 from talk3d_core.model.deltaplane import DeltaplaneConfig
 from talk3d_core.model.subject import face_box_pixels, face_boxes, mouth_boxes, window_batch, window_starts
 from talk3d_core.model.talking_head import TalkingHead, load_talking_head
@@ -22,7 +23,6 @@ from talk3d_core.train import (
     draw_frames,
     learning_rate,
     loss_nets,
-    silent_frames,
     sr_losses,
     sync_window_faces,
     train_deltaplane,

@@ -82,6 +82,12 @@ def speech_mask(
     return speech
 
 
+def silent_frames(wav: np.ndarray, rate: int, n_frames: int, fps: float = 25.0) -> np.ndarray:
+    """(n_frames,) bool: the frames without speech by evaluate's rule, ``~speech_mask(audio_energy(...))``
+    of ``wav`` (S,) at ``rate`` Hz (train.silence_share, features.audio_silence)."""
+    return ~speech_mask(audio_energy(wav, rate, n_frames, fps))
+
+
 def closed_threshold(
     speech_openings: np.ndarray, *, closed_ratio: float = 0.25, open_percentile: float = 90.0
 ) -> float | None:

@@ -5,7 +5,7 @@ from talk3d_core.util.io import list_frames
 from talk3d_core.util.logs import log_to
 
 OPTIONS = ("audio_backend", "audio_model", "audio_output", "audio_window", "audio_pad", "audio_normalise",
-           "eye_backend", "landmark_token", "test_fraction")  # fmt: skip
+           "audio_silence", "eye_backend", "landmark_token", "test_fraction")  # fmt: skip
 
 with log_to(snakemake.log[0]) as log:
     opts = snakemake.params.features
