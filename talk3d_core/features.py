@@ -67,19 +67,8 @@ METADATA_KEY = b"talk3d.features"
 SPLITS = ("train", "test")
 #: What the landmark token describes (config ``features.landmark_token``).
 LANDMARK_TOKENS = ("crop", "frame")
+#: What the audio token sees in a pause (config ``features.audio_silence``).
 AUDIO_SILENCE = ("keep", "floor")
-
-
-def floor_silence(per_frame: np.ndarray, wav: np.ndarray, rate: int, fps: float, backend: str) -> np.ndarray:
-    """Per-frame log-mel features (N, D) with the frames of a pause (:func:`silent_frames`) set to the
-    mel floor (digital silence), so that every recording's pauses reach the network as the same input
-    rather than as that room's noise (docs/decisions.md#silence-share). Mel only."""
-    if backend != "mel":
-        raise ValueError(f"features.audio_silence 'floor' needs audio_backend 'mel', got {backend!r}")
-    out = np.array(per_frame, copy=True)
-    out[silent_frames(wav, rate, len(out), fps)] = MEL_FLOOR_DB
-    return out
-
 
 # Crop token points (iBUG 68 indices): nose tip, right-eye centre, left-eye centre.
 NOSE_TIP = 30
@@ -93,6 +82,17 @@ _LEGACY_META = {
     "subject": {"landmark_token": "crop", "audio_normalise": True, "audio_silence": "keep"},
     "drive": {"audio_normalise": True, "audio_silence": "keep"},
 }
+
+
+def floor_silence(per_frame: np.ndarray, wav: np.ndarray, rate: int, fps: float, backend: str) -> np.ndarray:
+    """Per-frame log-mel features (N, D) with the frames of a pause (:func:`silent_frames`) set to the
+    mel floor (digital silence), so that every recording's pauses reach the network as the same input
+    rather than as that room's noise (docs/decisions.md#silence-share). Mel only."""
+    if backend != "mel":
+        raise ValueError(f"features.audio_silence 'floor' needs audio_backend 'mel', got {backend!r}")
+    out = np.array(per_frame, copy=True)
+    out[silent_frames(wav, rate, len(out), fps)] = MEL_FLOOR_DB
+    return out
 
 
 @dataclass
@@ -312,15 +312,13 @@ def drive_features(
         model_path=m["audio_model"],
         output=m["audio_output"],
     )
-    silence = m["audio_silence"]
-    if silence == "floor":
+    if m["audio_silence"] == "floor":
         per_frame = floor_silence(per_frame, wav, rate, m["fps"], m["audio_backend"])
     normalised = _normalised(per_frame, m["audio_normalise"], m["audio_stats"])
     audio = frame_windows(normalised, m["audio_window"], pad=m["audio_pad"])
     keys = ("fps", "audio_backend", "audio_model", "audio_output", "audio_window", "audio_pad", "audio_dim")
-    keys += ("audio_normalise", "audio_stats")
+    keys += ("audio_normalise", "audio_stats", "audio_silence")
     meta = {
-        "audio_silence": silence,
         "kind": "drive",
         "version": SCHEMA_VERSION,
         "n_frames": n,

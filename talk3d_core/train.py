@@ -741,19 +741,17 @@ def train_stage(
     gfpgan = None
     if cfg.sr == "gfpgan":  # a missing file is an error naming the command that fetches it
         gfpgan = load_gfpgan(require(GFPGAN_WEIGHTS, weights_dir, manifest))
-    sync_audio = None
-    if nets.sync_expert is not None:  # the expert's own mel of the clip's audio
-        from talk3d_core.nets.lipsync_expert import wav2lip_mel
+    sync_audio, silent = None, None
+    if nets.sync_expert is not None or cfg.silence_share > 0:  # the clip's audio, read once
         from talk3d_core.util.media import read_wav_float
 
         wav, rate = read_wav_float(audio_wav)
-        sync_audio = (wav2lip_mel(wav, rate), fps)
-    silent = None
-    if cfg.silence_share > 0:
-        from talk3d_core.util.media import read_wav_float
+        if nets.sync_expert is not None:  # the expert's own mel of the clip's audio
+            from talk3d_core.nets.lipsync_expert import wav2lip_mel
 
-        wav, rate = read_wav_float(audio_wav)
-        silent = silent_frames(wav, rate, len(data.train), fps)
+            sync_audio = (wav2lip_mel(wav, rate), fps)
+        if cfg.silence_share > 0:
+            silent = silent_frames(wav, rate, len(data.train), fps)
     head = train_deltaplane(
         data, prior, out_dir, net_config=net_config, train_config=cfg, sync_audio=sync_audio, nets=nets,
         run_id=run_id, restart_on_mismatch=True, device=device, gfpgan=gfpgan, silent=silent,
