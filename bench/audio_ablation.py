@@ -3,7 +3,7 @@
 training seeds, scored on a validation stretch held out of the training frames and on the test frames
 at a series of steps of the main stage, then after the super-resolution fine-tune.
 
-    python bench/audio_ablation.py --subject german --seeds 1 2 [--validation 45] [--fit 45]
+    python bench/audio_ablation.py --subject german --seeds 1 2 [--validation 45] [--fit 45] [--only 45]
         [--snapshots 1000,2000,3000,4000] [--set train.steps=3000 ...] [--out DIR]
 
 Reads results/<subject>/{prior,crops,masks,features.parquet,audio.wav} (run the workflow up to the prior
@@ -11,12 +11,13 @@ first) and the train settings of config/config.yaml (the subject's overrides app
 The validation stretch is the last ``--validation`` training frames (the ones just before the test
 block); they are left out of training, so a step budget can be chosen on them without looking at the
 test frames. ``--fit N`` also scores the first N training frames: how well the mouth is fitted where it
-was seen, beside how well it generalises. Snapshots are taken when the run checkpoints, so they must be
-multiples of train.checkpoint_every (or the end of the main stage). ``--set`` values are validated
-against the config schema, as the workflow would. Prints one line per (seed, step, split) and writes
-them to DIR/<subject>_seed<N>.jsonl (the trained model to DIR/<subject>_seed<N>/deltaplane.pt, for
-bench/mouth_limits.py --model), then the mean over seeds of each setting and the paired difference full
-- no_audio.
+was seen, beside how well it generalises; ``--only N`` trains on those N frames alone (with ``--fit N``:
+can the network fit a few frames' mouths when it sees each of them often?). Snapshots are taken when the
+run checkpoints, so they must be multiples of train.checkpoint_every (or the end of the main stage).
+``--set`` values are validated against the config schema, as the workflow would. Prints one line per
+(seed, step, split) and writes them to DIR/<subject>_seed<N>.jsonl (the trained model to
+DIR/<subject>_seed<N>/deltaplane.pt, for bench/mouth_limits.py --model), then the mean over seeds of
+each setting and the paired difference full - no_audio.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--validation", type=int, default=45, help="training frames held out (0: none)")
     parser.add_argument("--fit", type=int, default=0, help="also score the first N training frames (0: no)")
+    parser.add_argument("--only", type=int, default=0, help="train on the first N training frames (0: all)")
     parser.add_argument("--snapshots", default="1000,2000,3000,4000", help="main-stage steps to score")
     parser.add_argument("--set", action="append", default=[], help="train.KEY=VALUE over config.yaml")
     parser.add_argument("--out", default="bench/out/audio_ablation")
@@ -89,6 +91,10 @@ def main() -> None:
         splits = {"validation": validation.tolist(), **splits}
     if args.fit:  # trained-on frames: is the mouth fitted at all, or only poorly generalised?
         splits = {"fit": np.flatnonzero(data.train)[: args.fit].tolist(), **splits}
+    if args.only:
+        kept = np.flatnonzero(data.train)[: args.only]
+        data = dataclasses.replace(data, train=np.zeros_like(data.train))
+        data.train[kept] = True
     silent = None
     if train_config.silence_share > 0:
         wav, rate = read_wav_float(root / "audio.wav")

@@ -3,6 +3,8 @@ weights do not change the cost)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -13,15 +15,19 @@ from talk3d_core.model.talking_head import TalkingHead
 
 PRESETS = {
     "cpu": (GeneratorConfig.cpu, DeltaplaneConfig.cpu),
-    "paper": (lambda: GeneratorConfig.paper(plane_axes="fixed"), DeltaplaneConfig.paper),
+    "paper": (
+        lambda **overrides: GeneratorConfig.paper(**{"plane_axes": "fixed", **overrides}),
+        DeltaplaneConfig.paper,
+    ),
 }
 AUDIO_DIM, AUDIO_WINDOW = 44, 8  # wav2vec2 CTC logits over 8 frames, the paper's features
 
 
-def random_head(size: str, device: torch.device) -> TalkingHead:
-    """A TalkingHead of preset ``size`` ("cpu" or "paper") with a random generator and identity."""
+def random_head(size: str, device: torch.device, **generator: Any) -> TalkingHead:
+    """A TalkingHead of preset ``size`` ("cpu" or "paper") with a random generator and identity;
+    ``generator``: GeneratorConfig fields over the preset's (e.g. plane_resolution=128)."""
     gen_preset, net_preset = PRESETS[size]
-    gen_cfg, net_cfg = gen_preset(), net_preset()
+    gen_cfg, net_cfg = gen_preset(**generator), net_preset()
     torch.manual_seed(0)
     generator = TriPlaneGenerator(gen_cfg)
     with torch.no_grad():

@@ -1,13 +1,16 @@
 """Deltaplane training speed: steps/s and peak memory of one training step, CPU and paper sizes.
 
     python bench/train.py [--sizes cpu,paper] [--repeat N] [--devices cpu,cuda] [--threads T] [--batch B]
+        [--generator KEY=VALUE ...]
 
 A training step as rule train runs it (train mode, renderer jitter, the U-Net forward, rendering of
 P_ID + dP, L1 + raw L1 + mouth losses, backward through the U-Net, Adam), on a random generator and
 random crops (speed only; weights do not change the cost). Also the U-Net's share: its forward +
 backward alone. Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the growth of the
 process's peak RSS during the size's steps (sizes run smallest first, so each figure is an upper bound
-for that size). Median of ``--repeat`` steps after one warm-up.
+for that size). Median of ``--repeat`` steps after one warm-up. ``--generator`` sets GeneratorConfig
+fields over the size's (config/config.yaml's CPU preset: neural_rendering_resolution=64
+image_resolution=128 depth_resolution=8 depth_resolution_importance=8).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import statistics
 import time
 
 import torch
+import yaml
 from heads import frontal_cameras, random_conditions, random_head, random_targets
 
 from talk3d_core.nets.optional import OptionalNets
@@ -45,8 +49,8 @@ def median_seconds(fn, device: torch.device, repeat: int) -> float:
     return statistics.median(times)
 
 
-def bench(size: str, device: torch.device, repeat: int, batch: int) -> None:
-    head = random_head(size, device)
+def bench(size: str, device: torch.device, repeat: int, batch: int, generator: dict) -> None:
+    head = random_head(size, device, **generator)
     head.train()
     gen_cfg = head.generator.config
     optimizer = torch.optim.Adam(head.net.parameters(), lr=5e-4)
@@ -98,14 +102,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--generator", action="append", default=[], help="GeneratorConfig KEY=VALUE")
     args = parser.parse_args()
+    generator = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.generator)}
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for device in args.devices.split(","):
         for size in args.sizes.split(","):
             repeat = args.repeat if (device == "cuda" or size == "cpu") else max(1, args.repeat // 5)
-            bench(size, torch.device(device), repeat, args.batch)
+            bench(size, torch.device(device), repeat, args.batch, generator)
 
 
 if __name__ == "__main__":
