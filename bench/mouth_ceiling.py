@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from audio_ablation import subject_settings
+from audio_ablation import subject_prior_and_data, subject_settings
 
-from talk3d_core.features import read_features
 from talk3d_core.metrics.mouth import expected_face_box, landmarks_of_images, mouth_scores
-from talk3d_core.model.subject import read_subject_data
-from talk3d_core.model.talking_head import load_prior
 from talk3d_core.train import configs_from_settings, deltaplane_losses, loss_nets
 from talk3d_core.util.images import to_uint8, to_unit
 
@@ -49,13 +45,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     _, cfg = configs_from_settings(subject_settings(args.subject, args.set)["train"])
-    root = Path("results") / args.subject
-    prior = load_prior(root / "prior/generator.pt", root / "prior/P_id.pt")
-    data = read_subject_data(
-        read_features(root / "features.parquet"), root / "prior/frames.parquet", crops=root / "crops",
-        masks=root / "masks", size=prior.generator.config.image_resolution,
-        background=prior.training["background"],
-    )  # fmt: skip
+    prior, data = subject_prior_and_data(args.subject, cfg)
     frames = np.flatnonzero(data.train)[: args.frames]
     n = len(frames)
     generator = prior.generator.requires_grad_(False)
