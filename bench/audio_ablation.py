@@ -37,7 +37,7 @@ from talk3d_core.features import read_features
 from talk3d_core.metrics.motion import silent_frames
 from talk3d_core.model.subject import SubjectData, read_subject_data
 from talk3d_core.model.talking_head import Prior, load_prior
-from talk3d_core.train import TrainConfig, configs_from_settings, train_deltaplane
+from talk3d_core.train import configs_from_settings, train_deltaplane
 from talk3d_core.util.config import load_schema, subject_config, validate_config
 from talk3d_core.util.media import read_wav_float
 
@@ -59,16 +59,16 @@ def subject_settings(subject: str, assignments: list[str]) -> dict:
     return validate_config(config, schema, source="--set")
 
 
-def subject_prior_and_data(subject: str, train_config: TrainConfig) -> tuple[Prior, SubjectData]:
+def subject_prior_and_data(subject: str, mouth_zoom: int = 0) -> tuple[Prior, SubjectData]:
     """The prepared subject's prior and training data (results/<subject>/), at the prior's image size
-    and background, with the mouth patches the zoomed mouth term needs."""
+    and background; ``mouth_zoom`` > 0 also reads the mouth patches the zoomed mouth term needs."""
     root = Path("results") / subject
     prior = load_prior(root / "prior/generator.pt", root / "prior/P_id.pt")
     data = read_subject_data(
         read_features(root / "features.parquet"), root / "prior/frames.parquet", crops=root / "crops",
         masks=root / "masks", size=prior.generator.config.image_resolution,
         background=prior.training["background"],
-        mouth_zoom=train_config.mouth_zoom if train_config.weight_mouth_zoom > 0 else 0,
+        mouth_zoom=mouth_zoom,
     )  # fmt: skip
     return prior, data
 
@@ -90,7 +90,8 @@ def main() -> None:
     config = subject_settings(args.subject, args.set)
     net_config, train_config = configs_from_settings(config["train"])
     root = Path("results") / args.subject
-    prior, data = subject_prior_and_data(args.subject, train_config)
+    mouth_zoom = train_config.mouth_zoom if train_config.weight_mouth_zoom > 0 else 0
+    prior, data = subject_prior_and_data(args.subject, mouth_zoom)
     splits = {"test": np.flatnonzero(~data.train).tolist()}
     if args.validation:
         validation = np.flatnonzero(data.train)[-args.validation :]

@@ -6,10 +6,11 @@ which the full model reaches only through the U-Net, the render and a landmark r
         [--drive WAV ...] [--model DELTAPLANE_PT ...]
 
 Reads results/<subject>/{features.parquet, crop.parquet, audio.wav} and the train settings of
-config/config.yaml (the net preset's token width and audio attention). For each attention span S
-(``train.audio_frames``: how many neighbouring frames' audio windows the token attends over) and
-seed, an :class:`AudioEncoder` and a Linear head fit the standardised opening of the training frames
-(the crop table's landmarks, pixels of the crop; MSE, Adam 5e-4, 16 frames a step). Prints the
+config/config.yaml with the subject's overrides (the net's token width and audio attention). For each
+attention span S (``train.audio_frames``: how many neighbouring frames' audio windows the token
+attends over) and seed, an :class:`AudioEncoder` and a Linear head fit the standardised opening of
+the training frames (the crop table's landmarks, pixels of the crop; MSE, Adam 5e-4, 16 frames a
+step). Prints the
 Pearson r of the prediction with the footage's opening on the training and on the held-out frames,
 and, with ``--drive`` (driving audio, through :func:`talk3d_core.features.drive_features` as rule
 features_drive makes it), the fraction of the driving clip's silent frames (evaluate's speech mask)
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+from audio_ablation import subject_settings
 
 from talk3d_core.crop import read_crop_table
 from talk3d_core.features import drive_features, read_features
@@ -41,6 +42,7 @@ from talk3d_core.metrics.mouth import mouth_opening
 from talk3d_core.model.deltaplane import AudioEncoder, DeltaplaneConfig
 from talk3d_core.model.subject import FrameConditions
 from talk3d_core.model.talking_head import load_talking_head
+from talk3d_core.train import configs_from_settings
 from talk3d_core.util.media import read_wav_float
 
 
@@ -112,8 +114,9 @@ def main() -> None:
     train = np.flatnonzero(table.split == "train")
     test = np.flatnonzero(table.split != "train")
     threshold = closed_threshold(opening[~silent & np.isfinite(opening)])
-    settings = yaml.safe_load(Path("config/config.yaml").read_text())["train"]
-    net = getattr(DeltaplaneConfig, settings["net"])()
+    if threshold is None:
+        raise SystemExit(f"{root / 'crop.parquet'}: no open mouth in speech, so no closed threshold")
+    net, _ = configs_from_settings(subject_settings(args.subject, [])["train"])
     print(
         f"{args.subject}: {len(train)} training, {len(test)} held-out frames; footage silent frames "
         f"{silent.sum()}, closed {np.mean(opening[silent] < threshold):.2f} (threshold {threshold:.2f} px)"

@@ -45,7 +45,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     _, cfg = configs_from_settings(subject_settings(args.subject, args.set)["train"])
-    prior, data = subject_prior_and_data(args.subject, cfg)
+    prior, data = subject_prior_and_data(args.subject)  # no zoomed mouth term here
     frames = np.flatnonzero(data.train)[: args.frames]
     n = len(frames)
     generator = prior.generator.requires_grad_(False)
