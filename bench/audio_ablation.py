@@ -33,10 +33,8 @@ import torch
 import yaml
 
 from talk3d_core.ablation import SETTINGS, audio_ablation
-from talk3d_core.crop import read_crop_table
 from talk3d_core.features import read_features
 from talk3d_core.metrics.motion import silent_frames
-from talk3d_core.metrics.mouth import mouth_opening
 from talk3d_core.model.subject import SubjectData, read_subject_data
 from talk3d_core.model.talking_head import Prior, load_prior
 from talk3d_core.train import configs_from_settings, train_deltaplane
@@ -106,9 +104,6 @@ def main() -> None:
         kept = np.flatnonzero(data.train)[: args.only]
         data = dataclasses.replace(data, train=np.zeros_like(data.train))
         data.train[kept] = True
-    opening = None
-    if train_config.weight_mouth_opening > 0:
-        opening = mouth_opening(read_crop_table(root / "crop.parquet").lm68)
     silent = None
     if train_config.silence_share > 0:
         wav, rate = read_wav_float(root / "audio.wav")
@@ -139,7 +134,7 @@ def main() -> None:
         head = train_deltaplane(
             data, prior, out_dir / f"{args.subject}_seed{seed}", net_config=net_config,
             train_config=seeded, progress=False, restart_on_mismatch=True, on_checkpoint=at_checkpoint,
-            silent=silent, opening=opening,
+            silent=silent,
         )  # fmt: skip
         score(head, seed, f"{seeded.steps}+sr{seeded.sr_steps}")
         torch.save(head.to_dict(), out_dir / f"{args.subject}_seed{seed}" / "deltaplane.pt")

@@ -55,7 +55,6 @@ from talk3d_core.model.talking_head import SR_NETWORKS, Prior, TalkingHead
 from talk3d_core.nets.arcface import identity_loss
 from talk3d_core.nets.lipsync_expert import SYNC_FRAMES, face_box_crops, mel_window, sync_expert_loss
 from talk3d_core.nets.lpips import lpips_loss
-from talk3d_core.nets.opening_reader import fit_opening_reader
 from talk3d_core.nets.optional import OptionalNets
 from talk3d_core.nets.requirements import needed_nets
 from talk3d_core.util.config import from_settings
@@ -102,8 +101,6 @@ class TrainConfig:
     sync_warmup_epochs: float = 21.0
     weight_mouth_zoom: float = 0.0
     mouth_zoom: int = 32
-    weight_mouth_opening: float = 0.0
-    opening_reader_steps: int = 1500
     token_dropout: Mapping[str, float] = field(default_factory=dict)
     silence_share: float = 0.0
     sr_steps: int = 300
@@ -138,10 +135,6 @@ class TrainConfig:
             raise ValueError("checkpoint_every and sample_every must be >= 1")
         if self.mouth_zoom < 4:
             raise ValueError(f"mouth_zoom must be >= 4 rays a side, got {self.mouth_zoom}")
-        if self.weight_mouth_opening > 0 and self.weight_mouth_zoom <= 0:
-            raise ValueError(
-                "weight_mouth_opening reads the zoomed mouth render: needs weight_mouth_zoom > 0"
-            )
         if self.sr not in SR_NETWORKS:
             raise ValueError(f"sr must be one of {SR_NETWORKS}, got {self.sr!r}")
         if not 0 <= self.silence_share < 1:
@@ -418,7 +411,6 @@ def train_deltaplane(
     on_checkpoint: Callable[[TalkingHead, int, str], None] | None = None,
     gfpgan: GFPGAN | None = None,
     silent: np.ndarray | None = None,
-    opening: np.ndarray | None = None,
 ) -> TalkingHead:
     """Train the deltaplane predictor (then fine-tune the super-resolution) on ``data``'s training
     frames; resume from ``out_dir/checkpoint.pt``.
@@ -438,9 +430,7 @@ def train_deltaplane(
     ``train_config.sr`` gfpgan, the GFPGAN v1.3 network (:func:`talk3d_core.model.gfpgan.load_gfpgan`)
     that the sr stage fine-tunes in place of EG3D's super-resolution and that then makes the final image.
     ``silent``: (N,) bool, the frames without speech (:func:`silent_frames`), which
-    ``train_config.silence_share`` draws from. ``opening``: (N,) the crops' inner-lip opening (px, NaN
-    without landmarks), which ``train_config.weight_mouth_opening`` fits a reader to
-    (:func:`talk3d_core.nets.opening_reader.fit_opening_reader`) and asks the zoomed mouth render to show.
+    ``train_config.silence_share`` draws from.
     """
     from tensorboardX import SummaryWriter
 
@@ -489,20 +479,6 @@ def train_deltaplane(
     sync_after = cfg.sync_warmup_epochs * steps_per_epoch
     sr_batch_size = min(cfg.sr_batch_size, len(train_index))
     device = pick_device(device)
-    reader = None
-    if cfg.weight_mouth_opening > 0:
-        if opening is None or np.shape(opening) != data.train.shape:
-            raise ValueError(
-                f"{out_dir}: train.weight_mouth_opening needs the (N,) mouth openings of the "
-                f"{len(data.train)} frames, got {None if opening is None else np.shape(opening)}"
-            )
-        reader = fit_opening_reader(
-            to_unit(patch), opening, train_index, steps=cfg.opening_reader_steps, seed=cfg.seed
-        ).to(device)
-        # the reader's standardised opening of every frame, NaN where the crop has no landmarks
-        wanted_opening = (
-            (torch.as_tensor(opening, dtype=torch.float32) - reader.mean.cpu()) / reader.std.cpu()
-        ).to(device)
     torch.manual_seed(cfg.seed)
     if (cfg.sr == "gfpgan") != (gfpgan is not None):
         raise ValueError(
@@ -536,7 +512,6 @@ def train_deltaplane(
         "conditions": fingerprint(conditions.audio, conditions.eye, conditions.rotation, conditions.ldm),
         "prior": fingerprint(prior.identity_planes, prior.w_id),
         **({"silent": fingerprint(silent_index)} if cfg.silence_share > 0 else {}),
-        **({"opening": fingerprint(np.array(opening, dtype=np.float64))} if reader is not None else {}),
         "losses": sorted(k for k in ("lpips", "identity", "sync_expert") if getattr(nets, k) is not None),
     }
     total = cfg.steps + cfg.sr_steps
@@ -598,12 +573,6 @@ def train_deltaplane(
                     truth = to_unit(data.mouth_patch[frames].to(device))
                     terms["mouth_zoom"] = F.l1_loss(raw, truth)
                     terms["total"] = terms["total"] + cfg.weight_mouth_zoom * terms["mouth_zoom"]
-                    if reader is not None:  # how wide the rendered mouth opens, against the footage's
-                        wanted = wanted_opening[frames]
-                        known = torch.isfinite(wanted)
-                        error = (reader(raw)[known] - wanted[known]).square()
-                        terms["mouth_opening"] = error.sum() / max(int(known.sum()), 1)
-                        terms["total"] = terms["total"] + cfg.weight_mouth_opening * terms["mouth_opening"]
                 if nets.sync_expert is not None and step >= sync_after:
                     terms["sync"] = _window_sync_loss(
                         out["image_raw"], data, window, positions, sync_audio, nets.sync_expert
@@ -709,27 +678,15 @@ def plot_loss_curves(
     plt.close(fig)
 
 
-def _crop_landmarks(crop_table: str | os.PathLike[str], frames: np.ndarray) -> tuple[np.ndarray, int]:
-    """The crop landmarks (N, 68, 2) px of every frame of ``frames`` (the features' frame column) and
-    the crop side, from ``crop.parquet``."""
+def _face_boxes(crop_table: str | os.PathLike[str], frames: np.ndarray) -> np.ndarray:
+    """The lip-sync expert's face box (N, 4) of every frame of ``frames`` (the features' frame
+    column), from ``crop.parquet``'s crop landmarks."""
     from talk3d_core.crop import read_crop_table
 
     table = read_crop_table(crop_table)
     if not np.array_equal(table.frame, frames):
         raise ValueError(f"{crop_table}: its frames are not the features'; re-run the features stage")
-    return table.lm68, table.size
-
-
-def _face_boxes(crop_table: str | os.PathLike[str], frames: np.ndarray) -> np.ndarray:
-    """The lip-sync expert's face box (N, 4) of every frame of ``frames``, from the crop landmarks."""
-    return face_boxes(*_crop_landmarks(crop_table, frames))
-
-
-def _crop_openings(crop_table: str | os.PathLike[str], frames: np.ndarray) -> np.ndarray:
-    """The inner-lip opening (N,) px of every frame of ``frames``, from the crop landmarks."""
-    from talk3d_core.metrics.mouth import mouth_opening
-
-    return mouth_opening(_crop_landmarks(crop_table, frames)[0])
+    return face_boxes(table.lm68, table.size)
 
 
 def train_stage(
@@ -765,7 +722,6 @@ def train_stage(
     net_config, cfg = configs_from_settings(settings)
     features = read_features(features_parquet)
     face_box = _face_boxes(crop_table, features.frame) if cfg.window_positions is not None else None
-    opening = _crop_openings(crop_table, features.frame) if cfg.weight_mouth_opening > 0 else None
     data = read_subject_data(
         features, prior_frames, crops=crops, masks=masks,
         size=prior.generator.config.image_resolution, background=prior.training["background"],
@@ -798,7 +754,7 @@ def train_stage(
             silent = silent_frames(wav, rate, len(data.train), fps)
     head = train_deltaplane(
         data, prior, out_dir, net_config=net_config, train_config=cfg, sync_audio=sync_audio, nets=nets,
-        run_id=run_id, restart_on_mismatch=True, device=device, gfpgan=gfpgan, silent=silent, opening=opening,
+        run_id=run_id, restart_on_mismatch=True, device=device, gfpgan=gfpgan, silent=silent,
     )  # fmt: skip
     log.info("trained %d main + %d super-resolution steps", head.steps_run["main"], head.steps_run["sr"])
     with atomic_path(model_pt) as tmp:

@@ -432,10 +432,9 @@ def test_zoom_cameras_render_the_box_of_the_full_view():
     torch.testing.assert_close(zoomed, full[:, :, 8:, 8:], atol=1e-4, rtol=1e-4)
 
 
-def _disc_with_mouth_patches():
-    """The talking disc with 8 px mouth patches, resampled from its crops themselves (the real stage
-    reads full-size crops)."""
+def test_zoomed_mouth_loss_trains(tmp_path):
     data = talking_disc()
+    # The disc's mouth box, resampled from the crops themselves (the real stage reads full-size crops).
     boxes = torch.tensor(
         [[t / 32, x / 32, s / 32] for t, x, s in mouth_boxes(data.mouth)], dtype=torch.float32
     )
@@ -444,34 +443,12 @@ def _disc_with_mouth_patches():
         for c, (t, x, s) in zip(data.crops, mouth_boxes(data.mouth), strict=True)
     ]
     data.mouth_patch, data.mouth_box = torch.cat(patches).round().byte(), boxes
-    return data
-
-
-def test_zoomed_mouth_loss_trains(tmp_path):
-    data = _disc_with_mouth_patches()
     cfg = TrainConfig(steps=6, sr_steps=0, weight_mouth_zoom=16.0, mouth_zoom=8, **NO_EXTRAS)
     train_deltaplane(data, tiny_prior(), tmp_path, net_config=NET, train_config=cfg)
     assert all("mouth_zoom" in r and np.isfinite(r["mouth_zoom"]) for r in _log(tmp_path))
     with pytest.raises(ValueError, match="mouth patches of 16 px"):
         bad = TrainConfig(steps=1, sr_steps=0, weight_mouth_zoom=1.0, mouth_zoom=16, **NO_EXTRAS)
         train_deltaplane(data, tiny_prior(), tmp_path / "b", net_config=NET, train_config=bad)
-
-
-def test_opening_term_reads_the_zoomed_render_against_the_crop_openings(tmp_path):
-    data = _disc_with_mouth_patches()
-    opening = np.linspace(0.0, 6.0, len(data.train))
-    opening[1] = np.nan  # a crop without landmarks: left out of the reader and of the term
-    cfg = TrainConfig(
-        steps=4, sr_steps=0, weight_mouth_zoom=1.0, mouth_zoom=8, weight_mouth_opening=1.0,
-        opening_reader_steps=5, **NO_EXTRAS,
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="mouth openings"):
-        train_deltaplane(data, tiny_prior(), tmp_path / "a", net_config=NET, train_config=cfg)
-    train_deltaplane(data, tiny_prior(), tmp_path / "b", net_config=NET, train_config=cfg, opening=opening)
-    log = _log(tmp_path / "b")
-    assert len(log) == 4 and all(np.isfinite(r["mouth_opening"]) and r["mouth_opening"] >= 0 for r in log)
-    with pytest.raises(ValueError, match="weight_mouth_zoom"):
-        TrainConfig(weight_mouth_opening=1.0)
 
 
 def test_token_dropout_zeroes_tokens_in_training(tmp_path):
