@@ -10,12 +10,12 @@ config/config.yaml with the subject's overrides (the net's token width and audio
 attention span S (``train.audio_frames``: how many neighbouring frames' audio windows the token
 attends over) and seed, an :class:`AudioEncoder` and a Linear head fit the standardised opening of
 the training frames (the crop table's landmarks, pixels of the crop; MSE, Adam 5e-4, 16 frames a
-step). Prints the
-Pearson r of the prediction with the footage's opening on the training and on the held-out frames,
-and, with ``--drive`` (driving audio, through :func:`talk3d_core.features.drive_features` as rule
-features_drive makes it), the fraction of the driving clip's silent frames (evaluate's speech mask)
-predicted closed, by evaluate's threshold from the footage's openings in speech; the footage's own
-silent frames are given for comparison. Seconds per (S, seed) on one thread.
+step). Prints the Pearson r of the prediction with the footage's opening on the training and on the
+held-out frames, and, with ``--drive`` (driving audio, through
+:func:`talk3d_core.features.drive_features` as rule features_drive makes it), the fraction of the
+driving clip's silent frames (evaluate's speech mask) predicted closed, by evaluate's threshold from
+the footage's openings in speech; the footage's own silent frames are given for comparison.
+Seconds per (S, seed) on one thread.
 
 ``--model`` (a trained ``deltaplane.pt`` of this subject, e.g. from bench/audio_ablation.py): how much
 of the opening its audio token holds, by a ridge readout (standardised token, lambda 10) fitted on the
