@@ -68,7 +68,7 @@ SPLITS = ("train", "test")
 #: What the landmark token describes (config ``features.landmark_token``).
 LANDMARK_TOKENS = ("crop", "frame")
 #: What the audio token sees in a pause (config ``features.audio_silence``).
-AUDIO_SILENCE = ("keep", "floor", "room")
+AUDIO_SILENCE = ("keep", "floor")
 
 # Crop token points (iBUG 68 indices): nose tip, right-eye centre, left-eye centre.
 NOSE_TIP = 30
@@ -92,29 +92,6 @@ def floor_silence(per_frame: np.ndarray, wav: np.ndarray, rate: int, fps: float,
         raise ValueError(f"features.audio_silence 'floor' needs audio_backend 'mel', got {backend!r}")
     out = np.array(per_frame, copy=True)
     out[silent_frames(wav, rate, len(out), fps)] = MEL_FLOOR_DB
-    return out
-
-
-def room_tone(per_frame: np.ndarray, silent: np.ndarray, room: np.ndarray) -> np.ndarray:
-    """Driving features (N, D) whose pause frames (``silent``, (N,) bool) are replaced by the subject's
-    own pause frames ``room`` (M, D), in their order, each pause going on where the previous one left
-    off (cycling when the driving audio pauses longer than the subject's clip did).
-
-    So a driven pause reaches the network as the subject's room tone, which it was trained on (the
-    share of shut mouths and breaths it learnt from those frames), rather than another room's noise
-    (docs/decisions.md#room-tone). The features must be in the same scale (both normalised or not).
-    """
-    out = np.array(per_frame, copy=True)
-    silent = np.asarray(silent, dtype=bool)
-    if silent.shape != (len(out),):
-        raise ValueError(f"room_tone: silent mask of shape {silent.shape} for {len(out)} frames")
-    rows = np.flatnonzero(silent)
-    if rows.size == 0:
-        return out
-    room = np.asarray(room)
-    if room.ndim != 2 or len(room) == 0 or room.shape[1] != out.shape[1]:
-        raise ValueError(f"room_tone: need (M >= 1, {out.shape[1]}) pause features, got shape {room.shape}")
-    out[rows] = room[np.arange(rows.size) % len(room)]
     return out
 
 
@@ -252,13 +229,6 @@ def subject_features(
         ldm = crop_landmark_token(crops.lm68, crops.size)
     eye, eye_info = blink_signal(crops.lm68, backend=eye_backend, fps=fps, frames=crop_paths)
     split = split_by_time(n, test_fraction)
-    # Training frames only: a held-out frame's audio must not reach a driven render.
-    room_frames = np.flatnonzero(silent_frames(wav, rate, n, fps) & (split == "train"))
-    if audio_silence == "room" and room_frames.size == 0:
-        raise ValueError(
-            f"features.audio_silence 'room': {audio_wav} has no pause in its training frames "
-            "(evaluate's speech mask) to take room tone from; use 'keep'"
-        )
     meta = {
         "kind": "subject",
         "version": SCHEMA_VERSION,
@@ -273,7 +243,6 @@ def subject_features(
         "audio_normalise": bool(audio_normalise),
         "audio_stats": stats,
         "audio_silence": audio_silence,
-        "room_frames": room_frames.tolist() if audio_silence == "room" else None,
         "eye_backend": eye_backend,
         "landmark_token": landmark_token,
         "eye": eye_info,
@@ -346,11 +315,6 @@ def drive_features(
     if m["audio_silence"] == "floor":
         per_frame = floor_silence(per_frame, wav, rate, m["fps"], m["audio_backend"])
     normalised = _normalised(per_frame, m["audio_normalise"], m["audio_stats"])
-    if m["audio_silence"] == "room":
-        # Frame n's own features sit at row W // 2 of its window.
-        subject_audio = read_features(subject_parquet, kind="subject").audio
-        room = subject_audio[np.asarray(m["room_frames"], dtype=np.int64), m["audio_window"] // 2]
-        normalised = room_tone(normalised, silent_frames(wav, rate, n, m["fps"]), room)
     audio = frame_windows(normalised, m["audio_window"], pad=m["audio_pad"])
     keys = ("fps", "audio_backend", "audio_model", "audio_output", "audio_window", "audio_pad", "audio_dim")
     keys += ("audio_normalise", "audio_stats", "audio_silence")

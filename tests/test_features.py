@@ -19,7 +19,6 @@ from talk3d_core.features import (
     frame_landmark_token,
     read_features,
     read_features_meta,
-    room_tone,
     split_by_time,
     subject_features,
 )
@@ -278,70 +277,3 @@ def test_metadata_alone_is_read_and_checked(subject, tmp_path):
     (tmp_path / "junk.parquet").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a readable Parquet table"):
         read_features_meta(tmp_path / "junk.parquet")
-
-
-def test_room_tone_replays_the_subject_pauses_in_order():
-    per_frame = np.zeros((7, 2))
-    silent = np.array([True, False, False, True, True, True, False])
-    room = np.array([[1.0, 1.0], [2.0, 2.0]])
-    out = room_tone(per_frame, silent, room)
-    np.testing.assert_array_equal(out[:, 0], [1, 0, 0, 2, 1, 2, 0])  # goes on, then cycles
-    np.testing.assert_array_equal(per_frame, 0)  # the input is left alone
-    np.testing.assert_array_equal(room_tone(per_frame, np.zeros(7, bool), room[:0]), per_frame)
-    with pytest.raises(ValueError, match="pause features"):
-        room_tone(per_frame, silent, np.zeros((0, 2)))
-    with pytest.raises(ValueError, match="silent mask"):
-        room_tone(per_frame, silent[:3], room)
-
-
-def test_room_tone_gives_driven_pauses_the_subject_training_pauses(subject, talking_face, tmp_path):
-    root = subject[0]
-    wav, rate = read_wav_float(talking_face.audio)
-    n = len(read_features(root / "features.parquet").frame)
-    # Subject: a quiet pause in its second half; driving audio: the same words, a room 20 dB louder.
-    quiet = wav.copy()
-    half = len(quiet) // 2
-    quiet[half:] = 1e-4 * np.random.default_rng(0).standard_normal(len(quiet) - half)
-    loud = quiet.copy()
-    loud[half:] *= 10.0
-    for name, audio in (("quiet", quiet), ("loud", loud)):
-        write_wav(tmp_path / f"{name}.wav", np.round(audio * 32767).astype(np.int16), rate)
-    crop, camera = root / "crop.parquet", root / "camera.parquet"
-    meta = subject_features(
-        tmp_path / "quiet.wav",
-        crop,
-        camera,
-        tmp_path / "room.parquet",
-        fps=25,
-        audio_window=4,
-        audio_silence="room",
-    )
-    table = read_features(tmp_path / "room.parquet")
-    silent = silent_frames(quiet, rate, n, 25.0)
-    np.testing.assert_array_equal(meta["room_frames"], np.flatnonzero(silent & (table.split == "train")))
-    assert silent[meta["n_train"] :].any() and max(meta["room_frames"]) < meta["n_train"]  # no test frame
-    kept = subject_features(
-        tmp_path / "quiet.wav", crop, camera, tmp_path / "kept.parquet", fps=25, audio_window=4
-    )
-    np.testing.assert_array_equal(
-        table.audio, read_features(tmp_path / "kept.parquet").audio
-    )  # subject unchanged
-    assert kept["room_frames"] is None
-
-    drive_features(tmp_path / "loud.wav", tmp_path / "room.parquet", tmp_path / "drive.parquet")
-    drive = read_features(tmp_path / "drive.parquet", kind="drive", expect={"audio_silence": "room"})
-    own = drive.audio[:, 2]  # frame n's own features sit at row window // 2
-    driven_pause = np.flatnonzero(silent_frames(loud, rate, n, 25.0))
-    room = table.audio[meta["room_frames"], 2]
-    assert driven_pause.size > len(room)  # the driven pause outlasts the training pauses: cycles
-    np.testing.assert_allclose(own[driven_pause], room[np.arange(driven_pause.size) % len(room)], atol=1e-6)
-    speech = np.setdiff1d(np.arange(n), driven_pause)
-    np.testing.assert_allclose(own[speech], table.audio[speech, 2], atol=1e-5)  # speech as it sounds
-
-    # A clip with no pause (steady noise, all of it within 30 dB of its loud level) has no room tone.
-    steady = 0.1 * np.random.default_rng(1).standard_normal(len(wav))
-    write_wav(tmp_path / "steady.wav", np.round(steady * 32767).astype(np.int16), rate)
-    with pytest.raises(ValueError, match="steady.wav has no pause in its training frames"):
-        subject_features(
-            tmp_path / "steady.wav", crop, camera, tmp_path / "s.parquet", fps=25, audio_silence="room"
-        )
