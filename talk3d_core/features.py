@@ -19,6 +19,8 @@ ldm         float32[6]       landmark token, three (x, y) points (``landmark_tok
                              nose tip, right-eye centre, left-eye centre in the aligned crop,
                              to [-1, 1]; "frame" - nose tip, left and right outer eye corners in
                              the full source frame, both axes divided by the frame width
+opening     float32          inner-lip opening of the crop's landmarks, pixels of a 256 crop
+                             (the opening token's training value and its predictor's target)
 ==========  ===============  ==================================================================
 
 A driving-audio table (``drive/{audio}/features.parquet``) has only ``frame``, ``time_s`` and
@@ -51,6 +53,7 @@ from talk3d_core.crop import CropTable, read_crop_table, smooth_track
 from talk3d_core.face.blink import blink_signal
 from talk3d_core.landmarks import read_landmarks
 from talk3d_core.metrics.motion import silent_frames
+from talk3d_core.metrics.mouth import REFERENCE_SIZE, mouth_opening
 from talk3d_core.nets.audio_features import (
     MEL_FLOOR_DB,
     apply_normalisation,
@@ -62,7 +65,7 @@ from talk3d_core.util.io import atomic_path
 from talk3d_core.util.media import read_wav_float
 from talk3d_core.util.tables import fixed_list_array, fixed_list_values
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the opening column
 METADATA_KEY = b"talk3d.features"
 SPLITS = ("train", "test")
 #: What the landmark token describes (config ``features.landmark_token``).
@@ -100,8 +103,9 @@ class FeatureTable:
     """Contents of a features table as arrays (N rows).
 
     frame (N,) int32; time_s (N,) float32; audio (N, W, D) float32. Subject tables also have
-    split (N,) str, eye (N,) float32, rotation (N, 3) float32 yaw/pitch/roll degrees and
-    ldm (N, 6) float32; for driving audio they are None. meta: the recorded settings.
+    split (N,) str, eye (N,) float32, rotation (N, 3) float32 yaw/pitch/roll degrees, ldm (N, 6)
+    float32 and opening (N,) float32 px of a 256 crop; for driving audio they are None. meta: the
+    recorded settings.
     """
 
     frame: np.ndarray
@@ -112,6 +116,7 @@ class FeatureTable:
     eye: np.ndarray | None = None
     rotation: np.ndarray | None = None
     ldm: np.ndarray | None = None
+    opening: np.ndarray | None = None
 
     @property
     def kind(self) -> str:
@@ -259,6 +264,7 @@ def subject_features(
         eye=np.asarray(eye, dtype=np.float32),
         rotation=cameras[["yaw", "pitch", "roll"]].to_numpy(np.float32),
         ldm=ldm,
+        opening=(mouth_opening(crops.lm68) * REFERENCE_SIZE / crops.size).astype(np.float32),
     )
     write_features(table, out_parquet)
     return meta
@@ -354,6 +360,7 @@ def write_features(table: FeatureTable, path: str | os.PathLike[str]) -> None:
             "pitch": pa.array(table.rotation[:, 1], pa.float32()),
             "roll": pa.array(table.rotation[:, 2], pa.float32()),
             "ldm": fixed_list_array(table.ldm, 6),
+            "opening": pa.array(table.opening, pa.float32()),
         }
     arrow = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(table.meta).encode()})
     with atomic_path(path) as tmp:
@@ -374,6 +381,7 @@ def _expected_types(kind: str, meta: dict[str, Any]) -> dict[str, pa.DataType]:
         "pitch": pa.float32(),
         "roll": pa.float32(),
         "ldm": pa.list_(pa.float32(), 6),
+        "opening": pa.float32(),
     }
 
 
@@ -468,4 +476,5 @@ def read_features(
         table.eye = floats("eye")
         table.rotation = np.stack([floats("yaw"), floats("pitch"), floats("roll")], axis=1)
         table.ldm = floats("ldm", 6)
+        table.opening = floats("opening")
     return table

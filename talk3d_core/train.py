@@ -41,7 +41,7 @@ from PIL import Image
 from torch import Tensor
 
 from talk3d_core.metrics.motion import silent_frames
-from talk3d_core.model.deltaplane import TOKEN_NAMES, DeltaplaneConfig
+from talk3d_core.model.deltaplane import TOKEN_NAMES, DeltaplaneConfig, fit_opening_predictor
 from talk3d_core.model.gfpgan import GFPGAN, GFPGAN_WEIGHTS, load_gfpgan
 from talk3d_core.model.subject import (
     SubjectData,
@@ -103,6 +103,7 @@ class TrainConfig:
     mouth_zoom: int = 32
     token_dropout: Mapping[str, float] = field(default_factory=dict)
     silence_share: float = 0.0
+    opening_steps: int = 2000
     sr_steps: int = 300
     lr_sr: float = 1e-4
     weight_lpips_sr: float = 0.0
@@ -137,6 +138,8 @@ class TrainConfig:
             raise ValueError(f"mouth_zoom must be >= 4 rays a side, got {self.mouth_zoom}")
         if self.sr not in SR_NETWORKS:
             raise ValueError(f"sr must be one of {SR_NETWORKS}, got {self.sr!r}")
+        if self.opening_steps < 0:
+            raise ValueError(f"opening_steps must be >= 0, got {self.opening_steps}")
         if not 0 <= self.silence_share < 1:
             raise ValueError(f"silence_share must be in [0, 1), got {self.silence_share}")
         if self.silence_share > 0 and self.window_positions is not None:
@@ -155,7 +158,7 @@ def configs_from_settings(train: dict[str, Any]) -> tuple[DeltaplaneConfig, Trai
     conditioning choices, and every :class:`TrainConfig` field."""
     net_config = getattr(DeltaplaneConfig, train["net"])(
         tokens=tuple(train["tokens"]), conditioning=train["conditioning"], audio_frames=train["audio_frames"],
-        decoder_conditioning=train["decoder_conditioning"],
+        decoder_conditioning=train["decoder_conditioning"], opening_frames=train["opening_frames"],
     )  # fmt: skip
     return net_config, from_settings(TrainConfig, train)
 
@@ -451,6 +454,8 @@ def train_deltaplane(
     train_index = np.flatnonzero(data.train)
     if len(train_index) == 0:
         raise ValueError(f"{out_dir}: no training frames")
+    if "opening" in net_config.tokens and conditions.opening is None:
+        raise ValueError(f"{out_dir}: the opening token needs the footage's openings (features.parquet)")
     silent_index = np.zeros(0, dtype=np.int64)
     if cfg.silence_share > 0:
         if silent is None or np.shape(silent) != data.train.shape:
@@ -512,6 +517,7 @@ def train_deltaplane(
         "conditions": fingerprint(conditions.audio, conditions.eye, conditions.rotation, conditions.ldm),
         "prior": fingerprint(prior.identity_planes, prior.w_id),
         **({"silent": fingerprint(silent_index)} if cfg.silence_share > 0 else {}),
+        **({"opening": fingerprint(conditions.opening)} if "opening" in net_config.tokens else {}),
         "losses": sorted(k for k in ("lpips", "identity", "sync_expert") if getattr(nets, k) is not None),
     }
     total = cfg.steps + cfg.sr_steps
@@ -526,6 +532,16 @@ def train_deltaplane(
     else:
         head.net.load_state_dict(state["net"])
         head.sr_module.load_state_dict(state["superresolution"])
+    opening = head.net.tokens.opening
+    if opening is not None and state is None:
+        # The predictor's own span: the central opening_frames of an audio_frames span are these.
+        spans = conditions.gather(train_index, net_config.opening_frames, device)["audio"]
+        target = torch.as_tensor(conditions.opening[train_index], device=device)
+        losses = fit_opening_predictor(opening, spans, target, steps=cfg.opening_steps)
+        if losses:
+            log.info(
+                "opening predictor: loss %.3f -> %.3f (last 100 steps)", losses[0], np.mean(losses[-100:])
+            )
     step = run.start
     # Only a run with steps to take opens an event file (a finished run resumed leaves the folder alone).
     writer = (
@@ -628,8 +644,11 @@ def _stage_optimizer(head: TalkingHead, stage: str, cfg: TrainConfig) -> torch.o
     sr = head.sr_module
     sr.requires_grad_(stage == "sr")
     head.net.requires_grad_(stage == "main")
+    if head.net.tokens.opening is not None:  # fitted before the main stage, then frozen
+        head.net.tokens.opening.predictor.requires_grad_(False)
+        head.net.tokens.opening.head.requires_grad_(False)
     head.sr = "gfpgan" if stage == "sr" and head.gfpgan is not None else "eg3d"
-    params = list(head.net.parameters()) if stage == "main" else list(sr.parameters())
+    params = [p for p in (head.net if stage == "main" else sr).parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr if stage == "main" else cfg.lr_sr)
     optimizer.stage = stage  # type: ignore[attr-defined]
     return optimizer

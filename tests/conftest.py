@@ -95,6 +95,7 @@ def talking_disc(n: int = 12) -> SubjectData:
         eye=np.zeros(n, np.float32),
         rotation=np.zeros((n, 3), np.float32),
         ldm=np.zeros((n, 6), np.float32),
+        opening=(6.0 * opening).astype(np.float32),  # px of a 256 crop
     )
     return SubjectData(
         cameras=torch.tensor(cams, dtype=torch.float32),

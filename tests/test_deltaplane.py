@@ -22,6 +22,7 @@ from talk3d_core.model.deltaplane import (
     DeltaplaneNet,
     PlaneConv,
     blur_downsample2d,
+    fit_opening_predictor,
     plane_cell_coordinates,
     project_plane,
     roll_out,
@@ -211,6 +212,49 @@ def test_config_without_audio_needs_no_audio_entry():
     cond = {k: v for k, v in make_cond(2, config).items() if k in ("eye", "rotation")}
     assert net(torch.randn(TINY_PLANES), cond).shape == TINY_PLANES
     assert net.tokens(cond).shape == (2, 3, config.token_dim)
+
+
+def test_opening_token_reads_the_footage_in_training_and_the_audio_otherwise():
+    config = DeltaplaneConfig.cpu(**TINY, tokens=("audio", "opening"), audio_frames=4, opening_frames=2)
+    tokens = ConditioningTokens(config, audio_dim=MEL_DIM, audio_window=MEL_WINDOW)
+    cond = make_cond(3, config) | {"opening": torch.tensor([0.5, 3.0, 8.0])}
+    tokens.train()
+    taught = tokens(cond)[:, 1]
+    assert not torch.allclose(taught, tokens({**cond, "opening": torch.tensor([8.0, 3.0, 0.5])})[:, 1])
+    unknown = tokens({k: v for k, v in cond.items() if k != "opening"})[:, 1]  # none given: predicted
+    tokens.eval()  # eval mode: the footage's opening is never read, the prediction from the audio is
+    predicted = tokens(cond)[:, 1]
+    assert torch.equal(predicted, tokens({**cond, "opening": torch.zeros(3)})[:, 1])
+    assert not torch.allclose(predicted, taught) and torch.equal(predicted, unknown)
+    # The predictor reads only the opening_frames central frames of the audio span (S // 2 - 1, S // 2).
+    outer = dict(cond, audio=cond["audio"].clone())
+    outer["audio"][:, [0, 3]] += 1.0
+    assert torch.equal(tokens(outer)[:, 1], predicted)
+    inner = dict(cond, audio=cond["audio"].clone())
+    inner["audio"][:, 2] += 1.0
+    assert not torch.allclose(tokens(inner)[:, 1], predicted)
+    # No audio drops the opening too: it is the audio's reading.
+    assert torch.count_nonzero(tokens(cond, drop=("audio",), batch_size=3)) == 0
+    with pytest.raises(ValueError, match=r"cond\['opening'\] must be \(B,\)"):
+        tokens.train()(cond | {"opening": torch.zeros(2)})
+
+
+def test_opening_predictor_fits_the_openings_and_is_frozen():
+    config = DeltaplaneConfig.cpu(**TINY, tokens=("audio", "opening"), audio_frames=2, opening_frames=2)
+    tokens = ConditioningTokens(config, audio_dim=8, audio_window=4)
+    g = torch.Generator().manual_seed(0)
+    audio = torch.randn(64, 2, 4, 8, generator=g)
+    opening = 4.0 + 2.0 * audio[:, 1, :, 0].mean(dim=1) + 0.1 * torch.randn(64, generator=g)  # px
+    torch.manual_seed(0)
+    losses = fit_opening_predictor(tokens.opening, audio, opening, steps=300)
+    assert sum(losses[-30:]) < 0.3 * sum(losses[:30])
+    assert tokens.opening.mean == pytest.approx(float(opening.mean())) and tokens.opening.std > 0
+    with torch.no_grad():
+        predicted = tokens.opening.predict(audio)
+    assert torch.corrcoef(torch.stack([predicted, opening]))[0, 1] > 0.8  # px, not standardised
+    assert not any(p.requires_grad for p in tokens.opening.predictor.parameters())
+    with pytest.raises(ValueError, match="3 audio spans for 2 openings"):
+        fit_opening_predictor(tokens.opening, audio[:3], opening[:2], steps=1)
 
 
 def test_tokens_order_drop_and_eye_noise():
@@ -561,6 +605,8 @@ def test_cell_coordinates_and_encoding():
         ({"lrelu_slope": -0.1}, "lrelu_slope"),
         ({"null_std": "1"}, "null_std"),
         ({"widths": (32, 64, 128, 240)}, "divisible by 32"),
+        ({"tokens": ("eye", "opening")}, "enable the audio token too"),
+        ({"tokens": ("audio", "opening"), "audio_frames": 2, "opening_frames": 4}, "opening_frames=4"),
     ],
 )
 def test_config_validation(overrides, message):

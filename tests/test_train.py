@@ -467,6 +467,28 @@ def test_token_dropout_zeroes_tokens_in_training(tmp_path):
             TrainConfig(token_dropout=bad)
 
 
+def test_opening_token_predictor_is_fitted_first_and_kept(tmp_path):
+    data = talking_disc()
+    net = dataclasses.replace(NET, tokens=(*NET.tokens, "opening"), opening_frames=1)
+    cfg = TrainConfig(steps=4, sr_steps=0, opening_steps=300, **NO_EXTRAS)
+    head = train_deltaplane(data, tiny_prior(), tmp_path / "a", net_config=net, train_config=cfg)
+    opening = head.net.tokens.opening
+    train = np.flatnonzero(data.train)
+    with torch.no_grad():
+        spans = data.conditions.gather(train, net.audio_frames, torch.device("cpu"))["audio"]
+        predicted = opening.predict(spans).numpy()
+    assert np.corrcoef(predicted, data.conditions.opening[train])[0, 1] > 0.9
+    assert not any(p.requires_grad for p in opening.predictor.parameters())
+    # Saved and loaded, the predictor and its standardisation come back.
+    torch.save(head.to_dict(), tmp_path / "head.pt")
+    reloaded = load_talking_head(tmp_path / "head.pt").net.tokens.opening
+    with torch.no_grad():
+        assert np.array_equal(reloaded.predict(spans).numpy(), predicted)
+    bare = dataclasses.replace(data, conditions=dataclasses.replace(data.conditions, opening=None))
+    with pytest.raises(ValueError, match="needs the footage's openings"):
+        train_deltaplane(bare, tiny_prior(), tmp_path / "b", net_config=net, train_config=cfg)
+
+
 def test_silence_share_draws_silent_frames_that_often():
     pool, silent = np.arange(100), np.array([3, 7])
     torch.manual_seed(0)

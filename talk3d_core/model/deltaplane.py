@@ -71,6 +71,8 @@ from talk3d_core.model.eg3d.config import PLANE_AXES
 from talk3d_core.model.eg3d.layers import setup_filter, upfirdn2d, upsample2d
 
 TOKEN_NAMES = ("audio", "eye", "rotation", "ldm", "null")
+#: Tokens beyond the official five, enabled by listing them in ``DeltaplaneConfig.tokens``.
+EXTRA_TOKENS = ("opening",)
 CONDITIONING_MODES = ("attention", "affine")
 UNET_LAYOUTS = ("levels", "talk3d")
 PLANE_WEIGHTS = ("shared", "per_plane")
@@ -113,7 +115,9 @@ class DeltaplaneConfig:
     rotation and landmark values go through sinusoidal encodings of ``*_frequencies`` octaves;
     ``eye_noise`` is the size of the noise added to the eye value in training mode (the std of
     Gaussian noise, the half-width of uniform noise: ``eye_noise_distribution``). ``tokens``: the
-    enabled tokens (paper Table 7 drops some); ``conditioning``: "attention" (cross-attention to the
+    enabled tokens (paper Table 7 drops some), the official five and :data:`EXTRA_TOKENS`: "opening"
+    (:class:`OpeningToken`, whose predictor reads the ``opening_frames`` central frames of the audio
+    span); ``conditioning``: "attention" (cross-attention to the
     tokens) or "affine" (per-channel scale and shift from the concatenated tokens, Table 8).
     ``decoder_conditioning``: the decoder levels condition on the tokens too (the same way), not only
     the bottleneck; the paper's network (False) conditions the bottleneck alone.
@@ -153,6 +157,7 @@ class DeltaplaneConfig:
     rotation_frequencies: int = 10
     ldm_frequencies: int = 6
     eye_noise: float = 0.05
+    opening_frames: int = 2
     tokens: tuple[str, ...] = TOKEN_NAMES
     conditioning: str = "attention"
     decoder_conditioning: bool = False
@@ -185,6 +190,7 @@ class DeltaplaneConfig:
             "eye_frequencies",
             "rotation_frequencies",
             "ldm_frequencies",
+            "opening_frames",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -197,9 +203,15 @@ class DeltaplaneConfig:
                 problems.append(f"{name}={value!r} must be a number >= 0")
         if not self.tokens:
             problems.append(f"tokens is empty: enable at least one of {TOKEN_NAMES}")
-        unknown = [t for t in self.tokens if t not in TOKEN_NAMES]
+        unknown = [t for t in self.tokens if t not in TOKEN_NAMES + EXTRA_TOKENS]
         if unknown:
-            problems.append(f"unknown tokens {unknown}: choose from {TOKEN_NAMES}")
+            problems.append(f"unknown tokens {unknown}: choose from {TOKEN_NAMES + EXTRA_TOKENS}")
+        if "opening" in self.tokens and "audio" not in self.tokens:
+            problems.append("the opening token is predicted from the audio: enable the audio token too")
+        if "opening" in self.tokens and self.opening_frames > self.audio_frames:
+            problems.append(
+                f"opening_frames={self.opening_frames} must be <= audio_frames={self.audio_frames}"
+            )
         duplicated = sorted({t for t in self.tokens if self.tokens.count(t) > 1})
         if duplicated:
             problems.append(f"tokens {duplicated} are listed more than once")
@@ -750,6 +762,87 @@ class FourierTokenEncoder(nn.Module):
         return self.mlp(sinusoidal_encoding(values, self.frequencies, self.scale))
 
 
+class OpeningToken(nn.Module):
+    """The mouth's inner-lip opening as a token: a value (B,) -> (B, token_dim), and the predictor of that
+    value from the audio that stands in for it wherever the footage's opening is not to be used.
+
+    Not in the official network. The audio token alone leaves the rendered mouth in a narrow band,
+    neither shut in pauses nor wide in speech, though it holds the opening
+    (docs/decisions.md#opening-token): an explicit opening is a condition the U-Net follows. In training
+    the token reads the footage's opening (teacher forcing); in eval mode, and whenever no opening is
+    given, it reads :meth:`predict`'s, an :class:`AudioEncoder` over the ``frames`` central frames of the
+    audio span and a Linear head, fitted before the deltaplane training (:func:`fit_opening_predictor`)
+    and frozen. Openings are in pixels of a 256 crop; ``mean`` and ``std`` (buffers, the training
+    frames') standardise them, and a third of the standardised value, clipped to [-1, 1], is encoded.
+    """
+
+    def __init__(
+        self,
+        audio_dim: int,
+        audio_window: int,
+        token_dim: int,
+        *,
+        frames: int,
+        attention: str,
+        encoder: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.frames = frames
+        self.predictor = AudioEncoder(audio_dim, audio_window, token_dim, frames=frames, attention=attention)
+        self.head = nn.Linear(token_dim, 1)
+        self.encoder = encoder
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+
+    def central(self, audio: Tensor) -> Tensor:
+        """The predictor's frames (B, frames, W, D) of an audio span (B, S, W, D) centred at S // 2."""
+        start = audio.shape[1] // 2 - self.frames // 2
+        return audio[:, start : start + self.frames]
+
+    def predict(self, audio: Tensor) -> Tensor:
+        """Opening (B,) in pixels of a 256 crop predicted from audio spans (B, S, W, D)."""
+        return self.head(self.predictor(self.central(audio))).squeeze(-1) * self.std + self.mean
+
+    def forward(self, audio: Tensor, opening: Tensor | None) -> Tensor:
+        """Token (B, token_dim) of the ``opening`` (B,) px, or of the predicted one when it is None."""
+        if opening is None:
+            with torch.no_grad():
+                opening = self.predict(audio)
+        return self.encoder((((opening - self.mean) / self.std) / 3).clamp(-1, 1)[:, None])
+
+
+def fit_opening_predictor(
+    token: OpeningToken, audio: Tensor, opening: Tensor, *, steps: int, batch_size: int = 16, lr: float = 5e-4
+) -> list[float]:
+    """Fit ``token``'s predictor (and set its ``mean``/``std``) to training frames' openings (N,) px from
+    their audio spans (N, S, W, D): MSE on the standardised opening, Adam; then freeze it. Draws from the
+    global torch generator (seed it first). Returns the loss of every step."""
+    if len(audio) != len(opening) or len(opening) < 2:
+        raise ValueError(
+            f"fit_opening_predictor: {len(audio)} audio spans for {len(opening)} openings (>= 2)"
+        )
+    opening = opening.to(token.mean)
+    token.mean.copy_(opening.mean())
+    token.std.copy_(opening.std().clamp_min(1e-3))
+    target = (opening - token.mean) / token.std
+    params = [*token.predictor.parameters(), *token.head.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        batch = torch.randint(len(audio), (min(batch_size, len(audio)),))
+        loss = (token.head(token.predictor(token.central(audio[batch]))).squeeze(-1) - target[batch]).square()
+        loss = loss.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    for p in params:
+        p.requires_grad_(False)
+    return losses
+
+
 # The official rotation token reads (pitch, yaw, roll); the features table gives (yaw, pitch, roll).
 PITCH_YAW_ROLL = (1, 0, 2)
 
@@ -798,6 +891,15 @@ class ConditioningTokens(nn.Module):
         self.eye = encoder("eye", 1, config.eye_frequencies)
         self.rotation = encoder("rotation", 3, config.rotation_frequencies)
         self.ldm = encoder("ldm", 6, config.ldm_frequencies)
+        self.opening = (
+            OpeningToken(
+                audio_dim, audio_window, dim, frames=config.opening_frames, attention=config.audio_attention,
+                encoder=FourierTokenEncoder(1, config.ldm_frequencies, math.pi / 2, dim, layers=2,
+                                            activation=lambda: nn.LeakyReLU(config.lrelu_slope)),
+            )
+            if "opening" in names
+            else None
+        )  # fmt: skip
         self.null = nn.Parameter(config.null_std * torch.randn(dim)) if "null" in names else None
 
     def _expected_shape(self, name: str) -> str:
@@ -839,15 +941,19 @@ class ConditioningTokens(nn.Module):
         """cond: "audio" (B, S, W, D) float: the audio feature windows of S = config.audio_frames
         neighbouring frames centred on the frame (position S // 2 is the frame itself), each a window
         of W per-frame features of D dims; "eye" (B,) AU45 scale; "rotation" (B, 3) yaw/pitch/roll
-        degrees; "ldm" (B, 6) in [-1, 1]. Returns tokens (B, T, token_dim), T = len(config.tokens), in
+        degrees; "ldm" (B, 6) in [-1, 1]; "opening" (B,) px of a 256 crop, optional, read in training
+        mode only (:class:`OpeningToken`). Returns tokens (B, T, token_dim), T = len(config.tokens), in
         config.tokens order. Tokens named in ``drop`` are replaced by zeros (ablation at evaluation:
-        "the audio token zeroed"). Only the cond entries of enabled, not dropped tokens are required.
+        "the audio token zeroed"; dropping "audio" drops "opening" too). Only the cond entries of
+        enabled, not dropped tokens are required.
         ``batch_size`` gives B when no cond entry is read (e.g. only the null token).
         """
         drop = set(drop)
-        unknown = sorted(drop - set(TOKEN_NAMES))
+        unknown = sorted(drop - set(TOKEN_NAMES + EXTRA_TOKENS))
         if unknown:
-            raise ValueError(f"drop names unknown tokens {unknown}: choose from {TOKEN_NAMES}")
+            raise ValueError(f"drop names unknown tokens {unknown}: choose from {TOKEN_NAMES + EXTRA_TOKENS}")
+        if "audio" in drop:  # the opening token is the audio's reading (the ablation's "no audio")
+            drop.add("opening")
         param = next(self.parameters())
         dtype, device = param.dtype, param.device
         nerf = self.config.token_encoders == "nerf"
@@ -855,7 +961,7 @@ class ConditioningTokens(nn.Module):
         for name in self.config.tokens:
             if name in drop or name == "null":
                 continue
-            value = self._value(cond, name).to(device=device, dtype=dtype)
+            value = self._value(cond, "audio" if name == "opening" else name).to(device=device, dtype=dtype)
             if name == "audio":
                 encoded[name] = self.audio(value)
             elif name == "eye":
@@ -865,6 +971,16 @@ class ConditioningTokens(nn.Module):
                 encoded[name] = self.eye(eye[:, None])
             elif name == "rotation":
                 encoded[name] = self.rotation(value[:, PITCH_YAW_ROLL] if nerf else torch.deg2rad(value))
+            elif name == "opening":
+                # The footage's opening in training only: in eval mode the audio's reading, always.
+                given = cond.get("opening") if self.training else None
+                if given is not None:
+                    given = torch.as_tensor(given).to(device=device, dtype=dtype)
+                    if tuple(given.shape) != (len(value),):
+                        raise ValueError(
+                            f"cond['opening'] must be (B,) = ({len(value)},), got {tuple(given.shape)}"
+                        )
+                encoded[name] = self.opening(value, given)
             else:
                 encoded[name] = self.ldm(value)
         sizes = {name: t.shape[0] for name, t in encoded.items()}
