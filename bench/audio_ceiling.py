@@ -39,7 +39,7 @@ from talk3d_core.crop import read_crop_table
 from talk3d_core.features import drive_features, read_features
 from talk3d_core.metrics.motion import closed_threshold, silent_frames
 from talk3d_core.metrics.mouth import mouth_opening
-from talk3d_core.model.deltaplane import AudioEncoder, DeltaplaneConfig
+from talk3d_core.model.deltaplane import DeltaplaneConfig, OpeningToken, fit_opening_predictor
 from talk3d_core.model.subject import FrameConditions
 from talk3d_core.model.talking_head import load_talking_head
 from talk3d_core.train import configs_from_settings
@@ -57,26 +57,19 @@ def windows_of(audio: np.ndarray, frames: int) -> torch.Tensor:
 def fit_opening(
     audio: torch.Tensor, opening: np.ndarray, train: np.ndarray, net: DeltaplaneConfig, steps: int, seed: int
 ) -> Callable[[torch.Tensor], np.ndarray]:
-    """Audio encoder + Linear head fitted to the standardised opening (N,) of the ``train`` frames
-    (indices) from their windows ``audio`` (N, S, W, D); returns windows (M, S, W, D) -> opening (M,) px."""
+    """The opening token's predictor (:func:`fit_opening_predictor`: an audio encoder over the whole
+    span + a Linear head) fitted to the opening (N,) of the ``train`` frames (indices) from their
+    windows ``audio`` (N, S, W, D); returns windows (M, S, W, D) -> opening (M,) px."""
     torch.manual_seed(seed)
-    _, frames, window, dim = audio.shape
-    encoder = AudioEncoder(dim, window, net.token_dim, frames=frames, attention=net.audio_attention)
-    head = torch.nn.Linear(net.token_dim, 1)
-    mean, std = opening[train].mean(), opening[train].std()
-    target = torch.as_tensor((opening - mean) / std, dtype=torch.float32)
-    optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=5e-4)
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        batch = rng.choice(train, 16)
-        loss = (head(encoder(audio[batch])).squeeze(-1) - target[batch]).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    frames, window, dim = audio.shape[1:]
+    token = OpeningToken(dim, window, net.token_dim, frames=frames, attention=net.audio_attention,
+                         encoder=torch.nn.Identity())  # fmt: skip
+    target = torch.as_tensor(opening[train], dtype=torch.float32)
+    fit_opening_predictor(token, audio[train], target, steps=steps)
 
     def predict(windows: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return head(encoder(windows)).squeeze(-1).numpy() * std + mean
+            return token.predict(windows).numpy()
 
     return predict
 

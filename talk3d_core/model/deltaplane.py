@@ -799,9 +799,13 @@ class OpeningToken(nn.Module):
         start = audio.shape[1] // 2 - self.frames // 2
         return audio[:, start : start + self.frames]
 
+    def predict_standardised(self, audio: Tensor) -> Tensor:
+        """The predictor's output (B,): the opening standardised by ``mean`` and ``std``."""
+        return self.head(self.predictor(self.central(audio))).squeeze(-1)
+
     def predict(self, audio: Tensor) -> Tensor:
         """Opening (B,) in pixels of a 256 crop predicted from audio spans (B, S, W, D)."""
-        return self.head(self.predictor(self.central(audio))).squeeze(-1) * self.std + self.mean
+        return self.predict_standardised(audio) * self.std + self.mean
 
     def forward(self, audio: Tensor, opening: Tensor | None) -> Tensor:
         """Token (B, token_dim) of the ``opening`` (B,) px, or of the predicted one when it is None."""
@@ -832,8 +836,7 @@ def fit_opening_predictor(
     losses = []
     for _ in range(steps):
         batch = torch.randint(len(audio), (min(batch_size, len(audio)),))
-        loss = (token.head(token.predictor(token.central(audio[batch]))).squeeze(-1) - target[batch]).square()
-        loss = loss.mean()
+        loss = (token.predict_standardised(audio[batch]) - target[batch]).square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
