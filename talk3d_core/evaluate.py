@@ -42,6 +42,7 @@ import torch
 from talk3d_core.face.template import FaceFraming
 from talk3d_core.metrics.fid import FidReference
 from talk3d_core.metrics.image import psnr, ssim
+from talk3d_core.metrics.motion import audio_energy, closed_threshold, mouth_motion_stats, speech_mask
 from talk3d_core.metrics.mouth import (
     REFERENCE_SIZE,
     expected_face_box,
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("setting", "metric", "backend", "value", "unit", "frames", "status", "reason")
 SELF, GROUND_TRUTH = "self", "ground_truth"
+#: The whole recorded clip (every crop with its own audio): the mouth-motion rows renders compare with.
+FOOTAGE = "footage"
 # Frames of the clip the Sync score needs at least (SyncNet looks at 5-frame windows).
 MIN_SYNC_FRAMES = 6
 
@@ -280,16 +283,32 @@ def sync_metrics(
     ]
 
 
+def speech_openings(lm68: np.ndarray, size: int, audio: np.ndarray, rate: int, fps: float) -> np.ndarray:
+    """Inner-lip openings (M,) px@256 of the frames (N, 68, 2) px of ``size`` crops with landmarks whose
+    audio is speech (:func:`~talk3d_core.metrics.motion.speech_mask`)."""
+    opening = mouth_opening(lm68) * (REFERENCE_SIZE / size)
+    speech = speech_mask(audio_energy(audio, rate, len(lm68), fps))
+    return opening[speech & np.isfinite(opening)]
+
+
 def motion_metrics(
-    setting: str, lm68: np.ndarray, size: int, audio: np.ndarray, rate: int, fps: float, backend: str
+    setting: str,
+    lm68: np.ndarray,
+    size: int,
+    audio: np.ndarray,
+    rate: int,
+    fps: float,
+    backend: str,
+    *,
+    closed_below: float | None = None,
 ) -> list[Metric]:
     """Mouth motion against the audio, no ground truth needed: correlation of the inner-lip opening with
-    the audio energy (best lag, frames), and the mouth's opening in silence vs speech."""
-    from talk3d_core.metrics.motion import audio_energy, mouth_motion_stats, speech_mask
-
+    the audio energy (best lag, frames), the mouth's opening in silence vs speech, and the fraction of
+    silent frames whose opening is under ``closed_below`` px@256 (default: a quarter of this clip's
+    own wide speech opening, :func:`~talk3d_core.metrics.motion.closed_threshold`)."""
     opening = mouth_opening(lm68) * (REFERENCE_SIZE / size)
     energy = audio_energy(audio, rate, len(lm68), fps)
-    stats = mouth_motion_stats(opening, energy, speech_mask(energy))
+    stats = mouth_motion_stats(opening, energy, speech_mask(energy), closed_below=closed_below)
     name = f"{backend} + rms energy"
     n = len(lm68)
     return [
@@ -319,6 +338,7 @@ def motion_metrics(
             "fraction",
             stats["frames_silence"],
         ),
+        _ok(setting, "closed_threshold", name, stats["closed_threshold"], f"px@{REFERENCE_SIZE}", n),
     ]
 
 
@@ -418,6 +438,7 @@ def evaluate_subject(
     drive_frames = {d: min(drive.frames, max_drive_frames) for d, drive in drives.items()}
     identity_frames = reference.frames[:: max(1, len(reference.frames) // 100)]
     total = len(embedders) * len(identity_frames) + len(test) * (1 + len(embedders))  # reference, truth
+    total += len(data.crops)  # the footage's landmarks
     total += per_render * (len(test) + sum(drive_frames.values())) + (per_render - 1) * len(test) * len(views)
     progress = Progress(name or "evaluate", total, unit="image")
 
@@ -451,6 +472,15 @@ def evaluate_subject(
     reference_identity = {k: mean_identity(e) for k, e in embed(reference_images, "reference").items()}
     log.info("reference: %d training crops (%d for identity)", len(reference.frames), len(identity_frames))
 
+    # The footage: every crop's mouth against the clip's audio. Its "closed" (a quarter of its wide
+    # speech opening) judges every render of this subject, not each render's own quarter:
+    # docs/decisions.md#closed-by-the-footages-measure.
+    footage = (to_uint8(to_unit(data.crops[i : i + 1]))[0] for i in range(len(data.crops)))
+    footage_lm = landmarks(footage, f"{FOOTAGE} ({len(data.crops)} crops)")
+    footage_audio = _segment(wav, rate, 0, len(data.crops), fps)
+    closed_below = closed_threshold(speech_openings(footage_lm, size, footage_audio, rate, fps))
+    rows += motion_metrics(FOOTAGE, footage_lm, size, footage_audio, rate, fps, landmark_backend)
+
     # Self-driven: the held-out frames.
     truth = to_uint8(to_unit(data.crops[test]))
     render = read_render(renders[SELF], frames=len(test), size=size)
@@ -467,9 +497,13 @@ def evaluate_subject(
     )
     rows += fid_metric(SELF, inception(render, at(SELF)), reference, nets, len(test))
     rows += sync_metrics(SELF, render, audio, rate, nets)
-    rows += motion_metrics(SELF, render_lm, size, audio, rate, fps, landmark_backend)
+    rows += motion_metrics(
+        SELF, render_lm, size, audio, rate, fps, landmark_backend, closed_below=closed_below
+    )
     rows += sync_metrics(GROUND_TRUTH, truth, audio, rate, nets)
-    rows += motion_metrics(GROUND_TRUTH, truth_lm, size, audio, rate, fps, landmark_backend)
+    rows += motion_metrics(
+        GROUND_TRUTH, truth_lm, size, audio, rate, fps, landmark_backend, closed_below=closed_below
+    )
     if clip_truth is not None:  # a synthetic clip: scored against what was drawn, with no detector
         rows += [Metric(**r) for r in truth_rows(clip_truth, test, {SELF: render, GROUND_TRUTH: truth})]
     log.info("self-driven: %d held-out frames", len(test))
@@ -482,7 +516,9 @@ def evaluate_subject(
         lm = landmarks(images, at(setting), face_box)
         drive_wav = _segment(drive.wav, drive.rate, 0, n, fps)
         rows += sync_metrics(setting, images, drive_wav, drive.rate, nets)
-        rows += motion_metrics(setting, lm, size, drive_wav, drive.rate, fps, landmark_backend)
+        rows += motion_metrics(
+            setting, lm, size, drive_wav, drive.rate, fps, landmark_backend, closed_below=closed_below
+        )
         rows += identity_metrics(setting, embed(images, at(setting)), nets, n, reference=reference_identity)
         rows += fid_metric(setting, inception(images, at(setting)), reference, nets, n)
         log.info("%s: %d frames", setting, n)

@@ -153,6 +153,14 @@ def test_motion_metrics_follow_the_audio():
     assert rows["mouth_energy_r"].value > 0.8
     assert rows["silence_closed_fraction"].value == pytest.approx(1.0)
     assert rows["opening_speech"].value > rows["opening_silence"].value
+    # A render that opens only 6 px@256 in speech (1.5 px of the 64 px crop) and keeps a 3.2 px seam in
+    # the pauses: open by its own quarter (1.5 px), closed by a footage's that opens 16 px (4 px).
+    shy = np.where(speaking, 1.5, 0.8)
+    own = by_metric(motion_metrics("drive:x", mouth_landmarks(n, shy), 64, wav, rate, fps, "mp"))
+    assert own["silence_closed_fraction"].value == 0.0 and own["closed_threshold"].value == pytest.approx(1.5)
+    judged = motion_metrics("drive:x", mouth_landmarks(n, shy), 64, wav, rate, fps, "mp", closed_below=4.0)
+    judged = by_metric(judged)
+    assert judged["silence_closed_fraction"].value == 1.0 and judged["closed_threshold"].value == 4.0
     # A mouth that never moves: no correlation, reported as unavailable, not as a number.
     still = by_metric(motion_metrics("drive:x", mouth_landmarks(n, np.ones(n)), 64, wav, rate, fps, "mp"))
     assert still["mouth_energy_r"].status == "unavailable"
@@ -302,8 +310,9 @@ def test_the_stage_scores_the_stored_renders(stored, monkeypatch, caplog):
     monkeypatch.setattr(runs, "PROGRESS_EVERY_S", 0.0)  # a progress line at every step
     with caplog.at_level(logging.INFO, logger="talk3d_core.util.runs"):
         table = run_stage(stored, name="evaluate disc")
-    assert {"self", "ground_truth", "drive:voice", "view:30_-20"} == set(table.setting)
+    assert {"footage", "self", "ground_truth", "drive:voice", "view:30_-20"} == set(table.setting)
     rows = table.set_index(["setting", "metric"])
+    assert rows.loc[("footage", "mouth_energy_r"), "frames"] == 12  # every crop of the clip
     assert rows.loc[("self", "psnr"), "value"] > 15 and rows.loc[("self", "psnr"), "frames"] == 3
     # The Inception saw the stored renders, in batches, the driving clip cut to max_drive_frames.
     seen = np.concatenate(nets.fid.seen)

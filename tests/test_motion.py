@@ -87,6 +87,11 @@ def test_closed_mouth_in_silence() -> None:
 
     opening[~speech] = 4.0  # an open mouth throughout the pauses
     assert mouth_motion_stats(opening, energy, speech)["silence_closed_fraction"] == 0.0
+    # ... unless judged by another clip's measure of closed (a footage that opens wider when it talks).
+    judged = mouth_motion_stats(opening, energy, speech, closed_below=5.0)
+    assert judged["silence_closed_fraction"] == 1.0 and judged["closed_threshold"] == 5.0
+    with pytest.raises(ValueError, match="closed_below must be > 0"):
+        mouth_motion_stats(opening, energy, speech, closed_below=0.0)
 
 
 def test_closed_threshold_is_a_quarter_of_the_wide_speech_opening() -> None:

@@ -126,7 +126,7 @@ def test_reruns_only_what_changed(project, monkeypatch):
                  "logs/ingest.log", "benchmarks/ingest.tsv", *RESULT_FILES]:  # fmt: skip
         assert (out / path).is_file(), path
     metrics = pd.read_parquet(out / "metrics.parquet")
-    assert {"self", "ground_truth", "drive:voice", "view:30_-20"} <= set(metrics.setting)
+    assert {"footage", "self", "ground_truth", "drive:voice", "view:30_-20"} <= set(metrics.setting)
     assert {"psnr", "ssim", "lpips", "lmd", "aue", "idsim", "fid", "lse_c", "lse_d"} <= set(metrics.metric)
     missing = metrics[metrics.status != "ok"]
     assert (missing.reason != "").all() and missing.value.isna().all()

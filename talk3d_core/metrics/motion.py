@@ -109,6 +109,7 @@ def mouth_motion_stats(
     lag_frames: int = 3,
     closed_ratio: float = 0.25,
     open_percentile: float = 90.0,
+    closed_below: float | None = None,
 ) -> dict[str, Any]:
     """Does the mouth move with the sound? Statistics (N,) series that need no ground-truth video.
 
@@ -122,9 +123,10 @@ def mouth_motion_stats(
       frames where both are finite; ``energy_r_lag0``: r at lag 0. None with fewer than 3 such pairs
       or a constant series.
     - ``opening_silence``, ``opening_speech``: mean opening over silent / speech frames with landmarks.
-    - ``closed_threshold``: ``closed_ratio`` (0.25) x the ``open_percentile`` (90th) percentile of
-      the openings during speech, i.e. a quarter of how wide this clip's mouth opens when it talks;
-      None when there are no speech openings or they are all 0.
+    - ``closed_threshold``: ``closed_below`` when given (a render is judged by its subject's footage:
+      docs/decisions.md#closed-by-the-footages-measure), else ``closed_ratio`` (0.25) x the
+      ``open_percentile`` (90th) percentile of the openings during speech, i.e. a quarter of how wide
+      this clip's mouth opens when it talks; None when there are no speech openings or they are all 0.
     - ``silence_closed_fraction``: fraction of silent frames with landmarks whose opening is below
       ``closed_threshold``.
     - ``frames_silence``, ``frames_speech``: counts of silent / speech frames with landmarks.
@@ -166,6 +168,10 @@ def mouth_motion_stats(
     silent_open = opening[seen & ~speech]
     speech_open = opening[seen & speech]
     threshold = closed_threshold(speech_open, closed_ratio=closed_ratio, open_percentile=open_percentile)
+    if closed_below is not None:
+        if not closed_below > 0:
+            raise ValueError(f"mouth_motion_stats: closed_below must be > 0, got {closed_below}")
+        threshold = float(closed_below)
     closed_fraction = None
     if threshold is not None and silent_open.size:
         closed_fraction = float(np.mean(silent_open < threshold))
