@@ -22,7 +22,8 @@ Variants of the conditions, each rendered on both sets:
 
 With ``--drive``, each driving audio also renders the held-out cameras and tokens driven by it (as
 rule render_drive does), and its row's ``closed`` is evaluate's silence_closed_fraction over the
-driving clip's silent frames, beside the footage's over the whole clip (the issue's comparison).
+driving clip's silent frames (below the footage's threshold, as evaluate), beside the footage's over
+the whole clip (evaluate's ``footage`` row).
 
 Per (set, variant): the mean opening in pixels of a 256-pixel crop, its Pearson r with the crops'
 opening, and the closed fraction: opening below a quarter of the footage's 90th-percentile opening
@@ -159,7 +160,7 @@ def main() -> None:
         opening = openings(to_uint8(torch.cat([o["image"] for _, o in batches])), args.backend)
         drive_wav, drive_rate = read_wav_float(wav_path)
         drive_energy = audio_energy(drive_wav, drive_rate, len(audio), 25.0)
-        stats = mouth_motion_stats(opening, drive_energy, speech_mask(drive_energy))
+        stats = mouth_motion_stats(opening, drive_energy, speech_mask(drive_energy), closed_below=threshold)
         rows.append({"set": f"driven:{name}", "variant": "full", "frames": int(stats["frames_silence"]),
                      "opening": _number(stats["opening_silence"]), "r": float("nan"),
                      "closed": _number(stats["silence_closed_fraction"])})  # fmt: skip
