@@ -42,7 +42,7 @@ import torch
 from talk3d_core.face.template import FaceFraming
 from talk3d_core.metrics.fid import FidReference
 from talk3d_core.metrics.image import psnr, ssim
-from talk3d_core.metrics.motion import audio_energy, closed_threshold, mouth_motion_stats, speech_mask
+from talk3d_core.metrics.motion import audio_energy, mouth_motion_stats, speech_mask
 from talk3d_core.metrics.mouth import (
     REFERENCE_SIZE,
     expected_face_box,
@@ -283,14 +283,6 @@ def sync_metrics(
     ]
 
 
-def speech_openings(lm68: np.ndarray, size: int, audio: np.ndarray, rate: int, fps: float) -> np.ndarray:
-    """Inner-lip openings (M,) px@256 of the frames (N, 68, 2) px of ``size`` crops with landmarks whose
-    audio is speech (:func:`~talk3d_core.metrics.motion.speech_mask`)."""
-    opening = mouth_opening(lm68) * (REFERENCE_SIZE / size)
-    speech = speech_mask(audio_energy(audio, rate, len(lm68), fps))
-    return opening[speech & np.isfinite(opening)]
-
-
 def motion_metrics(
     setting: str,
     lm68: np.ndarray,
@@ -478,8 +470,11 @@ def evaluate_subject(
     footage = (to_uint8(to_unit(data.crops[i : i + 1]))[0] for i in range(len(data.crops)))
     footage_lm = landmarks(footage, f"{FOOTAGE} ({len(data.crops)} crops)")
     footage_audio = _segment(wav, rate, 0, len(data.crops), fps)
-    closed_below = closed_threshold(speech_openings(footage_lm, size, footage_audio, rate, fps))
-    rows += motion_metrics(FOOTAGE, footage_lm, size, footage_audio, rate, fps, landmark_backend)
+    footage_rows = motion_metrics(FOOTAGE, footage_lm, size, footage_audio, rate, fps, landmark_backend)
+    closed_below = next(
+        r.value for r in footage_rows if r.metric == "closed_threshold"
+    )  # None: not computable
+    rows += footage_rows
 
     # Self-driven: the held-out frames.
     truth = to_uint8(to_unit(data.crops[test]))
