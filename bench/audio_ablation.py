@@ -34,10 +34,12 @@ import yaml
 
 from talk3d_core.ablation import SETTINGS, audio_ablation
 from talk3d_core.features import read_features
+from talk3d_core.metrics.motion import silent_frames
 from talk3d_core.model.subject import SubjectData, read_subject_data
 from talk3d_core.model.talking_head import Prior, load_prior
 from talk3d_core.train import configs_from_settings, train_deltaplane
 from talk3d_core.util.config import load_schema, subject_config, validate_config
+from talk3d_core.util.media import read_wav_float
 
 METRICS = ("face_psnr", "lmd", "opening_correlation", "opening_mae")
 
@@ -87,6 +89,7 @@ def main() -> None:
 
     config = subject_settings(args.subject, args.set)
     net_config, train_config = configs_from_settings(config["train"])
+    root = Path("results") / args.subject
     mouth_zoom = train_config.mouth_zoom if train_config.weight_mouth_zoom > 0 else 0
     prior, data = subject_prior_and_data(args.subject, mouth_zoom)
     splits = {"test": np.flatnonzero(~data.train).tolist()}
@@ -101,6 +104,10 @@ def main() -> None:
         kept = np.flatnonzero(data.train)[: args.only]
         data = dataclasses.replace(data, train=np.zeros_like(data.train))
         data.train[kept] = True
+    silent = None
+    if train_config.silence_share > 0:
+        wav, rate = read_wav_float(root / "audio.wav")
+        silent = silent_frames(wav, rate, len(data.train), config["fps"])
     snapshots = {int(s) for s in args.snapshots.split(",") if s}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +134,7 @@ def main() -> None:
         head = train_deltaplane(
             data, prior, out_dir / f"{args.subject}_seed{seed}", net_config=net_config,
             train_config=seeded, progress=False, restart_on_mismatch=True, on_checkpoint=at_checkpoint,
+            silent=silent,
         )  # fmt: skip
         score(head, seed, f"{seeded.steps}+sr{seeded.sr_steps}")
         torch.save(head.to_dict(), out_dir / f"{args.subject}_seed{seed}" / "deltaplane.pt")

@@ -43,7 +43,7 @@ import torch
 
 from talk3d_core.ablation import SETTINGS
 from talk3d_core.features import drive_features, read_features
-from talk3d_core.metrics.motion import audio_energy, closed_threshold, mouth_motion_stats
+from talk3d_core.metrics.motion import audio_energy, closed_threshold, mouth_motion_stats, speech_mask
 from talk3d_core.metrics.mouth import REFERENCE_SIZE, correlation, landmarks_of_images, mouth_opening
 from talk3d_core.model.subject import FrameConditions, read_subject_data
 from talk3d_core.model.talking_head import load_talking_head
@@ -108,7 +108,7 @@ def main() -> None:
     )  # fmt: skip
     wav, rate = read_wav_float(root / "audio.wav")
     energy = audio_energy(wav, rate, len(data.train), 25.0)
-    speech = data.conditions.speech  # evaluate's speech mask, from the features table
+    speech = speech_mask(energy)
     train = np.asarray(data.train)
     sets = {"held_out": np.flatnonzero(~train), "silent": np.flatnonzero(train & ~speech)}
     if len(sets["silent"]) == 0:
@@ -153,17 +153,14 @@ def main() -> None:
     for wav_path in args.drive:
         name = Path(wav_path).stem
         drive_features(wav_path, root / "features.parquet", out / f"drive_{name}.parquet")
-        drive = read_features(out / f"drive_{name}.parquet", kind="drive")
-        audio = drive.audio
-        cond = drive_conditions(data.conditions, audio, held_out, drive.speech)
+        audio = read_features(out / f"drive_{name}.parquet", kind="drive").audio
+        cond = drive_conditions(data.conditions, audio, held_out)
         cameras = data.cameras[ping_pong(held_out, len(audio))]
         batches = render_batches(head, cond, cameras, np.arange(len(audio)))
         opening = openings(to_uint8(torch.cat([o["image"] for _, o in batches])), args.backend)
         drive_wav, drive_rate = read_wav_float(wav_path)
         drive_energy = audio_energy(drive_wav, drive_rate, len(audio), 25.0)
-        stats = mouth_motion_stats(opening, drive_energy, drive.speech, closed_below=threshold)
-        pause_px = " ".join(f"{v:.2f}" for v in opening[~drive.speech])
-        print(f"driven:{name}: openings in its pauses {pause_px}")
+        stats = mouth_motion_stats(opening, drive_energy, speech_mask(drive_energy), closed_below=threshold)
         rows.append({"set": f"driven:{name}", "variant": "full", "frames": int(stats["frames_silence"]),
                      "opening": _number(stats["opening_silence"]), "r": float("nan"),
                      "closed": _number(stats["silence_closed_fraction"])})  # fmt: skip

@@ -21,13 +21,10 @@ ldm         float32[6]       landmark token, three (x, y) points (``landmark_tok
                              the full source frame, both axes divided by the frame width
 opening     float32          inner-lip opening of the crop's landmarks, pixels of a 256 crop
                              (the opening token's training value and its predictor's target)
-speech      bool             the frame's audio is speech, False in a pause (evaluate's speech
-                             mask of the audio energy, :func:`silent_frames`); a pause-gated
-                             model zeroes its audio token there
 ==========  ===============  ==================================================================
 
-A driving-audio table (``drive/{audio}/features.parquet``) has only ``frame``, ``time_s``, ``audio``
-and ``speech``, made with the subject's backend, window and normalisation (its statistics, so a new voice
+A driving-audio table (``drive/{audio}/features.parquet``) has only ``frame``, ``time_s`` and
+``audio``, made with the subject's backend, window and normalisation (its statistics, so a new voice
 lands in the same range). Driving audio has no frames of its own: the eye, rotation and landmark
 tokens of a driven clip are those of the subject's frames it borrows
 (:func:`talk3d_core.render.drive_conditions`), the same frames whose cameras it is rendered from.
@@ -68,7 +65,7 @@ from talk3d_core.util.io import atomic_path
 from talk3d_core.util.media import read_wav_float
 from talk3d_core.util.tables import fixed_list_array, fixed_list_values
 
-SCHEMA_VERSION = 3  # 2: the opening column; 3: the speech column
+SCHEMA_VERSION = 2  # 2: the opening column
 METADATA_KEY = b"talk3d.features"
 SPLITS = ("train", "test")
 #: What the landmark token describes (config ``features.landmark_token``).
@@ -105,8 +102,7 @@ def floor_silence(per_frame: np.ndarray, wav: np.ndarray, rate: int, fps: float,
 class FeatureTable:
     """Contents of a features table as arrays (N rows).
 
-    frame (N,) int32; time_s (N,) float32; audio (N, W, D) float32; speech (N,) bool (None only in a
-    table made in code without it). Subject tables also have
+    frame (N,) int32; time_s (N,) float32; audio (N, W, D) float32. Subject tables also have
     split (N,) str, eye (N,) float32, rotation (N, 3) float32 yaw/pitch/roll degrees, ldm (N, 6)
     float32 and opening (N,) float32 px of a 256 crop; for driving audio they are None. meta: the
     recorded settings.
@@ -116,7 +112,6 @@ class FeatureTable:
     time_s: np.ndarray
     audio: np.ndarray
     meta: dict[str, Any]
-    speech: np.ndarray | None = None
     split: np.ndarray | None = None
     eye: np.ndarray | None = None
     rotation: np.ndarray | None = None
@@ -270,7 +265,6 @@ def subject_features(
         rotation=cameras[["yaw", "pitch", "roll"]].to_numpy(np.float32),
         ldm=ldm,
         opening=(mouth_opening(crops.lm68) * REFERENCE_SIZE / crops.size).astype(np.float32),
-        speech=~silent_frames(wav, rate, n, fps),
     )
     write_features(table, out_parquet)
     return meta
@@ -342,7 +336,6 @@ def drive_features(
         time_s=(np.arange(n) / m["fps"]).astype(np.float32),
         audio=audio.astype(np.float32),
         meta=meta,
-        speech=~silent_frames(wav, rate, n, m["fps"]),
     )
     write_features(table, out_parquet)
     return meta
@@ -351,13 +344,10 @@ def drive_features(
 def write_features(table: FeatureTable, path: str | os.PathLike[str]) -> None:
     """Write a :class:`FeatureTable` atomically (schema in the module docstring)."""
     n, w, d = table.audio.shape
-    if table.speech is None or np.shape(table.speech) != (n,):
-        raise ValueError(f"{path}: a features table needs its (N,) = ({n},) speech mask")
     columns: dict[str, pa.Array] = {
         "frame": pa.array(table.frame, pa.int32()),
         "time_s": pa.array(table.time_s, pa.float32()),
         "audio": fixed_list_array(table.audio, w * d),
-        "speech": pa.array(np.asarray(table.speech, dtype=bool), pa.bool_()),
     }
     if table.kind == "subject":
         columns = {
@@ -371,7 +361,6 @@ def write_features(table: FeatureTable, path: str | os.PathLike[str]) -> None:
             "roll": pa.array(table.rotation[:, 2], pa.float32()),
             "ldm": fixed_list_array(table.ldm, 6),
             "opening": pa.array(table.opening, pa.float32()),
-            "speech": columns["speech"],
         }
     arrow = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(table.meta).encode()})
     with atomic_path(path) as tmp:
@@ -381,7 +370,7 @@ def write_features(table: FeatureTable, path: str | os.PathLike[str]) -> None:
 def _expected_types(kind: str, meta: dict[str, Any]) -> dict[str, pa.DataType]:
     audio = pa.list_(pa.float32(), meta["audio_window"] * meta["audio_dim"])
     if kind == "drive":
-        return {"frame": pa.int32(), "time_s": pa.float32(), "audio": audio, "speech": pa.bool_()}
+        return {"frame": pa.int32(), "time_s": pa.float32(), "audio": audio}
     return {
         "frame": pa.int32(),
         "split": pa.string(),
@@ -393,7 +382,6 @@ def _expected_types(kind: str, meta: dict[str, Any]) -> dict[str, pa.DataType]:
         "roll": pa.float32(),
         "ldm": pa.list_(pa.float32(), 6),
         "opening": pa.float32(),
-        "speech": pa.bool_(),
     }
 
 
@@ -473,15 +461,11 @@ def read_features(
     if not np.array_equal(frame, np.arange(n)):
         raise bad("frames are not 0..N-1 in order")
     w, d = meta["audio_window"], meta["audio_dim"]
-    speech = arrow.column("speech").combine_chunks()
-    if speech.null_count:
-        raise bad(f"column 'speech' has {speech.null_count} missing values")
     table = FeatureTable(
         frame=frame.astype(np.int32),
         time_s=floats("time_s"),
         audio=floats("audio", w * d).reshape(n, w, d),
         meta=meta,
-        speech=speech.to_numpy(zero_copy_only=False).astype(bool),
     )
     if kind == "subject":
         split = np.asarray(arrow.column("split").to_pylist(), dtype=object)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from talk3d_core.features import FeatureTable, drive_features, read_features, read_features_meta
+from talk3d_core.features import drive_features, read_features, read_features_meta
 from talk3d_core.ingest import ingest_audio
 from talk3d_core.model.subject import SubjectData, read_subject_data
 from talk3d_core.model.talking_head import TalkingHead, load_talking_head
@@ -129,21 +129,18 @@ class Portrait:
         return PasteBack.from_files(self.files.frames, self.files.crop_table, use_opacity=black)
 
     @contextlib.contextmanager
-    def _ingested(
-        self, audio: str | os.PathLike[str], audio_rate: int
-    ) -> Iterator[tuple[Path, FeatureTable]]:
-        """(16 kHz mono WAV of ``audio`` in a temporary folder, its features table) for the block."""
+    def _ingested(self, audio: str | os.PathLike[str], audio_rate: int) -> Iterator[tuple[Path, np.ndarray]]:
+        """(16 kHz mono WAV of ``audio`` in a temporary folder, its features (M, W, D)) for the block."""
         with tempfile.TemporaryDirectory(prefix="talk3d_drive_") as tmp:
             wav = Path(tmp) / "audio.wav"
             ingest_audio(audio, wav, audio_rate=audio_rate)
             table = Path(tmp) / "features.parquet"
             drive_features(wav, self.files.features, table)
-            yield wav, read_features(table, kind="drive")
+            yield wav, read_features(table, kind="drive").audio
 
-    def drive_features(self, audio: str | os.PathLike[str], audio_rate: int = 16000) -> FeatureTable:
-        """The features table of ``audio`` (any file the ingest accepts): audio windows (M, W, D) with the
-        subject's backend and statistics, one per 1/fps s, and the speech mask (M,); a file that is not
-        audio raises ValueError naming it."""
+    def drive_features(self, audio: str | os.PathLike[str], audio_rate: int = 16000) -> np.ndarray:
+        """Audio features (M, W, D) of ``audio`` (any file the ingest accepts) with the subject's backend
+        and statistics, one window per 1/fps s; a file that is not audio raises ValueError naming it."""
         with self._ingested(audio, audio_rate) as (_, features):
             return features
 
@@ -168,13 +165,13 @@ class Portrait:
         _check_camera(camera)
         with self._ingested(audio, audio_rate) as (wav, features):
             return render_target(
-                self.head, self.data, out_mp4, mode="drive", drive=features, audio=wav,
+                self.head, self.data, out_mp4, mode="drive", drive_audio_features=features, audio=wav,
                 drive_camera=camera, paste=self._paste() if paste_back else None, fps=self.fps,
                 batch_size=batch_size, output_size=size, crf=crf, progress=progress, on_frames=on_frames,
             )  # fmt: skip
 
     def drive_frames(
-        self, features: FeatureTable, *, camera: str = "tracked", size: int | None = None, batch_size: int = 8
+        self, features: np.ndarray, *, camera: str = "tracked", size: int | None = None, batch_size: int = 8
     ) -> Iterator[np.ndarray]:
         """Frames (S, S, 3) uint8 of the portrait driven by ``features`` (:meth:`drive_features`), yielded
         as they are rendered: the first alone (shown soonest), the rest ``batch_size`` at a time."""

@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -49,9 +49,6 @@ from talk3d_core.report.depth import depth_to_uint8
 from talk3d_core.util.images import to_uint8
 from talk3d_core.util.io import list_frames, read_rgb
 from talk3d_core.util.media import VideoWriter
-
-if TYPE_CHECKING:
-    from talk3d_core.features import FeatureTable
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +197,11 @@ def ping_pong(source_frames: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
 
 
 def drive_conditions(
-    subject: FrameConditions,
-    audio: np.ndarray,
-    source_frames: Sequence[int] | np.ndarray,
-    speech: np.ndarray | None = None,
+    subject: FrameConditions, audio: np.ndarray, source_frames: Sequence[int] | np.ndarray
 ) -> FrameConditions:
     """Conditions of M driving frames: ``audio`` (M, W, D) (the driving features, normalised with the
-    subject's statistics) and its ``speech`` (M,) bool (the driving table's, needed by a pause-gated
-    model), with eye, rotation and landmark tokens of the subject's ``source_frames`` in
-    :func:`ping_pong` order (use the same order for their cameras and paste-back frames)."""
+    subject's statistics), with eye, rotation and landmark tokens of the subject's ``source_frames``
+    in :func:`ping_pong` order (use the same order for their cameras and paste-back frames)."""
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 3 or len(audio) == 0 or audio.shape[1:] != subject.audio.shape[1:]:
         raise ValueError(
@@ -222,13 +215,10 @@ def drive_conditions(
             f"source frames must be a non-empty list within 0..{len(subject) - 1}, "
             f"got {len(source)} frames spanning {source.min(initial=0)}..{source.max(initial=0)}"
         )
-    if speech is not None and np.shape(speech) != (len(audio),):
-        raise ValueError(f"driving speech mask of shape {np.shape(speech)} for {len(audio)} audio frames")
     order = ping_pong(source, len(audio))
     return FrameConditions(
-        audio=audio, eye=subject.eye[order], rotation=subject.rotation[order], ldm=subject.ldm[order],
-        speech=None if speech is None else np.asarray(speech, dtype=bool),
-    )  # fmt: skip
+        audio=audio, eye=subject.eye[order], rotation=subject.rotation[order], ldm=subject.ldm[order]
+    )
 
 
 # -------------------------------------------------------------------------------------- paste-back
@@ -588,14 +578,13 @@ def novel_view_cameras(
 
 
 def drive_clip(
-    head: TalkingHead, data: SubjectData, drive: FeatureTable, drive_camera: str = "tracked"
+    head: TalkingHead, data: SubjectData, audio_features: np.ndarray, drive_camera: str = "tracked"
 ) -> tuple[FrameConditions, np.ndarray, np.ndarray]:
-    """A driving clip of M frames, from the driving audio's features table: its conditions
-    (:func:`drive_conditions` over the held-out frames), cameras (M, 25) ("tracked": the held-out
-    frames' in :func:`ping_pong` order, "fixed": frontal) and the source frame of each (M,), for
-    paste-back."""
+    """A driving clip of M frames: its conditions (:func:`drive_conditions` over the held-out frames),
+    cameras (M, 25) ("tracked": the held-out frames' in :func:`ping_pong` order, "fixed": frontal)
+    and the source frame of each (M,), for paste-back."""
     test = _held_out(data)
-    cond = drive_conditions(data.conditions, drive.audio, test, drive.speech)
+    cond = drive_conditions(data.conditions, audio_features, test)
     order = ping_pong(test, len(cond))
     tracked = tracked_cameras(data.cameras)[order] if drive_camera == "tracked" else None
     return cond, camera_path(drive_camera, len(cond), tracked=tracked, **_geometry(head)), order
@@ -609,7 +598,7 @@ def render_target(
     mode: str = "video",
     view: str | None = None,
     view_convention: str = "head",
-    drive: FeatureTable | None = None,
+    drive_audio_features: np.ndarray | None = None,
     audio: str | os.PathLike[str] | None = None,
     drive_camera: str = "tracked",
     paste: PasteBack | None = None,
@@ -624,9 +613,9 @@ def render_target(
     - mode "view" (``view`` "{yaw}_{pitch}", read in ``view_convention``, :func:`view_cameras`): the
       same frames and audio seen from that novel view (no paste-back: a novel view has no source
       frame);
-    - mode "drive" (``drive``: the driving audio's features table): driven by other audio (``audio``:
-      its file), with eye, pose and (``drive_camera`` "tracked") cameras of the held-out frames
-      played back and forth, or the frontal camera ("fixed").
+    - mode "drive" (``drive_audio_features`` (M, W, D)): driven by other audio (``audio``: its file),
+      with eye, pose and (``drive_camera`` "tracked") cameras of the held-out frames played back and
+      forth, or the frontal camera ("fixed").
 
     ``options``: :func:`render_video`'s batch_size, output_size, crf, renders, progress, on_frames.
     Returns :func:`render_video`'s summary.
@@ -634,9 +623,9 @@ def render_target(
     if mode not in RENDER_MODES:
         raise ValueError(f"render mode must be one of {', '.join(RENDER_MODES)}, got {mode!r}")
     if mode == "drive":
-        if drive is None:
+        if drive_audio_features is None:
             raise ValueError("render mode 'drive' needs the driving audio's features")
-        cond, cams, order = drive_clip(head, data, drive, drive_camera)
+        cond, cams, order = drive_clip(head, data, drive_audio_features, drive_camera)
         return render_video(
             head, cond, cams, out_mp4, audio=audio, paste=None if paste is None else paste.select(order),
             fps=fps, **options,
@@ -691,10 +680,10 @@ def render_stage(
             # a model drawn on black has its own opacity as its region (else the black square is pasted)
             use_opacity=head.training_record["background"] == "black",
         )  # fmt: skip
-    drive = read_features(drive_features, kind="drive") if drive_features is not None else None
+    drive = read_features(drive_features, kind="drive").audio if drive_features is not None else None
     summary = render_target(
         head, data, video_mp4, mode=mode, view=view, view_convention=settings["view_convention"],
-        drive=drive, audio=audio, drive_camera=settings["drive_camera"], paste=paste,
+        drive_audio_features=drive, audio=audio, drive_camera=settings["drive_camera"], paste=paste,
         depth_mp4=depth_mp4, renders=renders_mkv, fps=fps, batch_size=settings["batch_size"],
         output_size=settings["output_size"], crf=settings["crf"], progress=False,
     )  # fmt: skip

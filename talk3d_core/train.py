@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from talk3d_core.metrics.motion import silent_frames
 from talk3d_core.model.deltaplane import TOKEN_NAMES, DeltaplaneConfig, fit_opening_predictor
 from talk3d_core.model.gfpgan import GFPGAN, GFPGAN_WEIGHTS, load_gfpgan
 from talk3d_core.model.subject import (
@@ -102,7 +103,6 @@ class TrainConfig:
     mouth_zoom: int = 32
     token_dropout: Mapping[str, float] = field(default_factory=dict)
     silence_share: float = 0.0
-    audio_gate_dropout: float = 0.0
     opening_steps: int = 2000
     sr_steps: int = 300
     lr_sr: float = 1e-4
@@ -144,8 +144,6 @@ class TrainConfig:
             raise ValueError(f"silence_share must be in [0, 1), got {self.silence_share}")
         if self.silence_share > 0 and self.window_positions is not None:
             raise ValueError("silence_share draws single frames; it cannot be combined with window_positions")
-        if not 0 <= self.audio_gate_dropout <= 1:
-            raise ValueError(f"audio_gate_dropout must be in [0, 1], got {self.audio_gate_dropout}")
         droppable = [name for name in TOKEN_NAMES if name != "null"]
         for name, p in self.token_dropout.items():
             if name not in droppable or not 0 <= p <= 1:
@@ -161,7 +159,6 @@ def configs_from_settings(train: dict[str, Any]) -> tuple[DeltaplaneConfig, Trai
     net_config = getattr(DeltaplaneConfig, train["net"])(
         tokens=tuple(train["tokens"]), conditioning=train["conditioning"], audio_frames=train["audio_frames"],
         decoder_conditioning=train["decoder_conditioning"], opening_frames=train["opening_frames"],
-        pause_gate=train["pause_gate"],
     )  # fmt: skip
     return net_config, from_settings(TrainConfig, train)
 
@@ -416,6 +413,7 @@ def train_deltaplane(
     device: str | None = None,
     on_checkpoint: Callable[[TalkingHead, int, str], None] | None = None,
     gfpgan: GFPGAN | None = None,
+    silent: np.ndarray | None = None,
 ) -> TalkingHead:
     """Train the deltaplane predictor (then fine-tune the super-resolution) on ``data``'s training
     frames; resume from ``out_dir/checkpoint.pt``.
@@ -434,8 +432,8 @@ def train_deltaplane(
     random generator, what the call draws does not change the training. ``gfpgan``: with
     ``train_config.sr`` gfpgan, the GFPGAN v1.3 network (:func:`talk3d_core.model.gfpgan.load_gfpgan`)
     that the sr stage fine-tunes in place of EG3D's super-resolution and that then makes the final image.
-    ``train_config.silence_share`` and ``net_config.pause_gate`` read the clip's speech mask,
-    ``data.conditions.speech``.
+    ``silent``: (N,) bool, the frames without speech (:func:`silent_frames`), which
+    ``train_config.silence_share`` draws from.
     """
     from tensorboardX import SummaryWriter
 
@@ -456,21 +454,16 @@ def train_deltaplane(
     train_index = np.flatnonzero(data.train)
     if len(train_index) == 0:
         raise ValueError(f"{out_dir}: no training frames")
-    if cfg.audio_gate_dropout > 0 and "opening" not in net_config.tokens:
-        raise ValueError(
-            f"{out_dir}: train.audio_gate_dropout keeps the opening token while the audio token is zeroed; "
-            "add opening to train.tokens"
-        )
-    if (net_config.pause_gate or cfg.silence_share > 0) and conditions.speech is None:
-        raise ValueError(
-            f"{out_dir}: train.pause_gate and train.silence_share need the clip's speech mask "
-            "(the speech column of features.parquet)"
-        )
     if "opening" in net_config.tokens and conditions.opening is None:
         raise ValueError(f"{out_dir}: the opening token needs the footage's openings (features.parquet)")
     silent_index = np.zeros(0, dtype=np.int64)
     if cfg.silence_share > 0:
-        silent_index = np.flatnonzero(~np.asarray(conditions.speech, dtype=bool) & data.train)
+        if silent is None or np.shape(silent) != data.train.shape:
+            raise ValueError(
+                f"{out_dir}: train.silence_share needs the (N,) silent-frame mask of the {len(data.train)} "
+                f"frames, got {None if silent is None else np.shape(silent)}"
+            )
+        silent_index = np.flatnonzero(np.asarray(silent, dtype=bool) & data.train)
         log.info(
             "%d of %d training frames are silent; %.0f%% of each batch is drawn from them",
             len(silent_index), len(train_index), 100 * cfg.silence_share * (len(silent_index) > 0),
@@ -525,7 +518,6 @@ def train_deltaplane(
         "prior": fingerprint(prior.identity_planes, prior.w_id),
         **({"silent": fingerprint(silent_index)} if cfg.silence_share > 0 else {}),
         **({"opening": fingerprint(conditions.opening)} if "opening" in net_config.tokens else {}),
-        **({"speech": fingerprint(conditions.speech)} if net_config.pause_gate else {}),
         "losses": sorted(k for k in ("lpips", "identity", "sync_expert") if getattr(nets, k) is not None),
     }
     total = cfg.steps + cfg.sr_steps
@@ -586,9 +578,6 @@ def train_deltaplane(
                 # Each step drops (zeroes) the listed tokens with their probabilities, so the mouth cannot
                 # be recalled from them alone (docs/decisions.md#mouth-at-128-px).
                 drop = [name for name, p in sorted(cfg.token_dropout.items()) if float(torch.rand(())) < p]
-                if cfg.audio_gate_dropout > 0:  # per frame: the mouth from the opening token alone
-                    kept = torch.rand(len(frames)) >= cfg.audio_gate_dropout
-                    cond["audio_gate"] = kept.to(device=device, dtype=torch.float32)
                 out = head(cond, cameras, drop=drop, jitter=True)
                 terms = deltaplane_losses(
                     out, target, data.face[frames].to(device), data.mouth[frames].to(device), cfg, nets
@@ -771,16 +760,20 @@ def train_stage(
     gfpgan = None
     if cfg.sr == "gfpgan":  # a missing file is an error naming the command that fetches it
         gfpgan = load_gfpgan(require(GFPGAN_WEIGHTS, weights_dir, manifest))
-    sync_audio = None
-    if nets.sync_expert is not None:  # the expert's own mel of the clip's audio
-        from talk3d_core.nets.lipsync_expert import wav2lip_mel
+    sync_audio, silent = None, None
+    if nets.sync_expert is not None or cfg.silence_share > 0:  # the clip's audio, read once
         from talk3d_core.util.media import read_wav_float
 
         wav, rate = read_wav_float(audio_wav)
-        sync_audio = (wav2lip_mel(wav, rate), fps)
+        if nets.sync_expert is not None:  # the expert's own mel of the clip's audio
+            from talk3d_core.nets.lipsync_expert import wav2lip_mel
+
+            sync_audio = (wav2lip_mel(wav, rate), fps)
+        if cfg.silence_share > 0:
+            silent = silent_frames(wav, rate, len(data.train), fps)
     head = train_deltaplane(
         data, prior, out_dir, net_config=net_config, train_config=cfg, sync_audio=sync_audio, nets=nets,
-        run_id=run_id, restart_on_mismatch=True, device=device, gfpgan=gfpgan,
+        run_id=run_id, restart_on_mismatch=True, device=device, gfpgan=gfpgan, silent=silent,
     )  # fmt: skip
     log.info("trained %d main + %d super-resolution steps", head.steps_run["main"], head.steps_run["sr"])
     with atomic_path(model_pt) as tmp:

@@ -96,7 +96,6 @@ def talking_disc(n: int = 12) -> SubjectData:
         rotation=np.zeros((n, 3), np.float32),
         ldm=np.zeros((n, 6), np.float32),
         opening=(6.0 * opening).astype(np.float32),  # px of a 256 crop
-        speech=opening > 0.1,  # the mouth all but shut: a pause
     )
     return SubjectData(
         cameras=torch.tensor(cams, dtype=torch.float32),

@@ -239,37 +239,6 @@ def test_opening_token_reads_the_footage_in_training_and_the_audio_otherwise():
         tokens.train()(cond | {"opening": torch.zeros(2)})
 
 
-@pytest.mark.parametrize("pause_gate", [False, True])
-def test_pause_gate_zeroes_the_audio_token_in_pauses_and_keeps_the_opening(pause_gate):
-    tokens_ = ("audio", "opening", "eye")
-    config = DeltaplaneConfig.cpu(**TINY, tokens=tokens_, audio_frames=2, pause_gate=pause_gate)
-    tokens = ConditioningTokens(config, audio_dim=MEL_DIM, audio_window=MEL_WINDOW).eval()
-    speech = torch.tensor([1.0, 0.0, 1.0])
-    cond = make_cond(3, config) | {"speech": speech}
-    ungated = tokens(cond | {"speech": torch.ones(3)})
-    assert torch.count_nonzero(ungated[1, 0]) > 0
-    gated = tokens(cond)
-    # The pause's audio token is zeroed by a pause-gated model only; the opening (read from the audio)
-    # and the eye tokens, and the speech frames' audio tokens, are as without a gate.
-    assert (torch.count_nonzero(gated[1, 0]) == 0) == pause_gate
-    assert torch.equal(gated[[0, 2]], ungated[[0, 2]]) and torch.equal(gated[:, 1:], ungated[:, 1:])
-    # Training's audio_gate zeroes the audio token alone, with or without the pause gate.
-    dropped = tokens(cond | {"speech": torch.ones(3), "audio_gate": torch.tensor([0.0, 1.0, 1.0])})
-    assert torch.count_nonzero(dropped[0, 0]) == 0 and torch.equal(dropped[:, 1:], ungated[:, 1:])
-    with pytest.raises(ValueError, match=r"cond\['audio_gate'\] must be \(B,\)"):
-        tokens(cond | {"audio_gate": torch.ones(2)})
-    if pause_gate:
-        with pytest.raises(ValueError, match=r"pause_gate\): cond\['speech'\]"):
-            tokens({k: v for k, v in cond.items() if k != "speech"})
-    else:
-        assert torch.equal(tokens({k: v for k, v in cond.items() if k != "speech"}), ungated)
-
-
-def test_pause_gate_needs_the_opening_token():
-    with pytest.raises(ValueError, match="pause_gate zeroes the audio token"):
-        DeltaplaneConfig.cpu(**TINY, tokens=("audio", "eye"), pause_gate=True)
-
-
 def test_opening_predictor_fits_the_openings_and_is_frozen():
     config = DeltaplaneConfig.cpu(**TINY, tokens=("audio", "opening"), audio_frames=2, opening_frames=2)
     tokens = ConditioningTokens(config, audio_dim=8, audio_window=4)

@@ -186,14 +186,10 @@ def test_floored_silence_is_the_same_input_in_every_recording(subject, talking_f
     silent = silent_frames(read_wav_float(tmp_path / "quiet.wav")[0], rate, n, 25.0)
     assert silent[n // 2 + 3 : -3].all() and not silent[: n // 4].all()
     assert made["quiet"]["audio_silence"] == "floor"
-    # Both tables carry the speech mask (the pause gate's), a driving table its own audio's.
-    assert np.array_equal(read_features(tmp_path / "quiet.parquet").speech, ~silent)
     # Driving audio through the quiet clip's statistics: its pauses are the subject's pauses.
     drive_features(tmp_path / "loud.wav", tmp_path / "quiet.parquet", tmp_path / "drive.parquet")
     subject_pause = read_features(tmp_path / "quiet.parquet").audio[silent]
     drive = read_features(tmp_path / "drive.parquet", kind="drive", expect={"audio_silence": "floor"})
-    loud_silent = silent_frames(read_wav_float(tmp_path / "loud.wav")[0], rate, n, 25.0)
-    assert np.array_equal(drive.speech, ~loud_silent) and drive.speech.dtype == bool
     inner = silent.copy()
     inner[: n // 2 + 3] = False  # windows wholly inside the pause
     np.testing.assert_allclose(drive.audio[inner], subject_pause[inner[silent]], atol=1e-5)
@@ -253,13 +249,8 @@ def test_schema_check_rejects_corrupted_tables(subject, tmp_path):
         eye[3] = np.nan
         return t.set_column(t.schema.get_field_index("eye"), "eye", pa.array(eye, pa.float32()))
 
-    def with_gap(t):
-        speech = [None] + t.column("speech").to_pylist()[1:]
-        return t.set_column(t.schema.get_field_index("speech"), "speech", pa.array(speech, pa.bool_()))
-
     cases = {
         "NaN": rewrite(src, tmp_path / "nan.parquet", table=with_nan),
-        "'speech' has 1 missing": rewrite(src, tmp_path / "gap.parquet", table=with_gap),
         "columns": rewrite(src, tmp_path / "cols.parquet", table=lambda t: t.drop_columns(["ldm"])),
         "rows": rewrite(src, tmp_path / "rows.parquet", table=lambda t: t.slice(0, 50)),
         "stale cache": rewrite(

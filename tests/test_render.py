@@ -14,7 +14,6 @@ from conftest import ORBIT, REPO_ROOT, decode_video
 
 from talk3d_core.camera import eg3d_camera, view_head_angles
 from talk3d_core.crop import CropTable, read_crop_table, write_crop_table
-from talk3d_core.features import FeatureTable
 from talk3d_core.model.deltaplane import DeltaplaneConfig
 from talk3d_core.model.eg3d import GeneratorConfig, TriPlaneGenerator
 from talk3d_core.model.personalized import training_record
@@ -75,16 +74,6 @@ def conditions(n: int, seed: int = 0) -> FrameConditions:
         rotation=rng.normal(0, 5, (n, 3)).astype(np.float32),
         ldm=rng.uniform(-1, 1, (n, 6)).astype(np.float32),
     )
-
-
-def drive_table(audio: np.ndarray) -> FeatureTable:
-    """A driving audio's features table of audio windows (M, W, D), all of it speech."""
-    m = len(audio)
-    return FeatureTable(
-        frame=np.arange(m, dtype=np.int32), time_s=np.arange(m, dtype=np.float32) / 25,
-        audio=np.asarray(audio, np.float32), meta={"kind": "drive"},
-        speech=np.ones(m, bool),
-    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- camera paths
@@ -164,11 +153,6 @@ def test_drive_conditions_borrow_subject_tokens():
     np.testing.assert_array_equal(drive.eye, subject.eye[order])
     np.testing.assert_array_equal(drive.rotation, subject.rotation[order])
     np.testing.assert_array_equal(drive.ldm, subject.ldm[order])
-    assert drive.speech is None  # none given: a pause-gated model refuses it
-    speech = np.arange(8) % 3 > 0
-    np.testing.assert_array_equal(drive_conditions(subject, audio, [3, 4, 5], speech).speech, speech)
-    with pytest.raises(ValueError, match="speech mask of shape"):
-        drive_conditions(subject, audio, [3, 4, 5], speech[:5])
     with pytest.raises(ValueError, match=r"\(8, 2, 5\).*\(6, 2, 4\)"):
         drive_conditions(subject, np.zeros((8, 2, 5), np.float32), [0])
     with pytest.raises(ValueError, match="within 0..5"):
@@ -343,7 +327,7 @@ def test_workflow_targets_use_the_models_camera_geometry(tmp_path, head):
     np.testing.assert_array_equal(lookat[5:], view_cameras(30, -20, 3, convention="lookat", **ORBIT))
     assert not np.allclose(lookat[5:], cams[5:])
     # Driving audio of 7 frames borrows the held-out frames, played back and forth.
-    cond, drive_cams, order = drive_clip(head, data, drive_table(np.zeros((7, AUDIO_WINDOW, AUDIO_DIM))))
+    cond, drive_cams, order = drive_clip(head, data, np.zeros((7, AUDIO_WINDOW, AUDIO_DIM), np.float32))
     assert len(cond) == len(drive_cams) == len(order) == 7 and set(order) <= {5, 6, 7}
     np.testing.assert_array_equal(drive_cams, tracked[order].astype(np.float32))
     summary = render_target(head, data, tmp_path / "v.mp4", mode="view", view="30_-20", progress=False)
@@ -365,13 +349,13 @@ def test_stored_renders_are_the_frames_the_evaluate_stage_scored(tmp_path, head)
     n = 8
     tracked = eg3d_camera(np.linspace(-5, 5, n), np.zeros(n), np.zeros(n), **ORBIT)
     data = SubjectData(torch.tensor(tracked, dtype=torch.float32), np.arange(n) < 5, conditions(n))
-    drive = drive_table(conditions(7, seed=1).audio)
+    drive_audio = conditions(7, seed=1).audio
 
     def evaluate_rendered(cond: FrameConditions, cams: np.ndarray, frames: np.ndarray) -> np.ndarray:
         batches = render_batches(head, cond, cams, frames, batch_size=2)
         return np.concatenate([to_uint8(out["image"]) for _, out in batches])
 
-    drive_cond, drive_cams, _ = drive_clip(head, data, drive, "fixed")
+    drive_cond, drive_cams, _ = drive_clip(head, data, drive_audio, "fixed")
     expected = {
         "video": evaluate_rendered(data.conditions, data.cameras.numpy(), data.test),
         "drive": evaluate_rendered(drive_cond, drive_cams, np.arange(len(drive_cond))),
@@ -381,7 +365,7 @@ def test_stored_renders_are_the_frames_the_evaluate_stage_scored(tmp_path, head)
     }
     options = {
         "video": {},
-        "drive": {"drive": drive, "drive_camera": "fixed"},
+        "drive": {"drive_audio_features": drive_audio, "drive_camera": "fixed"},
         "view": {"view": "30_-20", "view_convention": "lookat"},
     }
     for mode, extra in options.items():

@@ -207,10 +207,8 @@ def test_configs_from_settings_follow_the_config_files():
         audio_frames=cpu["audio_frames"],
         opening_frames=cpu["opening_frames"],
         decoder_conditioning=True,
-        pause_gate=cpu["pause_gate"],
     )
     assert "opening" in net.tokens and cfg.opening_steps == cpu["opening_steps"]
-    assert cfg.audio_gate_dropout == cpu["audio_gate_dropout"]
     assert cfg.steps == cpu["steps"] and cfg.weight_mouth == cpu["weight_mouth"] and cfg.seed == cpu["seed"]
     assert cfg.window_positions is None and cfg.lpips_reduction == "mean" and cfg.mouth_image == "final"
     config = yaml.safe_load((root / "config/config.yaml").read_text())
@@ -220,7 +218,6 @@ def test_configs_from_settings_follow_the_config_files():
     net, cfg = configs_from_settings(paper)
     assert net.widths == DeltaplaneConfig.paper().widths and not net.decoder_conditioning
     assert net.tokens == TOKEN_NAMES  # the official five, without the CPU preset's opening
-    assert not net.pause_gate and cfg.audio_gate_dropout == 0  # nor its pause gate
     # The official trainer's recipe.
     assert (cfg.steps, cfg.batch_size, cfg.window_positions, cfg.sync_warmup_epochs) == (80000, 4, (1, 3), 21)
     assert (cfg.weight_lpips_raw, cfg.lpips_reduction, cfg.mouth_image, cfg.identity_crop) == (
@@ -498,40 +495,6 @@ def test_opening_token_predictor_is_fitted_first_and_kept(tmp_path):
         train_deltaplane(bare, tiny_prior(), tmp_path / "b", net_config=net, train_config=cfg)
 
 
-def test_pause_gate_and_audio_gate_dropout_zero_the_audio_token_in_training(tmp_path):
-    data = talking_disc()
-    net = dataclasses.replace(NET, tokens=(*NET.tokens, "opening"), opening_frames=1)
-    cfg = TrainConfig(steps=3, sr_steps=0, opening_steps=0, **NO_EXTRAS)
-
-    def audio_encoder_learns(data, net, cfg, name) -> bool:
-        start = train_deltaplane(
-            data, tiny_prior(), tmp_path / f"{name}0", net_config=net,
-            train_config=dataclasses.replace(cfg, steps=0),
-        )  # fmt: skip
-        trained = train_deltaplane(data, tiny_prior(), tmp_path / name, net_config=net, train_config=cfg)
-        before, after = start.net.tokens.state_dict(), trained.net.tokens.state_dict()
-        return not all(torch.equal(before[k], after[k]) for k in before if k.startswith("audio."))
-
-    assert audio_encoder_learns(data, net, cfg, "plain")
-    # A clip all pause: the pause-gated model's audio token is always zero and its encoder never learns.
-    quiet = dataclasses.replace(
-        data, conditions=dataclasses.replace(data.conditions, speech=np.zeros(len(data.train), bool))
-    )
-    gated = dataclasses.replace(net, pause_gate=True)
-    assert not audio_encoder_learns(quiet, gated, cfg, "gated")
-    assert audio_encoder_learns(quiet, net, cfg, "ungated")  # the speech mask alone changes nothing
-    # Dropped on every frame, the audio token never reaches the U-Net either.
-    assert not audio_encoder_learns(data, net, dataclasses.replace(cfg, audio_gate_dropout=1.0), "dropped")
-    bare = dataclasses.replace(data, conditions=dataclasses.replace(data.conditions, speech=None))
-    with pytest.raises(ValueError, match="need the clip's speech mask"):
-        train_deltaplane(bare, tiny_prior(), tmp_path / "b", net_config=gated, train_config=cfg)
-    with pytest.raises(ValueError, match="audio_gate_dropout keeps the opening token"):
-        train_deltaplane(data, tiny_prior(), tmp_path / "c", net_config=NET,
-                         train_config=dataclasses.replace(cfg, audio_gate_dropout=0.5))  # fmt: skip
-    with pytest.raises(ValueError, match="audio_gate_dropout must be in"):
-        TrainConfig(audio_gate_dropout=1.5)
-
-
 def test_silence_share_draws_silent_frames_that_often():
     pool, silent = np.arange(100), np.array([3, 7])
     torch.manual_seed(0)
@@ -553,13 +516,14 @@ def test_silent_frames_follow_the_audio_energy():
     assert silent.shape == (50,) and not silent[:24].any() and silent[26:].all()
 
 
-def test_silence_share_needs_the_speech_mask(tmp_path):
+def test_silence_share_needs_the_silent_mask(tmp_path):
     data = talking_disc()
     cfg = TrainConfig(steps=2, sr_steps=0, silence_share=0.5, **NO_EXTRAS)
-    bare = dataclasses.replace(data, conditions=dataclasses.replace(data.conditions, speech=None))
-    with pytest.raises(ValueError, match="speech mask"):
-        train_deltaplane(bare, tiny_prior(), tmp_path / "a", net_config=NET, train_config=cfg)
-    train_deltaplane(data, tiny_prior(), tmp_path / "b", net_config=NET, train_config=cfg)
+    with pytest.raises(ValueError, match="silent-frame mask"):
+        train_deltaplane(data, tiny_prior(), tmp_path / "a", net_config=NET, train_config=cfg)
+    silent = np.zeros(len(data.train), dtype=bool)
+    silent[:2] = True
+    train_deltaplane(data, tiny_prior(), tmp_path / "b", net_config=NET, train_config=cfg, silent=silent)
     assert len(_log(tmp_path / "b")) == 2
     for bad in (dict(silence_share=1.0), dict(silence_share=0.5, window_positions=(1, 3), batch_size=4)):
         with pytest.raises(ValueError, match="silence_share"):

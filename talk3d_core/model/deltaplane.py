@@ -120,10 +120,7 @@ class DeltaplaneConfig:
     span); ``conditioning``: "attention" (cross-attention to the
     tokens) or "affine" (per-channel scale and shift from the concatenated tokens, Table 8).
     ``decoder_conditioning``: the decoder levels condition on the tokens too (the same way), not only
-    the bottleneck; the paper's network (False) conditions the bottleneck alone. ``pause_gate`` (not in
-    the paper; needs the opening token): the audio token is zeroed on frames whose audio is not speech
-    (cond "speech"), so in a pause the mouth follows the opening token alone, not another room's noise
-    (docs/decisions.md#pause-gate).
+    the bottleneck; the paper's network (False) conditions the bottleneck alone.
 
     Behaviour (CPU value first, then the official one):
 
@@ -164,7 +161,6 @@ class DeltaplaneConfig:
     tokens: tuple[str, ...] = TOKEN_NAMES
     conditioning: str = "attention"
     decoder_conditioning: bool = False
-    pause_gate: bool = False
     unet_layout: str = "levels"
     lrelu_slope: float = 0.2
     plane_weights: str = "shared"
@@ -199,9 +195,8 @@ class DeltaplaneConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 problems.append(f"{name}={value!r} must be an integer >= 1")
-        for name in ("decoder_conditioning", "pause_gate"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name}={getattr(self, name)!r} must be true or false")
+        if not isinstance(self.decoder_conditioning, bool):
+            problems.append(f"decoder_conditioning={self.decoder_conditioning!r} must be true or false")
         for name in ("eye_noise", "lrelu_slope", "null_std"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
@@ -213,10 +208,6 @@ class DeltaplaneConfig:
             problems.append(f"unknown tokens {unknown}: choose from {TOKEN_NAMES + EXTRA_TOKENS}")
         if "opening" in self.tokens and "audio" not in self.tokens:
             problems.append("the opening token is predicted from the audio: enable the audio token too")
-        if self.pause_gate and "opening" not in self.tokens:
-            problems.append(
-                "pause_gate zeroes the audio token in pauses: enable the opening token (the mouth there)"
-            )
         if "opening" in self.tokens and self.opening_frames > self.audio_frames:
             problems.append(
                 f"opening_frames={self.opening_frames} must be <= audio_frames={self.audio_frames}"
@@ -941,26 +932,6 @@ class ConditioningTokens(nn.Module):
             raise ValueError(f"cond[{name!r}] must be {self._expected_shape(name)}, got shape {shape}")
         return value
 
-    def _audio_gate(
-        self, cond: Mapping[str, Tensor], b: int, device: torch.device, dtype: torch.dtype
-    ) -> Tensor:
-        """(B, 1): what the audio token is multiplied by, cond "audio_gate" times, with
-        ``config.pause_gate``, cond "speech" (required then)."""
-        gate = torch.ones(b, 1, device=device, dtype=dtype)
-        names = ("audio_gate", "speech") if self.config.pause_gate else ("audio_gate",)
-        if self.config.pause_gate and cond.get("speech") is None:
-            raise ValueError(
-                "this model zeroes the audio token in pauses (pause_gate): cond['speech'] (B,) is needed "
-                "(FrameConditions.speech, from the features table's speech column)"
-            )
-        for name in names:
-            if cond.get(name) is not None:
-                value = torch.as_tensor(cond[name]).to(device=device, dtype=dtype)
-                if tuple(value.shape) != (b,):
-                    raise ValueError(f"cond[{name!r}] must be (B,) = ({b},), got {tuple(value.shape)}")
-                gate = gate * value[:, None]
-        return gate
-
     def _eye_noise(self, eye: Tensor) -> Tensor:
         """Training-mode noise on the eye values: N(0, eye_noise^2) or U(-eye_noise, eye_noise)."""
         if self.config.eye_noise_distribution == "uniform":
@@ -974,13 +945,9 @@ class ConditioningTokens(nn.Module):
         neighbouring frames centred on the frame (position S // 2 is the frame itself), each a window
         of W per-frame features of D dims; "eye" (B,) AU45 scale; "rotation" (B, 3) yaw/pitch/roll
         degrees; "ldm" (B, 6) in [-1, 1]; "opening" (B,) px of a 256 crop, optional, read in training
-        mode only (:class:`OpeningToken`); "speech" (B,) 1 for speech, 0 for a pause: with
-        ``config.pause_gate`` the audio token is zeroed in a pause (the opening token, still read from
-        the audio, kept); "audio_gate" (B,), optional: the audio token times it (training's
-        ``audio_gate_dropout``). Returns
-        tokens (B, T, token_dim), T = len(config.tokens), in config.tokens order. Tokens named in
-        ``drop`` are replaced by zeros (ablation at evaluation: "the audio token zeroed"; dropping
-        "audio" drops "opening" too). Only the cond entries of
+        mode only (:class:`OpeningToken`). Returns tokens (B, T, token_dim), T = len(config.tokens), in
+        config.tokens order. Tokens named in ``drop`` are replaced by zeros (ablation at evaluation:
+        "the audio token zeroed"; dropping "audio" drops "opening" too). Only the cond entries of
         enabled, not dropped tokens are required.
         ``batch_size`` gives B when no cond entry is read (e.g. only the null token).
         """
@@ -999,7 +966,7 @@ class ConditioningTokens(nn.Module):
                 continue
             value = self._value(cond, "audio" if name == "opening" else name).to(device=device, dtype=dtype)
             if name == "audio":
-                encoded[name] = self.audio(value) * self._audio_gate(cond, len(value), device, dtype)
+                encoded[name] = self.audio(value)
             elif name == "eye":
                 eye = value.clamp(*EYE_RANGE)
                 if self.training and self.config.eye_noise > 0:

@@ -34,9 +34,8 @@ class FrameConditions:
 
     audio (N, W, D) feature windows; eye (N,) AU45 scale; rotation (N, 3) yaw/pitch/roll degrees;
     ldm (N, 6) landmark token in [-1, 1]; opening (N,) the footage's inner-lip opening, px of a 256
-    crop (the opening token's training value; None for a driving clip); speech (N,) bool, False in
-    a pause of the audio (the features table's ``speech`` column; a pause-gated model zeroes its audio
-    token there). A driving clip has its own audio and speech and borrows the rest.
+    crop (the opening token's training value; None for a driving clip). A driving clip has its own
+    audio and borrows the rest.
     """
 
     audio: np.ndarray
@@ -44,13 +43,12 @@ class FrameConditions:
     rotation: np.ndarray
     ldm: np.ndarray
     opening: np.ndarray | None = None
-    speech: np.ndarray | None = None
 
     @classmethod
     def from_features(cls, table: FeatureTable) -> FrameConditions:
         if table.kind != "subject":
             raise ValueError("FrameConditions.from_features needs a subject features table")
-        return cls(table.audio, table.eye, table.rotation, table.ldm, table.opening, table.speech)
+        return cls(table.audio, table.eye, table.rotation, table.ldm, table.opening)
 
     def __len__(self) -> int:
         return len(self.audio)
@@ -58,8 +56,7 @@ class FrameConditions:
     def gather(self, frames: Sequence[int] | np.ndarray, audio_frames: int, device: torch.device) -> dict:
         """Conditioning of ``frames`` as the predictor takes it: "audio" (B, S, W, D), the windows of
         the S = ``audio_frames`` frames around each frame (the frame at S // 2, clamped at the clip's
-        ends), "eye" (B,), "rotation" (B, 3), "ldm" (B, 6), and when known "opening" (B,) px and
-        "speech" (B,) 1 or 0."""
+        ends), "eye" (B,), "rotation" (B, 3), "ldm" (B, 6), and "opening" (B,) when known."""
         frames = np.asarray(frames, dtype=np.int64)
         offsets = np.arange(audio_frames) - audio_frames // 2
         around = np.clip(frames[:, None] + offsets[None], 0, len(self) - 1)
@@ -72,11 +69,7 @@ class FrameConditions:
             "eye": tensor(self.eye[frames]),
             "rotation": tensor(self.rotation[frames]),
             "ldm": tensor(self.ldm[frames]),
-        } | {
-            name: tensor(values[frames])
-            for name, values in (("opening", self.opening), ("speech", self.speech))
-            if values is not None
-        }
+        } | ({} if self.opening is None else {"opening": tensor(self.opening[frames])})
 
 
 @dataclass

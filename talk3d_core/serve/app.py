@@ -349,7 +349,7 @@ def make_app(studio: Studio) -> Starlette:
 
         def records() -> Iterator[bytes]:
             try:
-                header = {"frames": len(features.audio), "fps": portrait.fps, "size": size}
+                header = {"frames": len(features), "fps": portrait.fps, "size": size}
                 yield _record(json.dumps(header).encode())
                 batch = studio.batch_size
                 rendered = portrait.drive_frames(features, camera=camera, size=size, batch_size=batch)
