@@ -27,8 +27,11 @@ the whole clip (evaluate's ``footage`` row).
 
 Per (set, variant): the mean opening in pixels of a 256-pixel crop, its Pearson r with the crops'
 opening, and the closed fraction: opening below a quarter of the footage's 90th-percentile opening
-in speech (evaluate's silence_closed_fraction threshold, taken from the footage for every row). One
-line each, and a JSON file.
+in speech (evaluate's silence_closed_fraction threshold, taken from the footage for every row); and
+``closed_render``, the render's rows held against the threshold in the render's own units (the
+render's opening at the quantile of its training frames, rendered as recorded, where the footage's
+threshold sits among the same frames: docs/decisions.md#the-renders-own-units). One line each, and a
+JSON file.
 """
 
 from __future__ import annotations
@@ -82,6 +85,15 @@ def openings(images: np.ndarray, backend: str) -> np.ndarray:
     return mouth_opening(lm) * REFERENCE_SIZE / images.shape[1]
 
 
+def render_units_threshold(render: np.ndarray, footage: np.ndarray, threshold: float) -> float:
+    """The render's opening at the quantile of the frames where ``threshold`` sits among the footage's
+    openings of the same frames (N,), frames without landmarks in either left out."""
+    seen = np.isfinite(render) & np.isfinite(footage)
+    if not seen.any():
+        raise SystemExit("no frame with landmarks in both the renders and the footage")
+    return float(np.quantile(render[seen], np.mean(footage[seen] < threshold)))
+
+
 def _number(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -126,6 +138,15 @@ def main() -> None:
     threshold = closed_threshold(footage[speech & np.isfinite(footage)])
     if threshold is None:
         raise SystemExit(f"{root / 'crops'}: no mouth opening found in the footage's speech")
+    # The threshold in the render's units, from up to 500 training frames rendered as recorded.
+    seen = np.flatnonzero(train)[:: max(1, -(-int(train.sum()) // 500))]
+    batches = render_batches(head, data.conditions, data.cameras, seen)
+    own = openings(to_uint8(torch.cat([o["image"] for _, o in batches])), args.backend)
+    render_threshold = render_units_threshold(own, footage[seen], threshold)
+    print(
+        f"closed below {threshold:.2f} px (the footage's), {render_threshold:.2f} px "
+        f"(the render's units, from {len(seen)} training frames)"
+    )
     rows = []
     for set_name, frames in sets.items():
         if len(frames) < 3:
@@ -134,7 +155,8 @@ def main() -> None:
         truth = footage[frames]
         rows.append({"set": set_name, "variant": "footage", "frames": len(frames),
                      "opening": float(np.nanmean(truth)), "r": 1.0,
-                     "closed": closed_fraction(truth, threshold)})  # fmt: skip
+                     "closed": closed_fraction(truth, threshold),
+                     "closed_render": closed_fraction(truth, threshold)})  # fmt: skip
         for variant in VARIANTS:
             cond = variant_conditions(data.conditions, train, pause, variant)
             options = SETTINGS["no_audio"] if variant == "no_audio" else {}
@@ -143,13 +165,15 @@ def main() -> None:
             opening = openings(to_uint8(images), args.backend)
             rows.append({"set": set_name, "variant": variant, "frames": len(frames),
                          "opening": float(np.nanmean(opening)), "r": correlation(opening, truth),
-                         "closed": closed_fraction(opening, threshold)})  # fmt: skip
+                         "closed": closed_fraction(opening, threshold),
+                         "closed_render": closed_fraction(opening, render_threshold)})  # fmt: skip
     held_out = sets["held_out"]
     if args.drive:  # the footage's silences over the whole clip, what every driven row is held against
         whole = mouth_motion_stats(footage, energy, speech)
         rows.append({"set": "driven", "variant": "footage (clip)", "frames": int(whole["frames_silence"]),
                      "opening": _number(whole["opening_silence"]), "r": float("nan"),
-                     "closed": _number(whole["silence_closed_fraction"])})  # fmt: skip
+                     "closed": _number(whole["silence_closed_fraction"]),
+                     "closed_render": _number(whole["silence_closed_fraction"])})  # fmt: skip
     for wav_path in args.drive:
         name = Path(wav_path).stem
         drive_features(wav_path, root / "features.parquet", out / f"drive_{name}.parquet")
@@ -160,14 +184,16 @@ def main() -> None:
         opening = openings(to_uint8(torch.cat([o["image"] for _, o in batches])), args.backend)
         drive_wav, drive_rate = read_wav_float(wav_path)
         drive_energy = audio_energy(drive_wav, drive_rate, len(audio), 25.0)
-        stats = mouth_motion_stats(opening, drive_energy, speech_mask(drive_energy), closed_below=threshold)
+        drive_speech = speech_mask(drive_energy)
+        stats = mouth_motion_stats(opening, drive_energy, drive_speech, closed_below=threshold)
         rows.append({"set": f"driven:{name}", "variant": "full", "frames": int(stats["frames_silence"]),
                      "opening": _number(stats["opening_silence"]), "r": float("nan"),
-                     "closed": _number(stats["silence_closed_fraction"])})  # fmt: skip
+                     "closed": _number(stats["silence_closed_fraction"]),
+                     "closed_render": closed_fraction(opening[~drive_speech], render_threshold)})  # fmt: skip
     for row in rows:
         print(
             f"{row['set']:16s} {row['variant']:14s} n={row['frames']:4d} opening {row['opening']:6.2f} "
-            f"px@256 r {row['r']:+.2f} closed {row['closed']:.2f}"
+            f"px@256 r {row['r']:+.2f} closed {row['closed']:.2f} (render units {row['closed_render']:.2f})"
         )
     (out / f"{args.subject}.json").write_text(json.dumps(rows, indent=1))
 
