@@ -53,6 +53,7 @@ from talk3d_core.model.talking_head import load_talking_head
 from talk3d_core.render import drive_conditions, ping_pong, render_batches
 from talk3d_core.util.images import to_uint8, to_unit
 from talk3d_core.util.media import read_wav_float
+from talk3d_core.util.sampling import evenly_spaced
 
 #: The variants of the conditions, in the order printed (see the module docstring).
 VARIANTS = ("full", "silence", "still_tokens", "no_audio")
@@ -139,7 +140,7 @@ def main() -> None:
     if threshold is None:
         raise SystemExit(f"{root / 'crops'}: no mouth opening found in the footage's speech")
     # The threshold in the render's units, from up to 500 training frames rendered as recorded.
-    seen = np.flatnonzero(train)[:: max(1, -(-int(train.sum()) // 500))]
+    seen = np.flatnonzero(train)[evenly_spaced(int(train.sum()), 500)]
     batches = render_batches(head, data.conditions, data.cameras, seen)
     own = openings(to_uint8(torch.cat([o["image"] for _, o in batches])), args.backend)
     render_threshold = render_units_threshold(own, footage[seen], threshold)
@@ -186,10 +187,11 @@ def main() -> None:
         drive_energy = audio_energy(drive_wav, drive_rate, len(audio), 25.0)
         drive_speech = speech_mask(drive_energy)
         stats = mouth_motion_stats(opening, drive_energy, drive_speech, closed_below=threshold)
+        own_units = mouth_motion_stats(opening, drive_energy, drive_speech, closed_below=render_threshold)
         rows.append({"set": f"driven:{name}", "variant": "full", "frames": int(stats["frames_silence"]),
                      "opening": _number(stats["opening_silence"]), "r": float("nan"),
                      "closed": _number(stats["silence_closed_fraction"]),
-                     "closed_render": closed_fraction(opening[~drive_speech], render_threshold)})  # fmt: skip
+                     "closed_render": _number(own_units["silence_closed_fraction"])})  # fmt: skip
     for row in rows:
         print(
             f"{row['set']:16s} {row['variant']:14s} n={row['frames']:4d} opening {row['opening']:6.2f} "
